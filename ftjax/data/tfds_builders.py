@@ -152,6 +152,9 @@ class Split(collections.abc.Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        i = i + len(self) if i < 0 else i
+        if not 0 <= i < len(self):  # the Sequence protocol (iteration, `in`) relies on IndexError
+            raise IndexError(f"index {i} out of range for a split of {len(self)} examples")
         return self._rename({k: _decode(v) for k, v in self._source[i].items()})
 
 

@@ -1,0 +1,114 @@
+"""Evaluation metrics, computed by the libraries people report them with.
+
+Scale: every score is a percentage, 0-100, including Matthews and Pearson/Spearman correlations (x100),
+because GLUE papers and leaderboards report them that way and one scale avoids mixing 0.85 with 85.
+Perplexity is the exception: it is not a fraction of anything and is reported as is.
+
+Names are the project's contract: accuracy, f1, matthews, pearson, spearman, precision, recall,
+exact_match, bleu, rougeL, perplexity.
+
+`f1` for classification is binary F1 of class 1 when there are two classes (MRPC's and QQP's convention:
+the positive class is "equivalent"/"duplicate") and macro F1 over classes otherwise.
+
+The only logic written here rather than imported is the official SQuAD v1.1 evaluation (answer
+normalisation, exact match, token F1, max over references), which has no maintained package.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import string
+from typing import Sequence
+
+import numpy as np
+import sacrebleu
+import scipy.stats
+import seqeval.metrics
+import sklearn.metrics
+from rouge_score import rouge_scorer
+
+
+def classification(labels: Sequence[int], predictions: Sequence[int], num_classes: int = 2) -> dict[str, float]:
+    """accuracy, f1 (binary for 2 classes, else macro) and matthews, all x100."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    average = "binary" if num_classes == 2 else "macro"
+    return {
+        "accuracy": 100 * sklearn.metrics.accuracy_score(labels, predictions),
+        "f1": 100 * sklearn.metrics.f1_score(labels, predictions, average=average, zero_division=0),
+        "matthews": 100 * sklearn.metrics.matthews_corrcoef(labels, predictions),
+    }
+
+
+def regression(labels: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
+    """pearson and spearman correlations x100 (STS-B)."""
+    return {
+        "pearson": 100 * float(scipy.stats.pearsonr(labels, predictions)[0]),
+        "spearman": 100 * float(scipy.stats.spearmanr(labels, predictions)[0]),
+    }
+
+
+def ner(labels: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]) -> tuple[dict[str, float], str]:
+    """Entity-level precision, recall, f1 (seqeval, IOB2 tag strings, default mode) x100, and seqeval's
+    per-type classification report as a separate string so the numeric dict can be logged as is."""
+    scores = {
+        "precision": 100 * seqeval.metrics.precision_score(labels, predictions, zero_division=0),
+        "recall": 100 * seqeval.metrics.recall_score(labels, predictions, zero_division=0),
+        "f1": 100 * seqeval.metrics.f1_score(labels, predictions, zero_division=0),
+    }
+    return scores, seqeval.metrics.classification_report(labels, predictions, digits=4, zero_division=0)
+
+
+# ---------------------------------------------------------------- SQuAD v1.1 (the official script's logic)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation, the articles a/an/the, and extra whitespace (official order)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _token_f1(prediction: str, reference: str) -> float:
+    prediction_tokens = normalize_answer(prediction).split()
+    reference_tokens = normalize_answer(reference).split()
+    common = collections.Counter(prediction_tokens) & collections.Counter(reference_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(prediction_tokens)
+    recall = num_same / len(reference_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad(references: dict[str, Sequence[str]], predictions: dict[str, str]) -> dict[str, float]:
+    """exact_match and f1 x100, each the max over an example's reference answers, averaged over every
+    question in `references` (a question without a prediction scores 0, as in the official script)."""
+    exact = f1 = 0.0
+    for qid, answers in references.items():
+        prediction = predictions.get(qid, "")
+        exact += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
+        f1 += max(_token_f1(prediction, a) for a in answers)
+    return {"exact_match": 100 * exact / len(references), "f1": 100 * f1 / len(references)}
+
+
+# ---------------------------------------------------------------------------------------- generation
+
+
+def generation(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu, 13a tokenisation, all references of each hypothesis) and ROUGE-L F-measure
+    (rouge-score with stemming, max over an example's references, averaged over examples), both 0-100."""
+    # sacrebleu wants one stream per reference position; examples with fewer references pad with None.
+    depth = max(len(r) for r in references)
+    streams = [[r[k] if k < len(r) else None for r in references] for k in range(depth)]
+    bleu = sacrebleu.corpus_bleu(list(hypotheses), streams).score
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [max(scorer.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for refs, hyp in zip(references, hypotheses)]
+    return {"bleu": bleu, "rougeL": 100 * float(np.mean(rouge))}
+
+
+def perplexity(nll_sum: float, num_tokens: float) -> dict[str, float]:
+    """exp of the mean token negative log-likelihood, from sums the eval loop accumulates exactly."""
+    return {"perplexity": math.exp(nll_sum / num_tokens)}
