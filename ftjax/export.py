@@ -1,0 +1,402 @@
+"""Exporting a run to Hugging Face's formats, and importing LoRA adapters that PEFT wrote.
+
+Two forms, for two audiences:
+- `export_hf` writes a merged transformers checkpoint (config.json, model.safetensors, tokenizer files):
+  LoRA and DoRA are folded into the kernels with `ftjax.peft.lora.merge`, so anyone with transformers
+  loads it with the Auto class of the task and needs neither ftjax nor peft. It is as large as the
+  backbone. Adapters, soft prompts and prefixes change the computation itself, not just the weights,
+  so they have no vanilla-transformers form.
+- `export_peft` writes a LoRA run as a PEFT adapter (adapter_config.json, adapter_model.safetensors):
+  only the factors and the head, kilobytes to a few MB, loaded with `peft.PeftModel.from_pretrained` on
+  top of the base checkpoint. `import_peft_adapter` reads such a folder back (ours or PEFT's own).
+
+Names. Backbone tensors go through each architecture's `hf_names` table, the same one that loads
+checkpoints, under the prefix of the task class (`bert.`, `transformer.`). Heads are named as
+transformers' task classes name them (`classifier`, `score`, `qa_outputs`) in torch's (out, in) layout.
+PEFT stores LoRA per adapted module `<m>` as `base_model.model.<m>.lora_A.weight` = Aᵀ (r, in) and
+`lora_B.weight` = Bᵀ (out, r), DoRA's magnitude as `<m>.lora_magnitude_vector` (out,), and the head
+(`modules_to_save`) as `base_model.model.<head>.weight`/`.bias`. Its scale is alpha/r (alpha/√r with
+rsLoRA), as ours. GPT-2's Conv1D stores its weight (in, out) (`fan_in_fan_out`), but that concerns only
+the base weight: the LoRA factors are torch Linear layers in both cases.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ftjax.models import bert, gpt2
+from ftjax.models.loading import abstract_params, read_tensors
+from ftjax.peft import lora
+from ftjax.peft.spec import PeftSpec
+
+TASKS = ("sequence_classification", "token_classification", "question_answering", "causal_lm", "encoder")
+
+# (model_type, task) → (transformers class, prefix of the backbone's names in its state dict, head module).
+HF_CLASSES = {
+    ("bert", "sequence_classification"): ("BertForSequenceClassification", "bert.", "classifier"),
+    ("bert", "token_classification"): ("BertForTokenClassification", "bert.", "classifier"),
+    ("bert", "question_answering"): ("BertForQuestionAnswering", "bert.", "qa_outputs"),
+    ("bert", "encoder"): ("BertModel", "", None),
+    ("gpt2", "sequence_classification"): ("GPT2ForSequenceClassification", "transformer.", "score"),
+    ("gpt2", "token_classification"): ("GPT2ForTokenClassification", "transformer.", "classifier"),
+    ("gpt2", "question_answering"): ("GPT2ForQuestionAnswering", "transformer.", "qa_outputs"),
+    ("gpt2", "causal_lm"): ("GPT2LMHeadModel", "transformer.", None),  # lm_head is tied to wte
+    ("gpt2", "encoder"): ("GPT2Model", "", None),
+}
+
+# Our task → PEFT's task_type (which picks the PeftModel subclass and the Auto class of the base).
+PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
+                   "question_answering": "QUESTION_ANS", "causal_lm": "CAUSAL_LM", "encoder": "FEATURE_EXTRACTION"}
+
+# Our model class → its architecture module (model_type, hf_names).
+ARCHITECTURES = {bert.Model: ("bert", bert), gpt2.Model: ("gpt2", gpt2)}
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                   "merges.txt", "vocab.json", "added_tokens.json")
+
+PEFT_PREFIX = "base_model.model."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared: which architecture, which names.
+
+def _architecture(model, task: str):
+  """(model_type, architecture module, transformers class, backbone prefix, head module name)."""
+  if task not in TASKS:
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+  if type(model) not in ARCHITECTURES:
+    raise ValueError(f"cannot export a {type(model).__name__}: ftjax exports {[c.__name__ for c in ARCHITECTURES]}")
+  model_type, arch = ARCHITECTURES[type(model)]
+  if (model_type, task) not in HF_CLASSES:
+    raise ValueError(f"transformers has no {model_type} class for task {task!r}; "
+                     f"supported: {[t for m, t in HF_CLASSES if m == model_type]}")
+  return (model_type, arch) + HF_CLASSES[model_type, task]
+
+
+def _has_pooler(params: dict) -> bool:
+  return "pooler" in params
+
+
+def _dense_modules(arch, model, with_pooler: bool) -> dict[str, str]:
+  """Our module path ("encoder/layer_0/attention/self/query") → HF module name, for every dense layer."""
+  hf_keys = ["pooler.dense.weight"] if with_pooler else []
+  return {ours[:-len("/kernel")]: theirs[:-len(".weight")]
+          for ours, theirs, _ in arch.hf_names(model.config, hf_keys) if ours.endswith("/kernel")}
+
+
+def _reject_non_lora(model, tree: dict, fmt: str):
+  """Adapters, prompts and prefixes have no transformers (merged) or PEFT-LoRA form."""
+  spec = model.peft
+  methods = [m for m in ("adapter", "prompt", "prefix") if tree.get(m)]
+  methods += [m for m, on in (("adapter", spec.adapter), ("prompt", spec.prompt_length),
+                              ("prefix", spec.prefix_length)) if on and m not in methods]
+  if not methods:
+    return
+  if fmt == "hf":
+    raise ValueError(
+        f"this run uses {' and '.join(methods)} tuning, which changes the computation itself and has no "
+        "vanilla-transformers form: only LoRA/DoRA can be merged into the weights. Keep the ftjax run "
+        "(checkpoint + config) to use it, or export LoRA runs with format=\"peft\".")
+  raise ValueError(f"this run uses {' and '.join(methods)} tuning: export_peft writes LoRA adapters only; "
+                   "keep the ftjax run (checkpoint + config) to use it")
+
+
+def _shortest_suffixes(selected: set[str], universe: set[str], sep: str) -> list[str]:
+  """For each selected name, its shortest `sep`-suffix that matches (as a whole trailing component) no
+  name of the universe outside `selected`. Used for PEFT's target_modules and for our regex."""
+  def matches(suffix, name):
+    return name == suffix or name.endswith(sep + suffix)
+  found = []
+  for name in sorted(selected):
+    parts = name.split(sep)
+    for k in range(1, len(parts) + 1):
+      suffix = sep.join(parts[-k:])
+      if parts[-k].isdigit():  # "h.1.attn.c_proj" reads better than "1.attn.c_proj"
+        continue
+      if all(n in selected for n in universe if matches(suffix, n)):
+        break
+    if suffix not in found:
+      found.append(suffix)
+  return found
+
+
+def _head_tensors(head: dict | None, head_name: str | None, prefix: str) -> dict[str, np.ndarray]:
+  """The head in torch's layout: `<prefix><name>.weight` (out, in) and `.bias`."""
+  if head_name is None:
+    return {}
+  if not head or head_name not in head:
+    raise ValueError(f"the task's transformers class names its head {head_name!r}, but the run's head params "
+                     f"have {sorted(head or {})}")
+  extra = sorted(set(head) - {head_name})
+  if extra:
+    raise ValueError(f"head params {extra} have no place in the exported model (only {head_name!r})")
+  out = {f"{prefix}{head_name}.weight": np.asarray(head[head_name]["kernel"]).T}
+  if "bias" in head[head_name]:
+    out[f"{prefix}{head_name}.bias"] = np.asarray(head[head_name]["bias"])
+  return out
+
+
+def _label_config(config: dict, task: str, head: dict | None, head_name: str | None, num_labels, id2label) -> dict:
+  if task not in ("sequence_classification", "token_classification"):
+    return config
+  head_labels = np.shape(head[head_name]["kernel"])[1]
+  num_labels = head_labels if num_labels is None else num_labels
+  if num_labels != head_labels:
+    raise ValueError(f"num_labels={num_labels}, but the head's {head_name} kernel has {head_labels} outputs")
+  id2label = {i: f"LABEL_{i}" for i in range(num_labels)} if id2label is None else dict(id2label)
+  if len(id2label) != num_labels:
+    raise ValueError(f"id2label has {len(id2label)} entries for num_labels={num_labels}")
+  config["num_labels"] = num_labels
+  config["id2label"] = {str(int(i)): name for i, name in id2label.items()}
+  config["label2id"] = {name: int(i) for i, name in id2label.items()}
+  if num_labels == 1:
+    config["problem_type"] = "regression"
+  else:
+    config.pop("problem_type", None)
+  return config
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], file: Path, metadata: dict | None = None):
+  from safetensors.numpy import save_file
+  save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()}, str(file),
+            metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Merged transformers checkpoint.
+
+def export_hf(out_dir, *, model, tree: dict, task: str, num_labels: int | None = None,
+              id2label: dict | None = None, source_folder) -> Path:
+  """Writes a merged transformers checkpoint of the run to `out_dir`; returns its path.
+
+  `tree` is the run's parameter pytree ({"backbone", "head"[, "lora"]}); `source_folder` the Hugging
+  Face folder the backbone came from (its config.json is the base of ours; its tokenizer files are
+  copied). Load the result with `AutoModelFor<Task>.from_pretrained(out_dir)`.
+  """
+  model_type, arch, hf_class, prefix, head_name = _architecture(model, task)
+  _reject_non_lora(model, tree, "hf")
+  source_folder, out_dir = Path(source_folder), Path(out_dir)
+
+  backbone = tree["backbone"]
+  if tree.get("lora"):
+    backbone = lora.merge(backbone, tree["lora"], model.peft)
+  # BertFor{TokenClassification,QuestionAnswering} have no pooler; sequence classification reads it.
+  with_pooler = _has_pooler(backbone) and task in ("sequence_classification", "encoder")
+  if model_type == "bert" and task == "sequence_classification" and not with_pooler:
+    raise ValueError("BertForSequenceClassification reads the pooler, but this backbone has none")
+  flat = traverse_util.flatten_dict(backbone, sep="/")
+  tensors = {}
+  for ours, theirs, transpose in arch.hf_names(model.config, ["pooler.dense.weight"] if with_pooler else []):
+    value = np.asarray(flat.pop(ours))
+    tensors[prefix + theirs] = value.T if transpose else value
+  flat = {k: v for k, v in flat.items() if not k.startswith("pooler/")}
+  if flat:
+    raise ValueError(f"backbone params without a transformers name: {sorted(flat)[:5]}")
+  tensors.update(_head_tensors(tree.get("head"), head_name, ""))
+
+  config = json.loads((source_folder / "config.json").read_text())
+  config["architectures"] = [hf_class]
+  config = _label_config(config, task, tree.get("head"), head_name, num_labels, id2label)
+  if model_type == "gpt2":
+    config["tie_word_embeddings"] = True  # we never write lm_head.weight: it is wte
+    if task == "sequence_classification" and config.get("pad_token_id") is None:
+      # GPT2ForSequenceClassification finds the last real token as the last one that is not padding;
+      # GPT-2 has no pad token, and eos is what tokenizers pad GPT-2 with.
+      config["pad_token_id"] = config.get("eos_token_id")
+
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  _save_safetensors(tensors, out_dir / "model.safetensors", {"format": "pt"})
+  for name in TOKENIZER_FILES:
+    if (source_folder / name).is_file():
+      shutil.copyfile(source_folder / name, out_dir / name)
+  return out_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# PEFT LoRA adapters.
+
+def _lora_layers(lora_tree: dict) -> dict[str, dict]:
+  layers: dict[str, dict] = {}
+  for path, leaf in traverse_util.flatten_dict(lora_tree).items():
+    layers.setdefault("/".join(path[:-1]), {})[path[-1]] = leaf
+  return layers
+
+
+def export_peft(out_dir, *, model, tree: dict, task: str, num_labels: int | None = None,
+                id2label: dict | None = None, base_model: str) -> Path:
+  """Writes the run's LoRA factors and head as a PEFT adapter in `out_dir`; returns its path.
+
+  `base_model` is recorded as `base_model_name_or_path` (a Hub id or a folder). Load with
+  `peft.PeftModel.from_pretrained(AutoModelFor<Task>.from_pretrained(base_model, num_labels=…), out_dir)`.
+  """
+  model_type, arch, hf_class, prefix, head_name = _architecture(model, task)
+  _reject_non_lora(model, tree, "peft")
+  spec = model.peft
+  if not tree.get("lora") or spec.lora_targets is None:
+    raise ValueError("export_peft writes LoRA adapters, but this run has no LoRA factors (tree['lora'])")
+  out_dir = Path(out_dir)
+
+  modules = _dense_modules(arch, model, _has_pooler(tree["backbone"]))
+  layers = _lora_layers(tree["lora"])
+  unknown = sorted(set(layers) - set(modules) | ({"pooler"} & set(layers)))
+  if unknown:
+    raise ValueError(f"LoRA factors at {unknown[:3]} are not at a dense layer transformers knows")
+  tensors = {}
+  for ours, factors in layers.items():
+    name = f"{PEFT_PREFIX}{prefix}{modules[ours]}"
+    tensors[f"{name}.lora_A.weight"] = np.asarray(factors["a"]).T   # (r, in)
+    tensors[f"{name}.lora_B.weight"] = np.asarray(factors["b"]).T   # (out, r)
+    if spec.lora_dora:
+      tensors[f"{name}.lora_magnitude_vector"] = np.asarray(factors["magnitude"])
+  head = tree.get("head")
+  tensors.update(_head_tensors(head, head_name, PEFT_PREFIX))
+
+  # PEFT matches a target t against module name m by m == t or m.endswith("." + t): give the shortest
+  # names that pick exactly our adapted layers (["query", "value"] rather than every full path).
+  universe = set(modules.values()) | ({head_name} if head_name else set())
+  targets = _shortest_suffixes({modules[p] for p in layers}, universe, ".")
+  config = {
+      "peft_type": "LORA",
+      "task_type": PEFT_TASK_TYPES[task],
+      "base_model_name_or_path": str(base_model),
+      "r": spec.lora_rank,
+      "lora_alpha": spec.lora_alpha,
+      "lora_dropout": spec.lora_dropout,
+      "target_modules": targets,
+      "use_rslora": spec.lora_rslora,
+      "use_dora": spec.lora_dora,
+      "fan_in_fan_out": model_type == "gpt2",  # Conv1D weights are (in, out)
+      "modules_to_save": [head_name] if head_name else None,
+      "bias": "none",
+      "init_lora_weights": True,
+      "inference_mode": True,
+  }
+  if head_name:  # PEFT has no field for labels (the base model is loaded with num_labels=…): check only
+    _label_config({}, task, head, head_name, num_labels, id2label)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  _save_safetensors(tensors, out_dir / "adapter_model.safetensors", {"format": "pt"})
+  return out_dir
+
+
+# PEFT options that change which modules are adapted or how, beyond what a PeftSpec expresses.
+_UNSUPPORTED_PEFT_OPTIONS = ("rank_pattern", "alpha_pattern", "layer_replication", "target_parameters",
+                             "use_qalora", "lora_bias", "alora_invocation_tokens", "use_bdlora")
+
+
+def _peft_matches(config: dict, name: str) -> bool:
+  """Whether PEFT's target_modules (and exclude_modules) select module `name` (as PEFT does)."""
+  excluded = config.get("exclude_modules")
+  if excluded:
+    if isinstance(excluded, str) and re.fullmatch(excluded, name):
+      return False
+    if not isinstance(excluded, str) and (name in excluded or any(name.endswith("." + e) for e in excluded)):
+      return False
+  targets = config.get("target_modules")
+  if isinstance(targets, str):
+    return re.fullmatch(targets, name) is not None
+  return name in targets or any(name.endswith("." + t) for t in targets)
+
+
+def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
+  """(spec, lora tree, head tree or None) from a PEFT LoRA adapter folder, for `model`'s architecture.
+
+  The lora tree has ftjax's layout (`lora[<module path>] = {"a", "b"[, "magnitude"]}`); the head is read
+  from `modules_to_save` when the adapter has one. Build the model with the returned spec
+  (`from_pretrained(base, peft=spec)`) to apply them.
+  """
+  folder = Path(folder)
+  config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+  for file in (config_file, weights_file):
+    if not file.is_file():
+      raise ValueError(f"{folder} is not a PEFT adapter folder: {file.name} is missing")
+  config = json.loads(config_file.read_text())
+  if config.get("peft_type") != "LORA":
+    raise ValueError(f"{config_file}: peft_type {config.get('peft_type')!r}; ftjax imports LORA adapters only")
+  unsupported = [k for k in _UNSUPPORTED_PEFT_OPTIONS if config.get(k)]
+  if unsupported or config.get("bias", "none") != "none":
+    raise ValueError(f"{config_file}: options {unsupported or ['bias']} have no ftjax equivalent")
+  if type(model) not in ARCHITECTURES:
+    raise ValueError(f"cannot import an adapter into a {type(model).__name__}")
+  model_type, arch = ARCHITECTURES[type(model)]
+  params = abstract_params(model)
+  modules = _dense_modules(arch, model, _has_pooler(params))
+  module_of = {hf: ours for ours, hf in modules.items() if ours != "pooler"}  # our pooler hosts no LoRA
+  kernels = traverse_util.flatten_dict(params, sep="/")
+  prefixes = tuple(p for (m, _), (_, p, _) in HF_CLASSES.items() if m == model_type and p)
+
+  used_prefixes = set()
+
+  def strip(name):  # base_model.model.bert.encoder.… → encoder.…
+    name = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+    for p in prefixes:
+      if name.startswith(p):
+        used_prefixes.add(p)
+        return name[len(p):]
+    return name
+
+  tensors = {k: v for k, (v, _) in read_tensors([weights_file]).items()}
+  layers: dict[str, dict] = {}
+  head: dict = {}
+  heads = config.get("modules_to_save") or []
+  for key, value in tensors.items():
+    name = strip(key)
+    for suffix, leaf in ((".lora_A.weight", "a"), (".lora_B.weight", "b"), (".lora_magnitude_vector", "magnitude")):
+      if name.endswith(suffix):
+        hf = name[:-len(suffix)]
+        if hf not in module_of:
+          raise ValueError(f"{weights_file}: tensor {key!r} adapts {hf!r}, which is not a dense layer ftjax "
+                           f"can adapt in this {model_type} model (e.g. {sorted(module_of)[:3]})")
+        ours = module_of[hf]
+        layers.setdefault(ours, {})[leaf] = value if leaf == "magnitude" else value.T
+        break
+    else:
+      head_name, _, leaf = name.rpartition(".")
+      if head_name not in heads or leaf not in ("weight", "bias"):
+        raise ValueError(f"{weights_file}: tensor {key!r} is neither a LoRA factor nor a weight of "
+                         f"modules_to_save {heads}")
+      head.setdefault(head_name, {})["kernel" if leaf == "weight" else "bias"] = value.T if leaf == "weight" else value
+
+  dora, rank = bool(config.get("use_dora")), int(config["r"])
+  for ours, factors in layers.items():
+    hf = modules[ours]
+    needed = {"a", "b"} | ({"magnitude"} if dora else set())
+    if set(factors) != needed:
+      raise ValueError(f"{weights_file}: module {hf!r} has {sorted(factors)}, needs {sorted(needed)} "
+                       f"(use_dora={dora})")
+    d_in, d_out = kernels[ours + "/kernel"].shape
+    expected = {"a": (d_in, rank), "b": (rank, d_out), "magnitude": (d_out,)}
+    for leaf, value in factors.items():
+      if value.shape != expected[leaf]:
+        torch_shape = value.shape if leaf == "magnitude" else value.shape[::-1]
+        raise ValueError(f"{weights_file}: tensor for {hf!r} {leaf} has shape {torch_shape} in PEFT's layout; "
+                         f"r={rank} and the layer's ({d_in} → {d_out}) need "
+                         f"{expected[leaf] if leaf == 'magnitude' else expected[leaf][::-1]}")
+  if not layers:
+    raise ValueError(f"{weights_file} holds no LoRA factors (…lora_A.weight / …lora_B.weight)")
+  # Every module target_modules selects must have its factors (unless layers_to_transform narrows the
+  # selection: then the file is the truth). PEFT matched names below the task class (`bert.encoder…`).
+  if not config.get("layers_to_transform"):
+    prefix = next(iter(used_prefixes)) if len(used_prefixes) == 1 else ""
+    wanted = {hf for hf in module_of if _peft_matches(config, prefix + hf)}
+    missing = sorted(wanted - {modules[o] for o in layers})
+    if missing:
+      raise ValueError(f"{weights_file}: target_modules {config.get('target_modules')} selects {missing[0]!r}, "
+                       f"but the file has no {PEFT_PREFIX}…{missing[0]}.lora_A.weight")
+
+  # Our regex: the shortest path suffixes that select exactly the adapted layers.
+  suffixes = _shortest_suffixes(set(layers), set(modules), "/")
+  spec = PeftSpec(lora_targets="(^|/)(" + "|".join(re.escape(s) for s in suffixes) + ")$", lora_rank=rank,
+                  lora_alpha=float(config["lora_alpha"]), lora_dropout=float(config.get("lora_dropout") or 0.0),
+                  lora_rslora=bool(config.get("use_rslora")), lora_dora=dora)
+  lora_tree = traverse_util.unflatten_dict({tuple(o.split("/")) + (leaf,): jnp.asarray(v, jnp.float32)
+                                            for o, factors in layers.items() for leaf, v in factors.items()})
+  head_tree = {k: {n: jnp.asarray(v, jnp.float32) for n, v in h.items()} for k, h in head.items()}
+  return spec, lora_tree, head_tree or None
