@@ -1,0 +1,75 @@
+"""What a config builds: the backbone with its method, the tokenizer, the task, the initial parameters.
+
+Shared by training, evaluation, prediction and export, so that every script rebuilds a run the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ftjax import models, trainability
+from ftjax.peft.spec import METHOD_COLLECTIONS, PeftSpec
+from ftjax.tasks import Task, datasets, make_task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def peft_spec(config) -> PeftSpec:
+  """The architecture additions of `config.method` (nothing for full, head and bitfit)."""
+  m = config.method
+  return PeftSpec(
+      lora_targets=config.lora.targets if m == "lora" else None, lora_rank=config.lora.rank,
+      lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout, lora_rslora=config.lora.rslora,
+      lora_dora=config.lora.dora,
+      adapter=config.adapter.kind if m == "adapter" else None, adapter_size=config.adapter.size,
+      prompt_length=config.prompt_length if m == "prompt" else 0,
+      prefix_length=config.prefix_length if m == "prefix" else 0)
+
+
+@dataclasses.dataclass
+class Experiment:
+  model: object          # the Flax backbone (with its PEFT additions)
+  tokenizer: object
+  task: Task
+  tree: dict             # {"backbone", "head", and the method's collections}: initial values
+  rules: tuple[str, ...] # trainability rules: config.trainable, then the method's preset
+
+  @property
+  def num_layers(self) -> int:
+    c = self.model.config
+    return getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer")
+
+
+def init_tree(model, task: Task, backbone: dict, seed: int) -> dict:
+  """Initial method and head parameters around a loaded backbone.
+
+  Method parameters are initialised with the real backbone in place (DoRA's magnitudes are the loaded
+  kernels' norms; soft prompts copy loaded vocabulary rows)."""
+  method_rng, head_rng = jax.random.split(jax.random.key(seed))
+  ids = jnp.zeros((2, 8), jnp.int32)
+  mask = jnp.ones_like(ids)
+  outputs, method = model.apply({"params": backbone}, ids, attention_mask=mask, mutable=list(METHOD_COLLECTIONS),
+                                rngs={"params": method_rng})
+  tree = {"backbone": backbone, **{k: v for k, v in method.items() if v}}
+  tree["head"] = {} if task.head is None else task.head.init(head_rng, outputs, mask)["params"]
+  return tree
+
+
+def build(config) -> Experiment:
+  if config.dtype not in DTYPES:
+    raise ValueError(f"config key dtype: {config.dtype!r} is not one of {sorted(DTYPES)}")
+  src = datasets.source(config)
+  label_names = tuple(src.label_names(config))
+  task = make_task(src.kind, len(label_names) or (1 if src.kind == "regression" else 0), label_names,
+                   config.head_dropout)
+  model, backbone = models.from_pretrained(config.model, dtype=DTYPES[config.dtype], peft=peft_spec(config),
+                                           remat=config.remat)
+  if src.kind == "causal_lm" and not model.is_decoder:
+    raise ValueError(f"config key task.source: {config.task.source} needs a decoder; {config.model} is an encoder")
+  tokenizer = models.load_tokenizer(config.model)
+  if tokenizer.pad_token_id is None:  # GPT-2 has none; padding is masked anyway, EOS is the usual stand-in
+    tokenizer.pad_token = tokenizer.eos_token
+  tree = init_tree(model, task, backbone, config.seed)
+  return Experiment(model, tokenizer, task, tree, trainability.rules_for(config.method, tuple(config.trainable)))

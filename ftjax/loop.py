@@ -1,0 +1,301 @@
+"""`train_and_evaluate(config, workdir)`: the whole fine-tuning recipe as one flat function.
+
+Sections: run record → data → model, method and trainability → optimiser and state → resume or
+`init_from` → devices → the loop (log, evaluate, early-stop, checkpoint) → final evaluation and summary.
+
+Rerunning the same command on the same workdir resumes from the latest checkpoint: the data order is a
+function of (seed, epoch), the dropout key of (seed, step), and the optimiser state is restored, so the
+resumed run ends with the parameters of an uninterrupted one, bit for bit.
+
+Files in the workdir: config.json, run.json (task, labels, backbone reference), metrics.jsonl (one JSON
+object a line: step, split, metrics), tensorboard/, checkpoints/ (see checkpoints.py), summary.txt,
+ner_report_<split>.txt for NER.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import tqdm
+
+from ftjax import checkpoints as ckpt
+from ftjax import experiment, models, optim, parallel, step as steps, trainability
+from ftjax.data import pipeline
+from ftjax.tasks import datasets
+
+# The dev metric a task is usually selected on, and whether larger is better.
+DEFAULT_SELECTION = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
+                     "token_classification": ("f1", "max"), "question_answering": ("f1", "max"),
+                     "causal_lm": ("perplexity", "min")}
+MATTHEWS_TASKS = ("glue/cola",)  # CoLA is reported (and selected) by Matthews correlation
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or gradient became NaN or infinite; the message names the step."""
+
+
+def selection(config, kind: str) -> tuple[str, str]:
+  metric, mode = DEFAULT_SELECTION[kind]
+  if config.task.source in MATTHEWS_TASKS:
+    metric = "matthews"
+  if config.early_stopping.metric:
+    metric = config.early_stopping.metric
+    mode = "min" if metric in ("loss", "perplexity") else "max"
+  return metric, mode
+
+
+def _truncate(data: datasets.TaskData, limit: int, seed: int) -> datasets.TaskData:
+  """A fixed, seed-independent subset: the first `limit` rows of a permutation with seed 0."""
+  if not limit or limit >= data.num_rows or data.kind in ("question_answering", "token_classification",
+                                                          "causal_lm"):
+    if limit and data.kind != "classification" and data.kind != "regression" and limit < data.num_rows:
+      rows = np.arange(limit)
+      examples = data.examples[:limit] if data.kind == "token_classification" else data.examples
+      return datasets.TaskData(data.split, data.kind, examples, {k: v[rows] for k, v in data.features.items()},
+                               data.label_names)
+    return data
+  rows = np.sort(np.random.default_rng(0).permutation(data.num_rows)[:limit])
+  return datasets.TaskData(data.split, data.kind, [data.examples[i] for i in rows],
+                           {k: v[rows] for k, v in data.features.items()}, data.label_names)
+
+
+def append_metrics(workdir: Path, step: int, split: str, values: dict, writer=None) -> None:
+  record = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write(json.dumps(record) + "\n")
+  if writer is not None:
+    for k, v in values.items():
+      writer.add_scalar(f"{split}/{k}", float(v), step)
+
+
+def evaluate_split(exp, par, eval_step, state_trainable, state_frozen, data: datasets.TaskData, batch_size: int):
+  """Scores one split: (metrics, report). Runs every row once; padding rows are dropped by weight."""
+  outputs, loss_sum, count = None, 0.0, 0.0
+  for batch in pipeline.prefetch(pipeline.eval_batches(data.features, batch_size)):
+    out, sums = eval_step(state_trainable, state_frozen, par.put_batch(batch))
+    out = jax.tree.map(par.to_host, out)
+    loss_sum += float(par.to_host(sums["loss_sum"]).sum())
+    count += float(par.to_host(sums["count"]).sum())
+    rows = batch["example_index"]
+    keep = rows >= 0
+    if outputs is None:
+      outputs = jax.tree.map(lambda x: np.zeros((data.num_rows,) + x.shape[1:2] + x.shape[2:], x.dtype)
+                             if x.ndim < 2 else None, out)
+      outputs = jax.tree.map(lambda x: [], out)
+    outputs = jax.tree.map(lambda acc, x: acc + [(rows[keep], x[keep])], outputs, out,
+                           is_leaf=lambda x: isinstance(x, list))
+  def assemble(parts):
+    width = max(x.shape[1] for _, x in parts) if parts[0][1].ndim > 1 else None
+    full = np.zeros((data.num_rows,) + ((width,) if width else ()) + parts[0][1].shape[2:], parts[0][1].dtype)
+    for rows, x in parts:
+      if width:
+        full[rows, :x.shape[1]] = x
+      else:
+        full[rows] = x
+    return full
+  outputs = jax.tree.map(assemble, outputs, is_leaf=lambda x: isinstance(x, list))
+  return data.score(outputs, loss_sum, count)
+
+
+def train_and_evaluate(config, workdir) -> dict:
+  """Fine-tunes as `config` says, in `workdir`; returns the final metrics per split."""
+  workdir = Path(workdir).expanduser().resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  started = time.time()
+
+  # --- model, method, task and the run record ---------------------------------------------------
+  exp = experiment.build(config)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  run_record = {"task": {"kind": exp.task.kind, "num_labels": exp.task.num_labels,
+                         "label_names": list(exp.task.label_names)},
+                "backbone": models.backbone_reference(config.model), "rules": list(exp.rules)}
+  (workdir / "run.json").write_text(json.dumps(run_record, indent=2))
+
+  # --- data ----------------------------------------------------------------------------------------
+  train = _truncate(datasets.load(config, exp.tokenizer, "train"), config.max_train_examples, config.seed)
+  dev = _truncate(datasets.load(config, exp.tokenizer, "dev"), config.max_eval_examples, config.seed)
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f"config key batch_size={config.batch_size} is not divisible by grad_accum_steps="
+                     f"{config.grad_accum_steps}")
+  steps_per_epoch = pipeline.num_train_batches(train.num_rows, config.batch_size)
+  if steps_per_epoch == 0:
+    raise ValueError(f"config key batch_size={config.batch_size} exceeds the {train.num_rows} training rows")
+  total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
+
+  # --- trainability, optimiser, state ------------------------------------------------------------
+  trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  print(trainability.summary(trainable, frozen))
+  tx, lr_schedule = optim.make_optimizer(config, trainable, total_steps, exp.num_layers)
+  state = steps.create_state(trainable, frozen, tx, config.seed)
+  metric_name, mode = selection(config, exp.task.kind)
+  better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+  loop_state = {"best_value": None, "best_step": None, "evals_without_improvement": 0, "stopped_early": False}
+
+  # --- resume, or start from a finished run ------------------------------------------------------
+  checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
+  if checkpoints.latest_step() is not None:
+    state, loop_state = checkpoints.restore(state)
+    print(f"resuming {workdir} at step {int(state.step)}")
+    _truncate_metrics(workdir, int(state.step))
+  elif config.init_from:
+    state = state.replace(trainable=load_trained(config.init_from, state.trainable))
+    print(f"starting from the trained parameters of {config.init_from}")
+
+  # --- devices --------------------------------------------------------------------------------------
+  par = parallel.make_parallel(config.parallel)
+  adv = config.adversarial
+  train_step = par.compile_train_step(lambda axis_name: steps.make_train_step(
+      exp.model, exp.task, tx, adversarial_config=adv, grad_accum_steps=config.grad_accum_steps,
+      dropout=config.dropout, axis_name=axis_name))
+  eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
+  state = par.put_state(state)
+
+  import tensorboardX
+  writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+
+  def evaluate(split_data, step):
+    host = par.get_state(state)
+    values, report = evaluate_split(exp, par, eval_step, state.trainable, state.frozen, split_data,
+                                    config.eval_batch_size)
+    del host
+    if values:
+      append_metrics(workdir, step, split_data.split, values, writer)
+    if report:
+      (workdir / f"ner_report_{split_data.split}.txt").write_text(report)
+    return values
+
+  # --- the loop ------------------------------------------------------------------------------------
+  step = int(jax.device_get(par.get_state(state).step))
+  pending: list = []  # per-step device metrics, fetched once per log interval (no per-step sync)
+  window_start, window_examples = time.time(), 0
+  bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+
+  def flush():
+    """Fetch pending metrics; stop on a non-finite step; log the window's averages."""
+    nonlocal pending, window_start, window_examples
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      if m["nonfinite"]:
+        raise NonFiniteError(f"non-finite loss or gradient at step {s} (loss sum {m['objective_sum']}, "
+                             f"gradient norm {m['grad_norm']}); the state was not updated and the last good "
+                             f"checkpoint under {workdir / 'checkpoints'} is intact")
+    last_step = pending[-1][0]
+    loss = sum(m["loss_sum"] for m in fetched) / max(sum(m["count"] for m in fetched), 1.0)
+    elapsed = max(time.time() - window_start, 1e-9)
+    values = {"loss": loss, "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+              "learning_rate": float(lr_schedule(last_step - 1)), "examples_per_second": window_examples / elapsed}
+    if adv.method != "none":
+      values["objective"] = sum(m["objective_sum"] for m in fetched) / max(sum(m["count"] for m in fetched), 1.0)
+    append_metrics(workdir, last_step, "train", values, writer)
+    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{values['examples_per_second']:.1f}")
+    pending, window_start, window_examples = [], time.time(), 0
+
+  while step < total_steps and not loop_state["stopped_early"]:
+    epoch, start = divmod(step, steps_per_epoch)
+    batches = pipeline.train_batches(train.features, config.batch_size, config.seed, epoch, start)
+    for batch in pipeline.prefetch(batches):
+      state, metrics = train_step(state, par.put_batch(batch))
+      step += 1
+      pending.append((step, metrics))
+      window_examples += config.batch_size
+      bar.update(1)
+      last = step == total_steps
+      if step % config.log_every == 0 or last:
+        flush()
+      if (config.eval_every and step % config.eval_every == 0) or last:
+        flush()
+        values = evaluate(dev, step)
+        value = values.get(metric_name)
+        if value is not None and math.isfinite(value) and (loop_state["best_value"] is None
+                                                           or better(value, loop_state["best_value"])):
+          loop_state.update(best_value=value, best_step=step, evals_without_improvement=0)
+          checkpoints.save_best(step, par.get_state(state).trainable)
+        else:
+          loop_state["evals_without_improvement"] += 1
+          patience = config.early_stopping.patience
+          if patience and loop_state["evals_without_improvement"] >= patience:
+            loop_state["stopped_early"] = True
+            print(f"early stopping at step {step}: {metric_name} has not improved for {patience} evaluations")
+      if step % config.checkpoint_every == 0 or last or loop_state["stopped_early"]:
+        flush()  # raises before saving if a step was non-finite: the last checkpoint stays good
+        checkpoints.save(par.get_state(state), loop_state)
+      if last or loop_state["stopped_early"]:
+        break
+  flush()
+  bar.close()
+
+  # --- final evaluation and summary ------------------------------------------------------------------
+  if checkpoints.best_step() is None:  # no dev metric to select on: the final parameters are "best"
+    checkpoints.save_best(step, par.get_state(state).trainable)
+    checkpoints.save(par.get_state(state), loop_state)
+  if config.early_stopping.restore_best and loop_state["best_step"] not in (None, step):
+    host = par.get_state(state)
+    state = par.put_state(host.replace(trainable=checkpoints.restore_trainable(host.trainable)))
+    print(f"restored the best checkpoint (step {loop_state['best_step']}, {metric_name} = "
+          f"{loop_state['best_value']:.3f})")
+  final = {}
+  for split in config.eval_splits:
+    data = dev if split == "dev" else _truncate(datasets.load(config, exp.tokenizer, split),
+                                                config.max_eval_examples, config.seed)
+    final[split] = evaluate(data, step)
+  checkpoints.close()
+  writer.close()
+  summary = _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final,
+                     time.time() - started)
+  (workdir / "summary.txt").write_text(summary)
+  print(summary)
+  return final
+
+
+def _truncate_metrics(workdir: Path, step: int) -> None:
+  """On resume, drop metric lines written after the checkpoint: they will be written again."""
+  file = workdir / "metrics.jsonl"
+  if file.exists():
+    lines = [l for l in file.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+    file.write_text("".join(l + "\n" for l in lines))
+
+
+def load_trained(workdir, trainable_template):
+  """The best trained parameters of a finished run, for `init_from`. Parts whose shapes differ (a head
+  with another number of labels) keep their fresh initialisation."""
+  workdir = Path(workdir).expanduser().resolve()
+  if not (workdir / "checkpoints" / "best").is_dir():
+    raise FileNotFoundError(f"config key init_from: {workdir} holds no finished run (no checkpoints/best)")
+  manager = ckpt.Checkpoints(workdir)
+  import orbax.checkpoint as ocp
+  step = manager.best_step()
+  meta = manager.best.item_metadata(step)
+  saved = trainability.flatten(jax.tree.map(lambda m: tuple(m.shape), meta.tree if hasattr(meta, "tree") else meta,
+                                            is_leaf=lambda m: hasattr(m, "shape")))
+  template = trainability.flatten(trainable_template)
+  matching = trainability.unflatten({p: v for p, v in template.items() if saved.get(p) == tuple(np.shape(v))})
+  restored = manager.best.restore(step, args=ocp.args.PyTreeRestore(
+      item=jax.tree.map(ocp.utils.to_shape_dtype_struct, matching), partial_restore=True))
+  manager.close()
+  skipped = sorted(set(template) - set(trainability.flatten(matching)))
+  if skipped:
+    print(f"init_from: {len(skipped)} parameters keep their fresh initialisation (not in {workdir} or "
+          f"shaped differently), e.g. {skipped[:3]}")
+  return trainability.combine(restored, trainability.unflatten(
+      {p: v for p, v in template.items() if p in skipped}))
+
+
+def _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final, seconds):
+  lines = ["=" * 72, f"ftjax run  {workdir}",
+           f"model {config.model}  task {config.task.source}  method {config.method}  "
+           f"adversarial {config.adversarial.method}",
+           trainability.summary(trainable, frozen).splitlines()[0],
+           f"steps {step}/{total_steps}  wall time {seconds / 60:.1f} min"
+           + ("  (stopped early)" if loop_state["stopped_early"] else "")]
+  if loop_state["best_step"] is not None:
+    lines.append(f"best dev {metric_name} = {loop_state['best_value']:.3f} at step {loop_state['best_step']}")
+  for split, values in final.items():
+    lines.append(f"{split:5s} " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+  lines.append("=" * 72)
+  return "\n".join(lines)

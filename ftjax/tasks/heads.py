@@ -1,0 +1,56 @@
+"""Task heads: small Flax modules applied to a backbone's output, with their own params pytree.
+
+Names follow transformers' task classes (`classifier`, `qa_outputs`, `score`), so that an exported
+checkpoint loads with the matching Auto class. Heads are always trained from scratch: the checkpoint
+loader never reads them, and `init_from` carries them over from a finished run instead.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ftjax.models.layers import Dense
+from ftjax.models.outputs import DecoderOutput, EncoderOutput
+
+
+class SequenceClassificationHead(nn.Module):
+  """Logits (B, num_labels) for a whole sequence (num_labels = 1: regression).
+
+  Encoders read BERT's pooler output, as `BertForSequenceClassification` does. Decoders read the hidden
+  state of the last real token and have no bias, as `GPT2ForSequenceClassification` (`score`) does.
+  """
+  num_labels: int
+  dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, outputs, attention_mask, deterministic: bool = True) -> jax.Array:
+    if isinstance(outputs, DecoderOutput):
+      last = jnp.sum(attention_mask, axis=1) - 1  # right padding: index of the last real token
+      pooled = jnp.take_along_axis(outputs.last_hidden_state, last[:, None, None], axis=1)[:, 0]
+      return Dense(self.num_labels, use_bias=False, dtype=self.dtype, name="score")(pooled).astype(jnp.float32)
+    pooled = nn.Dropout(self.dropout_rate)(outputs.pooler_output, deterministic=deterministic)
+    return Dense(self.num_labels, dtype=self.dtype, name="classifier")(pooled).astype(jnp.float32)
+
+
+class TokenClassificationHead(nn.Module):
+  """Logits (B, T, num_labels) per token, as `BertForTokenClassification`."""
+  num_labels: int
+  dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, outputs: EncoderOutput, attention_mask, deterministic: bool = True) -> jax.Array:
+    h = nn.Dropout(self.dropout_rate)(outputs.last_hidden_state, deterministic=deterministic)
+    return Dense(self.num_labels, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
+
+
+class QuestionAnsweringHead(nn.Module):
+  """Start and end logits (B, T) each, as `BertForQuestionAnswering` (`qa_outputs`, no dropout)."""
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, outputs: EncoderOutput, attention_mask, deterministic: bool = True):
+    logits = Dense(2, dtype=self.dtype, name="qa_outputs")(outputs.last_hidden_state).astype(jnp.float32)
+    return logits[..., 0], logits[..., 1]
