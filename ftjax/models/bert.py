@@ -176,6 +176,7 @@ class BertModel(nn.Module):
   dtype: jnp.dtype = jnp.float32     # compute dtype; parameters stay float32
   remat: bool = False
   add_pooling_layer: bool = True
+  is_decoder = False  # class constant (no annotation: not a module field)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True,

@@ -123,6 +123,7 @@ class GPT2LMHeadModel(nn.Module):
   peft: PeftSpec = NO_PEFT
   dtype: jnp.dtype = jnp.float32     # compute dtype; parameters stay float32
   remat: bool = False
+  is_decoder = True  # class constant (no annotation: not a module field)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
@@ -167,6 +168,10 @@ class GPT2LMHeadModel(nn.Module):
     if n_prompt:  # drop the soft-prompt positions: outputs align with input_ids again
       hidden = hidden[:, n_prompt:]
     return DecoderOutput(logits=wte.attend(hidden), last_hidden_state=hidden, cache=new_cache)
+
+  def init_cache(self, batch: int, length: int, dtype=None) -> dict:
+    """An empty cache of `length` slots in the compute dtype: what `ftjax.generation` asks every decoder for."""
+    return init_cache(self.config, batch, length, self.dtype if dtype is None else dtype)
 
 
 def init_cache(config: GPT2Config, batch: int, length: int, dtype=jnp.float32) -> dict:
