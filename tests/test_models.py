@@ -1,0 +1,209 @@
+"""Parity of the Flax backbones with transformers' PyTorch models, checkpoint formats, and load errors.
+
+The real all-MiniLM-L6-v2 (packaged) checks the BERT path on trained weights; tiny random checkpoints
+that transformers writes check GPT-2, the file formats and the error messages in milliseconds.
+"""
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from ftjax.models import CheckpointError, from_pretrained, resolve
+
+TOL = 1e-4
+
+
+def torch_outputs(model, **inputs):
+  with torch.no_grad():
+    return model(**{k: torch.tensor(np.asarray(v), dtype=torch.long) for k, v in inputs.items()})
+
+
+def max_abs_diff(ours, theirs, mask=None):
+  """Largest |ours - theirs|, over positions where mask (B, T) is 1 (padded positions are free)."""
+  ours, theirs = np.asarray(ours, np.float32), np.asarray(theirs, np.float32)
+  if mask is not None:
+    ours, theirs = ours[np.asarray(mask) > 0], theirs[np.asarray(mask) > 0]
+  return float(np.abs(ours - theirs).max())
+
+
+# --- the real MiniLM -----------------------------------------------------------------------------------
+
+PAIRS = (["A man is playing a guitar.", "The weather is lovely today, isn't it?", "Short."],
+         ["Someone plays an instrument.", "It is raining.", "A much longer second segment that makes padding."])
+
+
+@pytest.fixture(scope="module")
+def minilm_batch():
+  """A padded batch of sentence pairs: two segments, so token_type_ids has ones."""
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(resolve("minilm")))
+  batch = dict(tokenizer(*PAIRS, padding=True, return_tensors="np"))
+  assert (batch["attention_mask"] == 0).any() and (batch["token_type_ids"] == 1).any()
+  return batch
+
+
+@pytest.fixture(scope="module")
+def minilm_torch(minilm_batch):
+  model = transformers.AutoModel.from_pretrained(str(resolve("minilm"))).eval()
+  return torch_outputs(model, **minilm_batch)
+
+
+@pytest.fixture(scope="module")
+def minilm_f32(minilm_batch):
+  model, params = from_pretrained("minilm")
+  return model.apply({"params": params}, **{k: jnp.asarray(v) for k, v in minilm_batch.items()})
+
+
+def test_minilm_matches_transformers(minilm_batch, minilm_torch, minilm_f32):
+  mask = minilm_batch["attention_mask"]
+  assert max_abs_diff(minilm_f32.last_hidden_state, minilm_torch.last_hidden_state, mask) < TOL
+  assert max_abs_diff(minilm_f32.pooler_output, minilm_torch.pooler_output) < TOL
+
+
+def test_minilm_bfloat16_compute_stays_close(minilm_batch, minilm_f32):
+  model, params = from_pretrained("minilm", dtype=jnp.bfloat16)
+  out = model.apply({"params": params}, **{k: jnp.asarray(v) for k, v in minilm_batch.items()})
+  assert out.last_hidden_state.dtype == jnp.bfloat16
+  mask = minilm_batch["attention_mask"]
+  deviation = max_abs_diff(out.last_hidden_state, minilm_f32.last_hidden_state, mask)
+  scale = float(np.abs(np.asarray(minilm_f32.last_hidden_state)[mask > 0]).max())
+  print(f"\nMiniLM bf16 vs f32: max |Δ last_hidden_state| = {deviation:.4f} (max |h| = {scale:.2f}); "
+        f"pooler {max_abs_diff(out.pooler_output, minilm_f32.pooler_output):.4f}")
+  assert deviation < 5e-2
+
+
+# --- tiny random checkpoints written by transformers ---------------------------------------------------
+
+BERT = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+            max_position_embeddings=24, type_vocab_size=2)
+GPT2 = dict(vocab_size=99, n_positions=24, n_embd=32, n_layer=2, n_head=4, bos_token_id=98, eos_token_id=98)
+
+
+def padded_batch(vocab, left_pad=False, seed=0):
+  """(ids, mask, token types) for 3 sequences of lengths 9, 5 and 2, padded to 9."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1, vocab, (3, 9))
+  mask = np.zeros_like(ids)
+  for row, n in enumerate((9, 5, 2)):
+    mask[row, 9 - n:] = 1 if left_pad else 0
+    mask[row, :n] = 0 if left_pad else 1
+  types = (np.arange(9)[None] >= 4).astype(np.int64) * mask
+  return ids * mask, mask, types
+
+
+def save_bert(folder, cls=transformers.BertModel, **save):
+  torch.manual_seed(0)
+  model = cls(transformers.BertConfig(**BERT)).eval()
+  model.save_pretrained(folder, **save)
+  return model
+
+
+def assert_bert_matches(folder, torch_bert):
+  ids, mask, types = padded_batch(BERT["vocab_size"])
+  model, params = from_pretrained(folder)
+  ours = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                     token_type_ids=jnp.asarray(types))
+  theirs = torch_outputs(torch_bert, input_ids=ids, attention_mask=mask, token_type_ids=types)
+  assert max_abs_diff(ours.last_hidden_state, theirs.last_hidden_state, mask) < TOL
+  assert max_abs_diff(ours.pooler_output, theirs.pooler_output) < TOL
+
+
+def test_random_bert_matches_transformers(tmp_path):
+  assert_bert_matches(tmp_path, save_bert(tmp_path))
+
+
+def test_random_gpt2_matches_transformers(tmp_path):
+  torch.manual_seed(0)
+  hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)).eval()
+  hf.save_pretrained(tmp_path)
+  ids, mask, _ = padded_batch(GPT2["vocab_size"], left_pad=True)
+  # transformers' generate() positions for left padding: real tokens count from 0.
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  theirs = torch_outputs(hf, input_ids=ids, attention_mask=mask, position_ids=positions)
+  model, params = from_pretrained(tmp_path)
+  ours = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+  assert ours.logits.shape == (3, 9, GPT2["vocab_size"])
+  assert max_abs_diff(ours.logits, theirs.logits, mask) < TOL
+
+
+def test_sequence_classification_checkpoint_loads(tmp_path):
+  classifier = save_bert(tmp_path, transformers.BertForSequenceClassification)
+  names = safetensors.numpy.load_file(str(tmp_path / "model.safetensors"))
+  assert all(k.startswith(("bert.", "classifier.")) for k in names)   # the prefixed layout
+  assert_bert_matches(tmp_path, classifier.bert)
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+  torch_bert = save_bert(tmp_path, max_shard_size="20KB")
+  assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+  assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+  assert_bert_matches(tmp_path, torch_bert)
+
+
+def test_pytorch_bin_checkpoint_loads(tmp_path):
+  # transformers 5 only writes safetensors; a .bin is what older checkpoints ship: its pickled state dict.
+  torch_bert = save_bert(tmp_path)
+  (tmp_path / "model.safetensors").unlink()
+  torch.save(torch_bert.state_dict(), tmp_path / "pytorch_model.bin")
+  assert_bert_matches(tmp_path, torch_bert)
+
+
+# --- errors say what is wrong and where ----------------------------------------------------------------
+
+
+@pytest.fixture
+def bert_folder(tmp_path):
+  save_bert(tmp_path)
+  return tmp_path
+
+
+def test_missing_config_is_named(bert_folder):
+  (bert_folder / "config.json").unlink()
+  with pytest.raises(CheckpointError, match=f"{bert_folder}.*config.json"):
+    from_pretrained(bert_folder)
+
+
+def test_unknown_model_type_is_named(bert_folder):
+  config = json.loads((bert_folder / "config.json").read_text())
+  (bert_folder / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
+  with pytest.raises(CheckpointError, match=r"config.json.*'mamba'.*\['bert', "):
+    from_pretrained(bert_folder)
+
+
+def rewrite_weights(folder, edit):
+  file = folder / "model.safetensors"
+  tensors = safetensors.numpy.load_file(str(file))
+  edit(tensors)
+  safetensors.numpy.save_file(tensors, str(file), metadata={"format": "pt"})
+  return file
+
+
+def test_missing_tensor_is_named(bert_folder):
+  name = "encoder.layer.1.attention.self.value.weight"
+  file = rewrite_weights(bert_folder, lambda t: t.pop(name))
+  with pytest.raises(CheckpointError, match=rf"{file}.*{name}.*encoder/layer_1/attention/self/value/kernel"):
+    from_pretrained(bert_folder)
+
+
+def test_misshaped_tensor_is_named(bert_folder):
+  name = "encoder.layer.0.intermediate.dense.bias"
+  file = rewrite_weights(bert_folder, lambda t: t.update({name: np.zeros(36, np.float32)}))
+  with pytest.raises(CheckpointError, match=rf"{file}.*{name}.*\(36,\).*\(37,\)"):
+    from_pretrained(bert_folder)
+
+
+def test_too_long_sequences_are_refused(bert_folder, tmp_path_factory):
+  model, params = from_pretrained(bert_folder)
+  too_long = jnp.ones((1, BERT["max_position_embeddings"] + 1), jnp.int32)
+  with pytest.raises(ValueError, match="length 25.*max_position_embeddings=24"):
+    model.apply({"params": params}, too_long)
+  gpt2_folder = tmp_path_factory.mktemp("gpt2")
+  transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2)).save_pretrained(gpt2_folder)
+  model, params = from_pretrained(gpt2_folder)
+  with pytest.raises(ValueError, match="length 25.*n_positions=24"):
+    model.apply({"params": params}, jnp.ones((1, GPT2["n_positions"] + 1), jnp.int32))
