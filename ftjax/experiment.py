@@ -5,6 +5,8 @@ Shared by training, evaluation, prediction and export, so that every script rebu
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -73,3 +75,34 @@ def build(config) -> Experiment:
     tokenizer.pad_token = tokenizer.eos_token
   tree = init_tree(model, task, backbone, config.seed)
   return Experiment(model, tokenizer, task, tree, trainability.rules_for(config.method, tuple(config.trainable)))
+
+
+def load_config(workdir) -> "ml_collections.ConfigDict":
+  """The config a run was trained with (workdir/config.json)."""
+  import ml_collections
+  file = Path(workdir).expanduser() / "config.json"
+  if not file.is_file():
+    raise FileNotFoundError(f"{file} does not exist: {workdir} is not an ftjax run folder")
+  return ml_collections.ConfigDict(json.loads(file.read_text()))
+
+
+def restore(workdir, config=None):
+  """(config, experiment, trainable, frozen) of a finished run, with its best trained parameters.
+
+  The backbone is reloaded from where the run recorded it, and checked against the sha256 of its
+  weights: a run whose backbone changed underneath it is refused rather than silently mis-evaluated."""
+  from ftjax import checkpoints
+  from ftjax.models.loading import backbone_reference
+  workdir = Path(workdir).expanduser().resolve()
+  config = config or load_config(workdir)
+  exp = build(config)
+  record = json.loads((workdir / "run.json").read_text())
+  now = backbone_reference(config.model)["sha256"]
+  if now != record["backbone"]["sha256"]:
+    raise ValueError(f"{workdir / 'run.json'}: the backbone {config.model} has changed since training "
+                     f"(sha256 {record['backbone']['sha256']} then, {now} now)")
+  trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  manager = checkpoints.Checkpoints(workdir)
+  trainable = manager.restore_trainable(trainable)
+  manager.close()
+  return config, exp, trainable, frozen

@@ -48,21 +48,6 @@ def selection(config, kind: str) -> tuple[str, str]:
   return metric, mode
 
 
-def _truncate(data: datasets.TaskData, limit: int, seed: int) -> datasets.TaskData:
-  """A fixed, seed-independent subset: the first `limit` rows of a permutation with seed 0."""
-  if not limit or limit >= data.num_rows or data.kind in ("question_answering", "token_classification",
-                                                          "causal_lm"):
-    if limit and data.kind != "classification" and data.kind != "regression" and limit < data.num_rows:
-      rows = np.arange(limit)
-      examples = data.examples[:limit] if data.kind == "token_classification" else data.examples
-      return datasets.TaskData(data.split, data.kind, examples, {k: v[rows] for k, v in data.features.items()},
-                               data.label_names)
-    return data
-  rows = np.sort(np.random.default_rng(0).permutation(data.num_rows)[:limit])
-  return datasets.TaskData(data.split, data.kind, [data.examples[i] for i in rows],
-                           {k: v[rows] for k, v in data.features.items()}, data.label_names)
-
-
 def append_metrics(workdir: Path, step: int, split: str, values: dict, writer=None) -> None:
   record = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
   with open(workdir / "metrics.jsonl", "a") as f:
@@ -72,32 +57,35 @@ def append_metrics(workdir: Path, step: int, split: str, values: dict, writer=No
       writer.add_scalar(f"{split}/{k}", float(v), step)
 
 
-def evaluate_split(exp, par, eval_step, state_trainable, state_frozen, data: datasets.TaskData, batch_size: int):
-  """Scores one split: (metrics, report). Runs every row once; padding rows are dropped by weight."""
-  outputs, loss_sum, count = None, 0.0, 0.0
-  for batch in pipeline.prefetch(pipeline.eval_batches(data.features, batch_size)):
-    out, sums = eval_step(state_trainable, state_frozen, par.put_batch(batch))
+def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int):
+  """(head outputs per feature row, loss sum, count): every row once, in feature order. Batches are
+  padded to different length buckets, so per-token outputs are padded to the widest bucket."""
+  parts, loss_sum, count = None, 0.0, 0.0
+  for batch in pipeline.prefetch(pipeline.eval_batches(features, batch_size)):
+    out, sums = eval_step(trainable, frozen, par.put_batch(batch))
     out = jax.tree.map(par.to_host, out)
-    loss_sum += float(par.to_host(sums["loss_sum"]).sum())
-    count += float(par.to_host(sums["count"]).sum())
+    loss_sum += float(np.sum(par.to_host(sums["loss_sum"])))
+    count += float(np.sum(par.to_host(sums["count"])))
     rows = batch["example_index"]
     keep = rows >= 0
-    if outputs is None:
-      outputs = jax.tree.map(lambda x: np.zeros((data.num_rows,) + x.shape[1:2] + x.shape[2:], x.dtype)
-                             if x.ndim < 2 else None, out)
-      outputs = jax.tree.map(lambda x: [], out)
-    outputs = jax.tree.map(lambda acc, x: acc + [(rows[keep], x[keep])], outputs, out,
-                           is_leaf=lambda x: isinstance(x, list))
-  def assemble(parts):
-    width = max(x.shape[1] for _, x in parts) if parts[0][1].ndim > 1 else None
-    full = np.zeros((data.num_rows,) + ((width,) if width else ()) + parts[0][1].shape[2:], parts[0][1].dtype)
-    for rows, x in parts:
-      if width:
-        full[rows, :x.shape[1]] = x
-      else:
-        full[rows] = x
+    parts = jax.tree.map(lambda x: [], out) if parts is None else parts
+    parts = jax.tree.map(lambda acc, x: acc + [(rows[keep], x[keep])], parts, out,
+                         is_leaf=lambda x: isinstance(x, list))
+  num_rows = len(features["input_ids"])
+
+  def assemble(chunks):
+    first = chunks[0][1]
+    width = (max(x.shape[1] for _, x in chunks),) if first.ndim > 1 else ()
+    full = np.zeros((num_rows,) + width + first.shape[2:], first.dtype)
+    for rows, x in chunks:
+      full[(rows,) + ((slice(0, x.shape[1]),) if width else ())] = x
     return full
-  outputs = jax.tree.map(assemble, outputs, is_leaf=lambda x: isinstance(x, list))
+  return jax.tree.map(assemble, parts, is_leaf=lambda x: isinstance(x, list)), loss_sum, count
+
+
+def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, batch_size: int):
+  """(metrics, report) of one split."""
+  outputs, loss_sum, count = run_eval(par, eval_step, trainable, frozen, data.features, batch_size)
   return data.score(outputs, loss_sum, count)
 
 
@@ -116,8 +104,8 @@ def train_and_evaluate(config, workdir) -> dict:
   (workdir / "run.json").write_text(json.dumps(run_record, indent=2))
 
   # --- data ----------------------------------------------------------------------------------------
-  train = _truncate(datasets.load(config, exp.tokenizer, "train"), config.max_train_examples, config.seed)
-  dev = _truncate(datasets.load(config, exp.tokenizer, "dev"), config.max_eval_examples, config.seed)
+  train = datasets.load(config, exp.tokenizer, "train", config.max_train_examples)
+  dev = datasets.load(config, exp.tokenizer, "dev", config.max_eval_examples)
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f"config key batch_size={config.batch_size} is not divisible by grad_accum_steps="
                      f"{config.grad_accum_steps}")
@@ -158,10 +146,8 @@ def train_and_evaluate(config, workdir) -> dict:
   writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
   def evaluate(split_data, step):
-    host = par.get_state(state)
-    values, report = evaluate_split(exp, par, eval_step, state.trainable, state.frozen, split_data,
+    values, report = evaluate_split(par, eval_step, state.trainable, state.frozen, split_data,
                                     config.eval_batch_size)
-    del host
     if values:
       append_metrics(workdir, step, split_data.split, values, writer)
     if report:
@@ -170,6 +156,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
   # --- the loop ------------------------------------------------------------------------------------
   step = int(jax.device_get(par.get_state(state).step))
+  dev_history: dict[int, dict] = {}
   pending: list = []  # per-step device metrics, fetched once per log interval (no per-step sync)
   window_start, window_examples = time.time(), 0
   bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
@@ -210,7 +197,7 @@ def train_and_evaluate(config, workdir) -> dict:
         flush()
       if (config.eval_every and step % config.eval_every == 0) or last:
         flush()
-        values = evaluate(dev, step)
+        values = dev_history[step] = evaluate(dev, step)
         value = values.get(metric_name)
         if value is not None and math.isfinite(value) and (loop_state["best_value"] is None
                                                            or better(value, loop_state["best_value"])):
@@ -239,11 +226,14 @@ def train_and_evaluate(config, workdir) -> dict:
     state = par.put_state(host.replace(trainable=checkpoints.restore_trainable(host.trainable)))
     print(f"restored the best checkpoint (step {loop_state['best_step']}, {metric_name} = "
           f"{loop_state['best_value']:.3f})")
+  params_step = loop_state["best_step"] if config.early_stopping.restore_best and loop_state["best_step"] else step
   final = {}
   for split in config.eval_splits:
-    data = dev if split == "dev" else _truncate(datasets.load(config, exp.tokenizer, split),
-                                                config.max_eval_examples, config.seed)
-    final[split] = evaluate(data, step)
+    if split == "dev" and params_step in dev_history:  # these parameters were scored on dev already
+      final[split] = dev_history[params_step]
+      continue
+    data = dev if split == "dev" else datasets.load(config, exp.tokenizer, split, config.max_eval_examples)
+    final[split] = evaluate(data, params_step)
   checkpoints.close()
   writer.close()
   summary = _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final,

@@ -110,8 +110,9 @@ class TaskData:
   def labelled(self) -> bool:
     """GLUE test files have no labels (-1): such a split gets predictions but no scores."""
     labels = self.features.get("labels")
-    return labels is None or labels.ndim > 1 or bool(np.any(labels >= 0)) or self.kind == "regression" and bool(
-        np.any(labels != -1))
+    if labels is None or labels.ndim > 1:
+      return True
+    return bool(np.any(labels != -1))
 
   def score(self, outputs, loss_sum: float, count: float) -> tuple[dict, str | None]:
     """(metrics, text report or None) from the model outputs per feature row (host numpy arrays)."""
@@ -137,9 +138,15 @@ class TaskData:
     return result, report
 
 
-def load(config, tokenizer, split: str) -> TaskData:
+def load(config, tokenizer, split: str, limit: int = 0) -> TaskData:
+  """One split, featurised. limit > 0 keeps a fixed subset of `limit` examples (the same for every seed
+  and method, so CPU-sized runs stay comparable): a random one, or the first ones for running text."""
   src = source(config)
   data = list(examples(config, split))
   if not data:
     raise raw.DataError(f"{config.task.source} split {split!r} has no examples")
+  if 0 < limit < len(data):
+    keep = np.arange(limit) if config.task.source == "wikitext2" else np.sort(
+        np.random.default_rng(0).permutation(len(data))[:limit])
+    data = [data[i] for i in keep]
   return TaskData(split, src.kind, data, src.featurize(data, tokenizer, config), src.label_names(config))

@@ -1,0 +1,124 @@
+"""Predict with a finished run — the deployment path. One input per line, from --input or stdin; one
+JSON object per line on stdout.
+
+  echo "a gripping, funny film" | python scripts/predict.py --workdir=runs/sst2
+  python scripts/predict.py --workdir=runs/rte --input=pairs.tsv     # sentence pairs: text<TAB>text
+
+Inputs and outputs per task:
+  classification   text or text<TAB>text   → {"label", "score", "scores"}
+  regression       text<TAB>text            → {"score"}
+  NER              a sentence (split on whitespace into words) → {"entities": [{"type", "text", "start", "end"}]}
+                   (start/end are word indices, end exclusive)
+  QA               question<TAB>context     → {"answer"}
+  causal LM        a prompt                 → {"generated"} (the config's generation settings)
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ftjax import experiment, generation, parallel, step as steps, trainability  # noqa: E402
+from ftjax.data import features as feats  # noqa: E402
+from ftjax.data.raw import DataError  # noqa: E402
+from ftjax.loop import run_eval  # noqa: E402
+
+flags.DEFINE_string("workdir", None, "a finished run folder")
+flags.DEFINE_string("input", None, "file with one input per line (default: stdin)")
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def parse(lines, kind, where):
+  """Example dicts in the schemas of ftjax.data.raw, from the input lines."""
+  examples = []
+  for number, line in enumerate(lines, start=1):
+    line = line.rstrip("\n")
+    if not line.strip():
+      continue
+    fields = line.split("\t")
+    if kind in ("classification", "regression"):
+      if len(fields) > 2:
+        raise DataError(f"{where}:{number}: expected text or text<TAB>text, got {len(fields)} fields")
+      examples.append({"text": fields[0], **({"text_pair": fields[1]} if len(fields) == 2 else {}),
+                       "label": 0.0 if kind == "regression" else 0})
+    elif kind == "token_classification":
+      examples.append({"tokens": line.split(), "tags": [0] * len(line.split())})
+    elif kind == "question_answering":
+      if len(fields) != 2:
+        raise DataError(f"{where}:{number}: expected question<TAB>context")
+      examples.append({"id": str(number), "question": fields[0], "context": fields[1], "answer_texts": [],
+                       "answer_starts": []})
+    else:
+      examples.append({"mr": line, "refs": [""]})
+  if kind in ("classification", "regression") and len({"text_pair" in e for e in examples}) > 1:
+    raise DataError(f"{where}: mix of single texts and pairs; the run was trained on one kind")
+  return examples
+
+
+def entities(words, tags):
+  """IOB2 tags → spans."""
+  spans, current = [], None
+  for i, tag in enumerate(tags + ["O"]):
+    if current and not (tag.startswith("I-") and tag[2:] == current["type"]):
+      current["end"] = i
+      current["text"] = " ".join(words[current["start"]:i])
+      spans.append(current)
+      current = None
+    if tag.startswith("B-") or (tag.startswith("I-") and current is None):
+      current = {"type": tag[2:], "start": i}
+  return spans
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
+  kind, names = exp.task.kind, exp.task.label_names
+  source = open(FLAGS.input) if FLAGS.input else sys.stdin
+  examples = parse(source.readlines(), kind, FLAGS.input or "<stdin>")
+  if not examples:
+    return
+  tok = exp.tokenizer
+  if kind == "causal_lm":
+    tree = trainability.combine(trainable, frozen)
+    variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
+    prompts = feats.generation_prompts(examples, tok, config.max_length)
+    g = config.generation
+    out = generation.generate(exp.model, tree["backbone"], prompts["input_ids"], prompts["attention_mask"],
+                              max_new_tokens=g.max_new_tokens, method=g.method, num_beams=g.num_beams,
+                              length_penalty=g.length_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, variables=variables)
+    new = np.asarray(out)[:, prompts["input_ids"].shape[1]:]
+    for row in new:
+      print(json.dumps({"generated": tok.decode(row, skip_special_tokens=True).strip()}))
+    return
+  featurize = {"classification": feats.classification, "regression": feats.classification,
+               "token_classification": feats.token_classification, "question_answering": feats.qa}[kind]
+  features = featurize(examples, tok, config.max_length)
+  par = parallel.make_parallel("none")
+  eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
+  outputs, _, _ = run_eval(par, eval_step, trainable, frozen, features, config.eval_batch_size)
+  if kind == "classification":
+    probs = np.exp(outputs - outputs.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    for p in probs:
+      print(json.dumps({"label": names[int(p.argmax())], "score": round(float(p.max()), 4),
+                        "scores": {n: round(float(x), 4) for n, x in zip(names, p)}}))
+  elif kind == "regression":
+    for value in outputs[:, 0]:
+      print(json.dumps({"score": round(float(value), 4)}))
+  elif kind == "token_classification":
+    predicted = feats.word_predictions(features, outputs.argmax(-1), [len(e["tokens"]) for e in examples])
+    for example, tags in zip(examples, predicted):
+      print(json.dumps({"entities": entities(example["tokens"], [names[t] for t in tags])}))
+  else:
+    answers = feats.qa_answers(examples, features, outputs[0], outputs[1])
+    for example in examples:
+      print(json.dumps({"answer": answers[example["id"]]}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,26 @@
+"""Fine-tune: `python scripts/train.py --config=configs/glue.py:rte --workdir=runs/rte [--config.x=...]`.
+
+Rerunning the same command on the same workdir resumes from its latest checkpoint.
+"""
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from ftjax.loop import train_and_evaluate  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])", lock_config=True)
+flags.DEFINE_string("workdir", None, "run folder: checkpoints, metrics.jsonl, summary")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
