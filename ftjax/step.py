@@ -83,7 +83,13 @@ def make_train_step(model, task, tx: optax.GradientTransformation, *, adversaria
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if axis_name is not None:
       step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
-    micro = jax.tree.map(lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]), batch)
+    rows = batch["input_ids"].shape[0]
+    if rows % grad_accum_steps:
+      raise ValueError(f"batch of {rows} rows does not split into grad_accum_steps={grad_accum_steps} micro-batches")
+    # Micro-batch i takes rows i, i + A, i + 2A, ... (strided, not contiguous): with the batch sharded
+    # over devices by rows, every micro-batch is then spread evenly over all devices.
+    micro = jax.tree.map(lambda x: x.reshape((rows // grad_accum_steps, grad_accum_steps) + x.shape[1:]).swapaxes(0, 1),
+                         batch)
 
     def accumulate(carry, xs):
       index, micro_batch = xs
@@ -103,7 +109,7 @@ def make_train_step(model, task, tx: optax.GradientTransformation, *, adversaria
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
     new_state = state.replace(step=state.step + 1, trainable=optax.apply_updates(state.trainable, updates),
                               opt_state=opt_state)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(sums["objective_sum"]) & jnp.isfinite(grad_norm)
     # Keep the last good state on a non-finite step (the loop stops and names the step).
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)

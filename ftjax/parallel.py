@@ -1,0 +1,168 @@
+"""Data parallelism: the same step on every local device, each on its slice of the batch.
+
+`make_parallel(mode)` returns a `Parallel`; the loop uses only its methods, so switching modes is one
+config line and the step function (step.py) stays the same pure `train_step(state, batch)`.
+
+  "mesh" (default)  `jax.jit` over a 1-D `Mesh` with axis "data": batches are `NamedSharding(mesh,
+                    P("data"))` (rows split over devices), the state is replicated (`P()`). XLA inserts
+                    the all-reduce of gradients and metric sums itself; the step needs no axis name.
+                    With `jax_threefry_partitionable` (the default since jax 0.5) random bits depend
+                    only on the key and the element's position, so dropout masks equal a single
+                    device's and the run is the single-device run, up to summation order.
+  "pmap"            `jax.pmap` with axis_name "batch": the state carries a leading device axis (one
+                    copy per device), a batch is reshaped to [devices, B / devices, ...], and the step
+                    psums gradients and sums over "batch". Each device folds its index into the dropout
+                    key, so masks differ from a single-device run (results agree with dropout off).
+  "none"            plain `jax.jit` on the first device.
+
+Train metrics come back as device scalars (not synced to the host): for pmap they are device 0's copy
+of the psum'd values, which every device holds.
+
+Multi-host (several processes, each with its own devices), mesh mode:
+  1. every process calls `jax.distributed.initialize()` before any other jax call; `jax.devices()`
+     then lists all processes' devices and the mesh spans them;
+  2. each process reads its own shard of the data: the input pipeline's
+     `shard_index=jax.process_index(), num_shards=jax.process_count()`, with a per-process batch of
+     `global_batch / jax.process_count()` rows;
+  3. `put_batch` turns the process-local rows into one global array with
+     `jax.make_array_from_process_local_data` (on one process this is a plain sharded device_put);
+  4. the state is built identically on every process (same seed, same checkpoint), so `put_state`'s
+     replicated `device_put` is consistent; `get_state` reads the (fully replicated, hence addressable)
+     values back for checkpointing, and `to_host` all-gathers batch-sharded outputs across processes.
+pmap mode runs multi-host as well (pmap maps over local devices and psums over all), with each process
+feeding its local batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MODES = ("mesh", "pmap", "none")
+# Batch entries the host keeps (to map predictions back to examples); the device step never sees them.
+HOST_ONLY_KEYS = ("example_index",)
+PMAP_AXIS = "batch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+  mode: str
+  devices: tuple            # this process's devices that take part (one for "none")
+  mesh: Mesh | None         # mesh mode only: all processes' devices, axis "data"
+
+  @property
+  def num_devices(self) -> int:
+    """Devices that share a global batch (all processes' in mesh mode)."""
+    return self.mesh.size if self.mesh is not None else len(self.devices)
+
+  # --- shardings -----------------------------------------------------------------------------------
+
+  def _replicated(self):
+    return NamedSharding(self.mesh, P()) if self.mode == "mesh" else None
+
+  def _batch_sharding(self):
+    return NamedSharding(self.mesh, P("data")) if self.mode == "mesh" else None
+
+  def _pmap_sharding(self):
+    """Leading axis over the local devices, as pmap lays out its inputs."""
+    return NamedSharding(Mesh(np.array(self.devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+
+  # --- compiled steps ------------------------------------------------------------------------------
+
+  def compile_train_step(self, make_step: Callable[[str | None], Callable]) -> Callable:
+    """`make_step(axis_name)` → pure `train_step(state, batch)`; returns it compiled once, state donated."""
+    if self.mode == "pmap":
+      step = jax.pmap(make_step(PMAP_AXIS), axis_name=PMAP_AXIS, donate_argnums=(0,))
+
+      def pmapped(state, batch):
+        state, metrics = step(state, batch)
+        return state, jax.tree.map(lambda x: x[0], metrics)  # identical on every device (psum'd)
+      return pmapped
+    if self.mode == "mesh":
+      rep = self._replicated()
+      return jax.jit(make_step(None), in_shardings=(rep, self._batch_sharding()), out_shardings=(rep, rep),
+                     donate_argnums=(0,))
+    return jax.jit(make_step(None), donate_argnums=(0,))
+
+  def compile_eval_step(self, eval_step: Callable) -> Callable:
+    """`eval_step(trainable, frozen, batch) -> (outputs, sums)` compiled: outputs stay sharded along the
+    batch (read them with `to_host`); the sums are device scalars over the whole global batch."""
+    if self.mode == "pmap":
+      def summed(trainable, frozen, batch):
+        outputs, sums = eval_step(trainable, frozen, batch)
+        return outputs, jax.lax.psum(sums, PMAP_AXIS)
+      step = jax.pmap(summed, axis_name=PMAP_AXIS)
+
+      def pmapped(trainable, frozen, batch):
+        outputs, sums = step(trainable, frozen, batch)
+        return outputs, jax.tree.map(lambda x: x[0], sums)
+      return pmapped
+    if self.mode == "mesh":
+      rep = self._replicated()
+      return jax.jit(eval_step, in_shardings=(rep, rep, self._batch_sharding()))
+    return jax.jit(eval_step)
+
+  # --- moving data ---------------------------------------------------------------------------------
+
+  def put_state(self, state: Any) -> Any:
+    """The state on every device: replicated (mesh), one stacked copy per device (pmap)."""
+    if self.mode == "mesh":
+      return jax.device_put(state, self._replicated())
+    if self.mode == "pmap":
+      n = len(self.devices)
+      stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+      return jax.device_put(stacked, self._pmap_sharding())
+    return jax.device_put(state, self.devices[0])
+
+  def get_state(self, state: Any) -> Any:
+    """Host (numpy) pytree of one copy of the state, for checkpointing."""
+    if self.mode == "pmap":
+      state = jax.tree.map(lambda x: x[0], state)
+    return jax.device_get(state)
+
+  def put_batch(self, batch: dict) -> dict:
+    """This process's rows of a batch onto its devices; host-only keys (`example_index`) dropped."""
+    batch = {k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}
+    rows = {np.shape(v)[0] for v in batch.values()}
+    if len(rows) != 1:
+      raise ValueError(f"batch entries disagree on the number of rows: "
+                       f"{ {k: np.shape(v) for k, v in batch.items()} }")
+    rows = rows.pop()
+    local = len(self.devices) if self.mode != "mesh" else len(self.mesh.local_devices)
+    if rows % local:
+      raise ValueError(f"batch size {rows * jax.process_count()} (this process: {rows} rows) is not "
+                       f"divisible by the {local * jax.process_count()} devices of parallel mode "
+                       f"{self.mode!r}; choose a batch size that is a multiple of the device count")
+    if self.mode == "mesh":
+      sharding = self._batch_sharding()
+      return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+    if self.mode == "pmap":
+      n = len(self.devices)
+      stacked = {k: np.asarray(v).reshape((n, rows // n) + np.shape(v)[1:]) for k, v in batch.items()}
+      return jax.device_put(stacked, self._pmap_sharding())
+    return jax.device_put(batch, self.devices[0])
+
+  def to_host(self, x: Any) -> Any:
+    """numpy copies of device outputs; pmap's leading device axis folded back into the batch."""
+    if self.mode == "mesh" and jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      x = multihost_utils.process_allgather(x, tiled=True)
+
+    def fold(a):
+      a = np.asarray(a)
+      return a.reshape((-1,) + a.shape[2:]) if self.mode == "pmap" and a.ndim >= 2 else a
+    return jax.tree.map(fold, x)
+
+
+def make_parallel(mode: str = "mesh") -> Parallel:
+  if mode == "mesh":
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    return Parallel(mode, tuple(jax.local_devices()), mesh)
+  if mode == "pmap":
+    return Parallel(mode, tuple(jax.local_devices()), None)
+  if mode == "none":
+    return Parallel(mode, (jax.local_devices()[0],), None)
+  raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")

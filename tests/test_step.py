@@ -1,0 +1,162 @@
+"""The training step on one device: adversarial perturbations, frozen backbones, accumulation, NaN
+guard, tracing.
+
+FGM's direction is checked on the real MiniLM with real sentences (the property is about a real loss
+surface); the mechanics use a tiny random BERT (tests/tiny_run.py).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ftjax
+from ftjax import adversarial, parallel, step
+from ftjax.peft import PeftSpec
+from ftjax.tasks import make_task
+
+import tiny_run as tiny
+from tiny_run import adversarial_config, host, random_batch, tiny_run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+  old = tiny.fast_compiles()
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+SENTENCES = [
+    ("a gripping, beautifully acted film that stays with you", 1),
+    ("the plot is a mess and the jokes fall flat", 0),
+    ("one of the warmest and funniest movies of the year", 1),
+    ("tedious, overlong and utterly forgettable", 0),
+    ("an absolute delight from start to finish", 1),
+    ("i walked out halfway through", 0),
+    ("smart writing and a terrific lead performance", 1),
+    ("a lazy sequel with nothing new to say", 0),
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_run():
+  """MiniLM backbone + a classification head trained briefly on the sentences (backbone frozen)."""
+  model, backbone = ftjax.from_pretrained("minilm")
+  tokens = ftjax.load_tokenizer("minilm")([s for s, _ in SENTENCES], padding="max_length", max_length=16,
+                                          truncation=True, return_tensors="np")
+  batch = {"input_ids": tokens["input_ids"].astype(np.int32),
+           "attention_mask": tokens["attention_mask"].astype(np.int32),
+           "token_type_ids": tokens["token_type_ids"].astype(np.int32),
+           "labels": np.array([y for _, y in SENTENCES], np.int32),
+           "weights": np.ones(len(SENTENCES), np.float32)}
+  assert batch["attention_mask"].sum(1).min() < 16  # some padding, so the mask matters
+  task = make_task("classification", 2)
+  out = model.apply({"params": backbone}, batch["input_ids"], attention_mask=batch["attention_mask"])
+  head = task.head.init(jax.random.key(0), out, batch["attention_mask"])["params"]
+  # A few gradient steps on the head alone (features computed once): a loss surface with some signal.
+  loss = lambda h: task.loss(task.head.apply({"params": h}, out, batch["attention_mask"]), batch)[0] / len(SENTENCES)
+  for _ in range(20):
+    head = jax.tree.map(lambda p, g: p - 0.5 * g, head, jax.grad(loss)(head))
+  return model, task, {"backbone": backbone, "head": head}, batch
+
+
+def test_fgm_perturbation_has_norm_epsilon_and_beats_random_directions(minilm_run):
+  model, task, tree, batch = minilm_run
+  epsilon = 1.0
+  mask = jnp.asarray(batch["attention_mask"], jnp.float32)
+  shape = batch["input_ids"].shape + (model.config.hidden_size,)
+
+  @jax.jit
+  def per_example_loss(r):
+    logits = step.apply_model(model, task, tree, batch, deterministic=True, perturbation=r)
+    return jax.vmap(lambda l, y: -jax.nn.log_softmax(l)[y])(logits, batch["labels"])
+
+  g = jax.grad(lambda r: per_example_loss(r).sum())(jnp.zeros(shape))
+  r = adversarial.fgm_perturbation(g, mask, epsilon)
+  np.testing.assert_allclose(jnp.sqrt(jnp.sum(r ** 2, axis=(1, 2))), epsilon, rtol=1e-5)
+  assert jnp.all(r[mask == 0] == 0)  # padding positions are never perturbed
+
+  clean = per_example_loss(jnp.zeros(shape))
+  fgm = per_example_loss(r)
+  rng = np.random.default_rng(0)
+  random = []
+  for _ in range(8):
+    d = rng.standard_normal(shape).astype(np.float32) * np.asarray(mask)[:, :, None]
+    d *= epsilon / np.sqrt(np.sum(d ** 2, axis=(1, 2), keepdims=True))
+    random.append(per_example_loss(jnp.asarray(d)))
+  random = jnp.mean(jnp.stack(random), axis=0)
+  # Every example: FGM raises its loss, and by more than a random direction of the same norm does.
+  assert jnp.all(fgm > clean), (clean, fgm)
+  assert jnp.all(fgm - clean > 2 * jnp.abs(random - clean)), (clean, fgm, random)
+
+
+@pytest.mark.parametrize("method", ["fgm", "pgd", "freelb"])
+def test_adversarial_lora_keeps_backbone_bit_identical(method):
+  model, task, tx, state = tiny_run(peft=PeftSpec(lora_targets=r"attention/self/(query|value)$"), method="lora")
+  # B = 0 at initialisation makes only B move on step one; a random B makes A's gradient non-zero too.
+  state = state.replace(trainable={**state.trainable, "lora": jax.tree.map(
+      lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), state.trainable["lora"])})
+  before = host(state)
+  train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=adversarial_config(method)),
+                       donate_argnums=0)
+  for i in range(2):
+    state, metrics = train_step(state, random_batch(i))
+  after = host(state)
+  assert "backbone" not in state.trainable and "lora" not in state.frozen
+  jax.tree.map(np.testing.assert_array_equal, after.frozen, before.frozen)
+  for (path, new), old in zip(jax.tree_util.tree_flatten_with_path(after.trainable["lora"])[0],
+                              jax.tree.leaves(before.trainable["lora"])):
+    assert not np.array_equal(new, old), f"{method}: LoRA leaf {jax.tree_util.keystr(path)} did not change"
+  assert np.isfinite(float(metrics["loss_sum"])) and np.isfinite(float(metrics["objective_sum"]))
+  assert int(metrics["nonfinite"]) == 0 and int(after.step) == 2
+  if method in ("fgm", "pgd"):  # clean + weight × adversarial, and the adversarial term is the larger
+    assert float(metrics["objective_sum"]) > 2 * float(metrics["loss_sum"])
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+  batch = random_batch(0, batch_size=32)
+  params = []
+  for accum in (1, 4):
+    model, task, tx, state = tiny_run()
+    train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=adversarial_config(),
+                                              grad_accum_steps=accum, dropout=False))
+    state, metrics = train_step(state, {k: v for k, v in batch.items() if k != "example_index"})
+    params.append((host(state.trainable), float(metrics["loss_sum"]), float(metrics["count"])))
+  (one, loss_one, count_one), (four, loss_four, count_four) = params
+  assert count_one == count_four == 32
+  np.testing.assert_allclose(loss_four, loss_one, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), four, one)
+  _, _, _, initial = tiny_run()
+  assert not np.allclose(one["head"]["classifier"]["kernel"], initial.trainable["head"]["classifier"]["kernel"])
+
+
+def test_nan_label_leaves_state_unchanged_and_flags_nonfinite():
+  model, task, tx, state = tiny_run(kind="regression", num_labels=1)
+  train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=adversarial_config()))
+  batch = random_batch(0, kind="regression")
+  del batch["example_index"]
+  state, metrics = train_step(state, batch)  # one good step first: Adam's moments are non-zero
+  assert int(metrics["nonfinite"]) == 0
+  before = host(state)
+  batch["labels"][3] = np.nan
+  state, metrics = train_step(state, batch)
+  assert int(metrics["nonfinite"]) == 1
+  jax.tree.map(np.testing.assert_array_equal, host(state), before)  # step counter, params, moments, rng
+
+
+def test_step_is_traced_once_per_input_shape():
+  model, task, tx, state = tiny_run()
+  traces = []
+
+  def make_step(axis_name):
+    inner = step.make_train_step(model, task, tx, adversarial_config=adversarial_config(), axis_name=axis_name)
+    def train_step(state, batch):
+      traces.append(batch["input_ids"].shape)  # runs at trace time only
+      return inner(state, batch)
+    return train_step
+
+  par = parallel.make_parallel("none")
+  train_step = par.compile_train_step(make_step)
+  state = par.put_state(state)
+  for seed, length in enumerate([12, 12, 16, 12, 16]):
+    state, metrics = train_step(state, par.put_batch(random_batch(seed, length=length)))
+  assert traces == [(16, 12), (16, 16)]
+  assert int(par.get_state(state).step) == 5 and np.isfinite(float(metrics["loss_sum"]))
