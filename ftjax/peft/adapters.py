@@ -9,7 +9,8 @@ its residual connection and LayerNorm):
 - Houlsby: after the attention output projection and after the feed-forward output projection;
 - Pfeiffer: after the feed-forward output projection only (half the parameters, similar accuracy).
 
-The parameters live in the `adapter` collection at the path of the module that calls the adapter.
+The parameters live in the `adapter` collection at the path of the module that calls the adapter, named
+after the site (`attention_down_kernel`, `ffn_up_bias`, ...): GPT-2's block hosts both Houlsby sites.
 """
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ def bottleneck_adapter(module: nn.Module, h: jax.Array, spec: PeftSpec, site: st
   if spec.adapter is None or (spec.adapter == "pfeiffer" and site != "ffn"):
     return h
   features = h.shape[-1]
+  # One module may host both sites (GPT-2's block does), so the site is part of each variable's name.
+  name = lambda leaf: f"{site}_{leaf}"
   down = module.variable(
-      "adapter", "down_kernel",
+      "adapter", name("down_kernel"),
       lambda: nn.initializers.normal(1e-2)(module.make_rng("params"), (features, spec.adapter_size))).value
-  down_bias = module.variable("adapter", "down_bias", lambda: jnp.zeros((spec.adapter_size,))).value
-  up = module.variable("adapter", "up_kernel", lambda: jnp.zeros((spec.adapter_size, features))).value
-  up_bias = module.variable("adapter", "up_bias", lambda: jnp.zeros((features,))).value
+  down_bias = module.variable("adapter", name("down_bias"), lambda: jnp.zeros((spec.adapter_size,))).value
+  up = module.variable("adapter", name("up_kernel"), lambda: jnp.zeros((spec.adapter_size, features))).value
+  up_bias = module.variable("adapter", name("up_bias"), lambda: jnp.zeros((features,))).value
   z = jax.nn.gelu(matmul(h, down) + down_bias, approximate=False)
   return h + (matmul(z, up) + up_bias).astype(h.dtype)

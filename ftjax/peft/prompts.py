@@ -36,6 +36,8 @@ def soft_prompt(module: nn.Module, word_embeddings: jax.Array, spec: PeftSpec) -
 def key_value_prefix(module: nn.Module, num_heads: int, head_dim: int, spec: PeftSpec):
   """Per-layer (prefix_length, heads, head_dim) key and value prefixes of an attention `module`."""
   shape = (spec.prefix_length, num_heads, head_dim)
-  key = module.variable("prefix", "key", lambda: nn.initializers.normal(0.02)(module.make_rng("params"), shape)).value
-  value = module.variable("prefix", "value", lambda: nn.initializers.normal(0.02)(module.make_rng("params"), shape)).value
+  # Not "key"/"value": BERT's attention module already has submodules of those names.
+  init = lambda: nn.initializers.normal(0.02)(module.make_rng("params"), shape)
+  key = module.variable("prefix", "prefix_key", init).value
+  value = module.variable("prefix", "prefix_value", init).value
   return key, value
