@@ -27,6 +27,9 @@ TINY = {
 # LoRA targets per architecture (PEFT's usual choices).
 TARGETS = {"bert": r"attention/self/(query|value)$", "gpt2": r"attn/c_attn$", "minilm": r"attention/self/(query|value)$"}
 
+# XLA with most optimisations off compiles the eager ops ~4x faster with the same results (conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 # The methods that must be the identity at init, as PeftSpec keyword arguments (targets filled per arch).
 IDENTITY_METHODS = {
     "lora": dict(lora_rank=4),
@@ -89,6 +92,9 @@ def test_method_is_identity_at_init_on_tiny_models(tiny, method):
   adapted = model.clone(peft=spec_for(arch, method))
   extra = init_method(adapted, backbone, ids)
   assert extra and all(extra[c] for c in extra), f"{method} created no parameters on {arch}"
+  if method in ("houlsby", "pfeiffer"):  # Houlsby: two separate adapters per layer (GPT-2's block hosts both)
+    one = 2 * 32 * 8 + 8 + 32
+    assert trainability.count(extra["adapter"]) == (2 if method == "houlsby" else 1) * 2 * one
   for got, want in zip(outputs(adapted, {"params": backbone, **extra}, ids, mask),
                        outputs(model, {"params": backbone}, ids, mask)):
     np.testing.assert_array_equal(got, want)

@@ -21,6 +21,9 @@ from ftjax.tasks import make_task
 TINY_BERT = dict(model_type="bert", vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                  intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
 QV = r"attention/self/(query|value)$"
+
+# XLA with most optimisations off compiles these steps ~4x faster with the same results (conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 # The PEFT spec each preset runs with.
 METHOD_SPECS = {
     "full": NO_PEFT, "head": NO_PEFT, "bitfit": NO_PEFT,
@@ -94,7 +97,7 @@ def assert_opt_state_covers_trainable_only(state):
 
 
 @pytest.fixture(scope="module")
-def tiny_bert():
+def tiny():
   model = build_model(TINY_BERT)
   return model, model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
 
@@ -203,8 +206,8 @@ def test_first_matching_rule_decides():
 # One real step.
 
 @pytest.mark.parametrize("preset", sorted(METHOD_SPECS))
-def test_step_moves_trainable_and_keeps_frozen_bit_identical(tiny_bert, preset):
-  model, backbone = tiny_bert
+def test_step_moves_trainable_and_keeps_frozen_bit_identical(tiny, preset):
+  model, backbone = tiny
   batch = make_batch(TINY_BERT["vocab_size"])
   train_step, state = setup_run(model.clone(peft=METHOD_SPECS[preset]), backbone, preset, 1, batch)
   if preset != "full":
@@ -230,8 +233,8 @@ def _flops(train_step, state, batch) -> float:
   return float(cost["flops"])
 
 
-def test_head_only_step_does_not_differentiate_the_backbone(tiny_bert):
-  model, backbone = tiny_bert
+def test_head_only_step_does_not_differentiate_the_backbone(tiny):
+  model, backbone = tiny
   batch = make_batch(TINY_BERT["vocab_size"], batch=8, length=32)
   runs = {p: setup_run(model, backbone, p, 1, batch) for p in ("head", "full")}
   flops = {p: _flops(train_step, state, batch) for p, (train_step, state) in runs.items()}
