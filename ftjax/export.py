@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import bert, gpt2
+from ftjax.models import bert, gpt2, llama
 from ftjax.models.loading import abstract_params, read_tensors
 from ftjax.peft import lora
 from ftjax.peft.spec import PeftSpec
@@ -48,6 +48,7 @@ HF_CLASSES = {
     ("gpt2", "question_answering"): ("GPT2ForQuestionAnswering", "transformer.", "qa_outputs"),
     ("gpt2", "causal_lm"): ("GPT2LMHeadModel", "transformer.", None),  # lm_head is tied to wte
     ("gpt2", "encoder"): ("GPT2Model", "", None),
+    ("llama", "causal_lm"): ("LlamaForCausalLM", "", None),  # llama.hf_names are already the full names
 }
 
 # Our task → PEFT's task_type (which picks the PeftModel subclass and the Auto class of the base).
@@ -55,7 +56,7 @@ PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification":
                    "question_answering": "QUESTION_ANS", "causal_lm": "CAUSAL_LM", "encoder": "FEATURE_EXTRACTION"}
 
 # Our model class → its architecture module (model_type, hf_names).
-ARCHITECTURES = {bert.Model: ("bert", bert), gpt2.Model: ("gpt2", gpt2)}
+ARCHITECTURES = {bert.Model: ("bert", bert), gpt2.Model: ("gpt2", gpt2), llama.Model: ("llama", llama)}
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
                    "merges.txt", "vocab.json", "added_tokens.json")

