@@ -121,7 +121,8 @@ def train_and_evaluate(config, workdir) -> dict:
   state = steps.create_state(trainable, frozen, tx, config.seed)
   metric_name, mode = selection(config, exp.task.kind)
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-  loop_state = {"best_value": None, "best_step": None, "evals_without_improvement": 0, "stopped_early": False}
+  loop_state = {"best_value": None, "best_step": None, "best_metrics": None, "evals_without_improvement": 0,
+                "stopped_early": False}
 
   # --- resume, or start from a finished run ------------------------------------------------------
   checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
@@ -201,7 +202,8 @@ def train_and_evaluate(config, workdir) -> dict:
         value = values.get(metric_name)
         if value is not None and math.isfinite(value) and (loop_state["best_value"] is None
                                                            or better(value, loop_state["best_value"])):
-          loop_state.update(best_value=value, best_step=step, evals_without_improvement=0)
+          loop_state.update(best_value=value, best_step=step, evals_without_improvement=0,
+                            best_metrics={k: float(v) for k, v in values.items()})
           checkpoints.save_best(step, par.get_state(state).trainable)
         else:
           loop_state["evals_without_improvement"] += 1
@@ -227,6 +229,8 @@ def train_and_evaluate(config, workdir) -> dict:
     print(f"restored the best checkpoint (step {loop_state['best_step']}, {metric_name} = "
           f"{loop_state['best_value']:.3f})")
   params_step = loop_state["best_step"] if config.early_stopping.restore_best and loop_state["best_step"] else step
+  if loop_state.get("best_metrics") and loop_state["best_step"] not in dev_history:  # scored before a resume
+    dev_history[loop_state["best_step"]] = loop_state["best_metrics"]
   final = {}
   for split in config.eval_splits:
     if split == "dev" and params_step in dev_history:  # these parameters were scored on dev already
@@ -257,18 +261,14 @@ def load_trained(workdir, trainable_template):
   workdir = Path(workdir).expanduser().resolve()
   if not (workdir / "checkpoints" / "best").is_dir():
     raise FileNotFoundError(f"config key init_from: {workdir} holds no finished run (no checkpoints/best)")
-  manager = ckpt.Checkpoints(workdir)
   import orbax.checkpoint as ocp
-  step = manager.best_step()
-  meta = manager.best.item_metadata(step)
-  saved = trainability.flatten(jax.tree.map(lambda m: tuple(m.shape), meta.tree if hasattr(meta, "tree") else meta,
-                                            is_leaf=lambda m: hasattr(m, "shape")))
-  template = trainability.flatten(trainable_template)
-  matching = trainability.unflatten({p: v for p, v in template.items() if saved.get(p) == tuple(np.shape(v))})
-  restored = manager.best.restore(step, args=ocp.args.PyTreeRestore(
-      item=jax.tree.map(ocp.utils.to_shape_dtype_struct, matching), partial_restore=True))
+  manager = ckpt.Checkpoints(workdir)  # the whole best tree (kilobytes for PEFT), then the parts that fit
+  saved = trainability.flatten(manager.best.restore(manager.best_step(), args=ocp.args.StandardRestore()))
   manager.close()
-  skipped = sorted(set(template) - set(trainability.flatten(matching)))
+  template = trainability.flatten(trainable_template)
+  restored = trainability.unflatten({p: np.asarray(saved[p], np.asarray(v).dtype) for p, v in template.items()
+                                     if p in saved and np.shape(saved[p]) == np.shape(v)})
+  skipped = sorted(set(template) - set(trainability.flatten(restored)))
   if skipped:
     print(f"init_from: {len(skipped)} parameters keep their fresh initialisation (not in {workdir} or "
           f"shaped differently), e.g. {skipped[:3]}")

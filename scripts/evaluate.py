@@ -17,7 +17,7 @@ from ftjax.tasks import datasets  # noqa: E402
 flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("split", "dev", "train | dev | test (or any split the data folder has)")
 flags.DEFINE_string("data_dir", None, "score another folder of the same task's raw files instead")
-flags.DEFINE_integer("max_examples", 0, ">0: score only the first N examples")
+flags.DEFINE_integer("max_examples", 0, ">0: score a fixed subset of N examples (as a run with max_eval_examples=N)")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 

@@ -1,6 +1,8 @@
 """Fine-tune: `python scripts/train.py --config=configs/glue.py:rte --workdir=runs/rte [--config.x=...]`.
 
-Rerunning the same command on the same workdir resumes from its latest checkpoint.
+Rerunning the same command on the same workdir resumes from its latest checkpoint. A problem with the
+config or the data (a malformed row, an unknown label, a missing file, ...) stops the run with one line,
+`error: <message>` naming the key or the file and line, and exit status 2.
 """
 import sys
 from pathlib import Path
@@ -19,7 +21,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (ValueError, FileNotFoundError) as e:  # DataError, CheckpointError, RuleError: config or data problems
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,15 @@ def examples(config, split: str):
     data_dir = _table_folder(config)
     options = {"text_fields": config.task.text_fields, "label_field": config.task.label_field,
                "label_names": list(_table_label_names(config))}
-  return load_split(config.task.source, split, data_dir=data_dir, tfds_dir=config.tfds_dir, **options)
+  try:
+    return load_split(config.task.source, split, data_dir=data_dir, tfds_dir=config.tfds_dir, **options)
+  except raw.DataError as e:
+    if config.task.source != "table":
+      raise
+    message = str(e)  # name the configured files, not their links under tfds_dir
+    for link in Path(data_dir).iterdir():
+      message = message.replace(str(link), str(link.resolve()))
+    raise raw.DataError(message) from None
 
 
 @dataclasses.dataclass
