@@ -25,6 +25,8 @@ def get_config():
   c.task.text_fields = "text"   # table source only: one column name, or two separated by a comma
   c.task.label_field = "label"  # table source only: the label column (label ids = sorted label strings)
   c.task.doc_stride = 128       # squad only: context tokens shared by neighbouring windows [tokens]
+  c.task.train_split = "train"  # the split trained on
+  c.task.dev_split = "dev"      # the split evaluated during training and selected on; "" → none
   c.data_dir = ml_collections.config_dict.placeholder(str)  # the task's local raw files; None → TFDS by name (needs network)
   c.tfds_dir = ml_collections.config_dict.placeholder(str)  # where TFDS data is prepared; None → ~/.cache/ftjax/tfds
   c.max_length = 128            # tokens per row after truncation (batches are padded to length buckets ≤ this)
@@ -99,5 +101,7 @@ def get_config():
   c.generation.max_new_tokens = 64  # [tokens]
   c.generation.length_penalty = 1.0  # beam score = log p / length^penalty
   c.generation.no_repeat_ngram_size = 0  # block repeated n-grams of this size; 0 = off
-  c.generation.eval_examples = 0  # >0: score generation (BLEU, ROUGE-L) on this many dev examples at the end
+  c.generation.eval_examples = 0  # >0: at the end, decode this many examples of eval_split and score them (BLEU, ROUGE-L…)
+  c.generation.eval_split = "dev"  # the split whose examples are decoded
+  c.generation.batch_size = 16  # prompts decoded together (× num_beams rows for beam search)
   return c

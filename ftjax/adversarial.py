@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from ftjax.errors import InputError
 
 METHODS = ("none", "fgm", "pgd", "freelb")
 
@@ -77,4 +78,4 @@ def loss_and_grads(loss_fn, trainable, shape, mask, config, rng):
         r = _project(r, config.epsilon)
       r = jax.lax.stop_gradient(r)
     return total_loss, aux, grads
-  raise ValueError(f"adversarial.method must be one of {METHODS}, got {method!r}")
+  raise InputError(f"config key adversarial.method must be one of {METHODS}, got {method!r}")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax import models, trainability
+from ftjax.errors import InputError
 from ftjax.peft.spec import METHOD_COLLECTIONS, PeftSpec
 from ftjax.tasks import Task, datasets, make_task
 
@@ -61,7 +62,7 @@ def init_tree(model, task: Task, backbone: dict, seed: int) -> dict:
 
 def build(config) -> Experiment:
   if config.dtype not in DTYPES:
-    raise ValueError(f"config key dtype: {config.dtype!r} is not one of {sorted(DTYPES)}")
+    raise InputError(f"config key dtype: {config.dtype!r} is not one of {sorted(DTYPES)}")
   src = datasets.source(config)
   label_names = tuple(src.label_names(config))
   task = make_task(src.kind, len(label_names) or (1 if src.kind == "regression" else 0), label_names,
@@ -69,7 +70,7 @@ def build(config) -> Experiment:
   model, backbone = models.from_pretrained(config.model, dtype=DTYPES[config.dtype], peft=peft_spec(config),
                                            remat=config.remat)
   if src.kind == "causal_lm" and not model.is_decoder:
-    raise ValueError(f"config key task.source: {config.task.source} needs a decoder; {config.model} is an encoder")
+    raise InputError(f"config key task.source: {config.task.source} needs a decoder; {config.model} is an encoder")
   tokenizer = models.load_tokenizer(config.model)
   if tokenizer.pad_token_id is None:  # GPT-2 has none; padding is masked anyway, EOS is the usual stand-in
     tokenizer.pad_token = tokenizer.eos_token
@@ -99,7 +100,7 @@ def restore(workdir, config=None):
   record = json.loads((workdir / "run.json").read_text())
   now = backbone_reference(config.model)["sha256"]
   if now != record["backbone"]["sha256"]:
-    raise ValueError(f"{workdir / 'run.json'}: the backbone {config.model} has changed since training "
+    raise InputError(f"{workdir / 'run.json'}: the backbone {config.model} has changed since training "
                      f"(sha256 {record['backbone']['sha256']} then, {now} now)")
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
   manager = checkpoints.Checkpoints(workdir)

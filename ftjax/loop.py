@@ -25,6 +25,7 @@ import tqdm
 from ftjax import checkpoints as ckpt
 from ftjax import experiment, models, optim, parallel, step as steps, trainability
 from ftjax.data import pipeline
+from ftjax.errors import InputError
 from ftjax.tasks import datasets
 
 # The dev metric a task is usually selected on, and whether larger is better.
@@ -89,6 +90,32 @@ def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, b
   return data.score(outputs, loss_sum, count)
 
 
+def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> dict:
+  """Decodes the first `generation.eval_examples` examples of `split` with the config's decoding
+  settings, scores them against all their references (metrics.e2e for E2E: BLEU, NIST, METEOR,
+  ROUGE-L, CIDEr; else BLEU and ROUGE-L), and writes the outputs to workdir/generations_<split>.txt."""
+  from ftjax import generation, metrics
+  from ftjax.data import features as feats
+  g = config.generation
+  examples = list(datasets.examples(config, split))[:g.eval_examples]
+  tok = exp.tokenizer
+  variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
+  hypotheses = []
+  for start in tqdm.trange(0, len(examples), g.batch_size, desc=f"generate {split}", unit="batch"):
+    prompts = feats.generation_prompts(examples[start:start + g.batch_size], tok, config.max_length)
+    out = generation.generate(exp.model, tree["backbone"], prompts["input_ids"], prompts["attention_mask"],
+                              max_new_tokens=g.max_new_tokens, method=g.method, num_beams=g.num_beams,
+                              length_penalty=g.length_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                              rng=jax.random.key(config.seed), variables=variables)
+    new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1]:]
+    hypotheses += [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+  references = [list(e["refs"]) for e in examples]
+  score = metrics.e2e if config.task.source == "e2e_nlg" else metrics.generation
+  (workdir / f"generations_{split}.txt").write_text("".join(h + "\n" for h in hypotheses))
+  return score(references, hypotheses)
+
+
 def train_and_evaluate(config, workdir) -> dict:
   """Fine-tunes as `config` says, in `workdir`; returns the final metrics per split."""
   workdir = Path(workdir).expanduser().resolve()
@@ -104,14 +131,15 @@ def train_and_evaluate(config, workdir) -> dict:
   (workdir / "run.json").write_text(json.dumps(run_record, indent=2))
 
   # --- data ----------------------------------------------------------------------------------------
-  train = datasets.load(config, exp.tokenizer, "train", config.max_train_examples)
-  dev = datasets.load(config, exp.tokenizer, "dev", config.max_eval_examples)
+  train = datasets.load(config, exp.tokenizer, config.task.train_split, config.max_train_examples)
+  dev = (datasets.load(config, exp.tokenizer, config.task.dev_split, config.max_eval_examples)
+         if config.task.dev_split else None)
   if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f"config key batch_size={config.batch_size} is not divisible by grad_accum_steps="
+    raise InputError(f"config key batch_size={config.batch_size} is not divisible by grad_accum_steps="
                      f"{config.grad_accum_steps}")
   steps_per_epoch = pipeline.num_train_batches(train.num_rows, config.batch_size)
   if steps_per_epoch == 0:
-    raise ValueError(f"config key batch_size={config.batch_size} exceeds the {train.num_rows} training rows")
+    raise InputError(f"config key batch_size={config.batch_size} exceeds the {train.num_rows} training rows")
   total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
 
   # --- trainability, optimiser, state ------------------------------------------------------------
@@ -196,7 +224,7 @@ def train_and_evaluate(config, workdir) -> dict:
       last = step == total_steps
       if step % config.log_every == 0 or last:
         flush()
-      if (config.eval_every and step % config.eval_every == 0) or last:
+      if dev is not None and ((config.eval_every and step % config.eval_every == 0) or last):
         flush()
         values = dev_history[step] = evaluate(dev, step)
         value = values.get(metric_name)
@@ -233,11 +261,18 @@ def train_and_evaluate(config, workdir) -> dict:
     dev_history[loop_state["best_step"]] = loop_state["best_metrics"]
   final = {}
   for split in config.eval_splits:
-    if split == "dev" and params_step in dev_history:  # these parameters were scored on dev already
+    if split == config.task.dev_split and params_step in dev_history:  # these parameters were scored already
       final[split] = dev_history[params_step]
       continue
-    data = dev if split == "dev" else datasets.load(config, exp.tokenizer, split, config.max_eval_examples)
+    data = dev if split == config.task.dev_split else datasets.load(config, exp.tokenizer, split,
+                                                                   config.max_eval_examples)
     final[split] = evaluate(data, params_step)
+  if exp.task.kind == "causal_lm" and config.generation.eval_examples > 0:
+    split = config.generation.eval_split
+    tree = trainability.combine(*(par.get_state(state).trainable, par.get_state(state).frozen))
+    values = evaluate_generation(config, exp, tree, split, workdir)
+    append_metrics(workdir, params_step, split, values, writer)
+    final[f"{split} generation"] = values
   checkpoints.close()
   writer.close()
   summary = _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final,

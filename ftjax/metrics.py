@@ -123,7 +123,10 @@ def e2e(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[
     ref_tokens = [[r.lower().split() for r in refs] for refs in references]
     try:
         from nltk.translate.nist_score import corpus_nist
-        result["nist"] = float(corpus_nist(ref_tokens, hyp_tokens, n=5))
+        # nltk divides by the number of hypothesis n-grams of each order: with outputs shorter than
+        # 5 tokens throughout, fall back to the longest order that exists (5 on any real E2E output).
+        longest = max((len(h) for h in hyp_tokens), default=0)
+        result["nist"] = float(corpus_nist(ref_tokens, hyp_tokens, n=min(5, longest))) if longest else 0.0
     except ImportError:
         print("metrics.e2e: nltk missing, no NIST", file=sys.stderr)
     try:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ftjax.errors import InputError
 from ftjax import trainability
 
 _LAYER = re.compile(r"/(?:layer_|h_|layers_)(\d+)/")
@@ -36,7 +37,7 @@ def schedule(config, total_steps: int) -> optax.Schedule:
       "constant": optax.constant_schedule(config.learning_rate),
   }
   if config.schedule not in decay:
-    raise ValueError(f"config.schedule must be one of {sorted(decay)}, got {config.schedule!r}")
+    raise InputError(f"config key schedule must be one of {sorted(decay)}, got {config.schedule!r}")
   if warmup == 0:
     return decay[config.schedule]
   return optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup), decay[config.schedule]],

@@ -40,6 +40,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ftjax.errors import InputError
 
 MODES = ("mesh", "pmap", "none")
 # Batch entries the host keeps (to map predictions back to examples); the device step never sees them.
@@ -133,7 +134,7 @@ class Parallel:
     rows = rows.pop()
     local = len(self.devices) if self.mode != "mesh" else len(self.mesh.local_devices)
     if rows % local:
-      raise ValueError(f"batch size {rows * jax.process_count()} (this process: {rows} rows) is not "
+      raise InputError(f"batch size {rows * jax.process_count()} (this process: {rows} rows) is not "
                        f"divisible by the {local * jax.process_count()} devices of parallel mode "
                        f"{self.mode!r}; choose a batch size that is a multiple of the device count")
     if self.mode == "mesh":
@@ -165,4 +166,4 @@ def make_parallel(mode: str = "mesh") -> Parallel:
     return Parallel(mode, tuple(jax.local_devices()), None)
   if mode == "none":
     return Parallel(mode, (jax.local_devices()[0],), None)
-  raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
+  raise InputError(f"config key parallel: parallel mode must be one of {MODES}, got {mode!r}")

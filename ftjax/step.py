@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ftjax.errors import InputError
 from ftjax import adversarial, trainability
 from ftjax.peft.spec import METHOD_COLLECTIONS
 
@@ -85,7 +86,7 @@ def make_train_step(model, task, tx: optax.GradientTransformation, *, adversaria
       step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
     rows = batch["input_ids"].shape[0]
     if rows % grad_accum_steps:
-      raise ValueError(f"batch of {rows} rows does not split into grad_accum_steps={grad_accum_steps} micro-batches")
+      raise InputError(f"batch of {rows} rows does not split into grad_accum_steps={grad_accum_steps} micro-batches")
     # Micro-batch i takes rows i, i + A, i + 2A, ... (strided, not contiguous): with the batch sharded
     # over devices by rows, every micro-batch is then spread evenly over all devices.
     micro = jax.tree.map(lambda x: x.reshape((rows // grad_accum_steps, grad_accum_steps) + x.shape[1:]).swapaxes(0, 1),

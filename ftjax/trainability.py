@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 from flax import traverse_util
+from ftjax.errors import InputError
 
 # The layer norms of every architecture we load: BERT's LayerNorm, GPT-2's ln_*, Llama's *norm.
 _NORMS = r"(LayerNorm|ln_\w+|\w*norm)/"
@@ -36,7 +37,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-class RuleError(ValueError):
+class RuleError(InputError):
   """A malformed rule, or parameters that no rule decides."""
 
 

@@ -7,24 +7,27 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from ftjax import cli  # noqa: E402
 from ftjax import experiment, parallel, step as steps  # noqa: E402
-from ftjax.loop import append_metrics, evaluate_split  # noqa: E402
+from ftjax import trainability  # noqa: E402
+from ftjax.loop import append_metrics, evaluate_generation, evaluate_split  # noqa: E402
 from ftjax.tasks import datasets  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("split", "dev", "train | dev | test (or any split the data folder has)")
 flags.DEFINE_string("data_dir", None, "score another folder of the same task's raw files instead")
 flags.DEFINE_integer("max_examples", 0, ">0: score a fixed subset of N examples (as a run with max_eval_examples=N)")
+flags.DEFINE_integer("generate", 0, "decoders: also decode the first N examples with the run's generation "
+                     "settings and score them (BLEU, ROUGE-L; for E2E also NIST, METEOR, CIDEr)")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   config = experiment.load_config(FLAGS.workdir)
   if FLAGS.data_dir:
     config.data_dir = FLAGS.data_dir
@@ -35,15 +38,22 @@ def main(argv):
   values, report = evaluate_split(par, eval_step, trainable, frozen, data, config.eval_batch_size)
   if report:
     print(report)
+  workdir = Path(FLAGS.workdir).expanduser().resolve()
+  if FLAGS.generate and exp.task.kind == "causal_lm":
+    config.generation.eval_examples = FLAGS.generate
+    values.update(evaluate_generation(config, exp, trainability.combine(trainable, frozen), FLAGS.split, workdir))
   if not values:
     print(f"split {FLAGS.split!r} has no labels: nothing to score")
     return
-  workdir = Path(FLAGS.workdir).expanduser().resolve()
-  step = max((json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()),
-             default=0)
-  append_metrics(workdir, step, FLAGS.split, values)
+  append_metrics(workdir, trained_steps(workdir), FLAGS.split, values)
   print(json.dumps({"split": FLAGS.split, **{k: round(float(v), 4) for k, v in values.items()}}))
 
 
+def trained_steps(workdir: Path) -> int:
+  """The step of the run's parameters: its best checkpoint's."""
+  best = sorted(int(p.name) for p in (workdir / "checkpoints" / "best").iterdir() if p.name.isdigit())
+  return best[-1] if best else 0
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

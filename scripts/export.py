@@ -8,9 +8,10 @@ peft: a LoRA run as a PEFT adapter for `peft.PeftModel.from_pretrained(base, OUT
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from ftjax import cli  # noqa: E402
 from ftjax import experiment, export, models, trainability  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
@@ -27,7 +28,6 @@ EXPORT_TASKS = {"classification": "sequence_classification", "regression": "sequ
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
   tree = trainability.combine(trainable, frozen)
   task = exp.task
@@ -42,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

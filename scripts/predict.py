@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from ftjax import cli  # noqa: E402
 from ftjax import experiment, generation, parallel, step as steps, trainability  # noqa: E402
 from ftjax.data import features as feats  # noqa: E402
 from ftjax.data.raw import DataError  # noqa: E402
@@ -74,7 +75,6 @@ def entities(words, tags):
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
   kind, names = exp.task.kind, exp.task.label_names
   source = open(FLAGS.input) if FLAGS.input else sys.stdin
@@ -121,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -20,9 +20,10 @@ import functools
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
+from ftjax.errors import InputError
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A raw file is missing or malformed; the message names the file and the line, key or column."""
 
 

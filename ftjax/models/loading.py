@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from ftjax.errors import InputError
 from ftjax.models import bert, gpt2, llama
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
@@ -49,7 +50,7 @@ def packaged_path(name: str) -> Path:
   return path
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
   """A checkpoint that cannot be loaded: the message names the file and tensor at fault."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from ftjax.errors import InputError
+
 # Variable collections a method may add beside the backbone's "params".
 METHOD_COLLECTIONS = ("lora", "adapter", "prompt", "prefix")
 
@@ -33,13 +35,13 @@ class PeftSpec:
 
   def __post_init__(self):
     if self.adapter not in (None, "houlsby", "pfeiffer"):
-      raise ValueError(f"adapter must be None, 'houlsby' or 'pfeiffer', got {self.adapter!r}")
+      raise InputError(f"config key adapter.kind must be None, 'houlsby' or 'pfeiffer', got {self.adapter!r}")
     if self.lora_targets is not None:
       re.compile(self.lora_targets)  # fail at config time, not deep inside the forward pass
       if self.lora_rank <= 0:
-        raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
+        raise InputError(f"config key lora.rank must be positive, got {self.lora_rank}")
     if self.adapter is not None and self.adapter_size <= 0:
-      raise ValueError(f"adapter_size must be positive, got {self.adapter_size}")
+      raise InputError(f"config key adapter.size must be positive, got {self.adapter_size}")
 
   @property
   def lora_scale(self) -> float:
