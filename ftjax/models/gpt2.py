@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.models.layers import (ACTIVATIONS, Dense, Embed, LayerNorm, adapter, attention, causal_bias,
-                                 prepend_prefix)
+                                 decoder_inputs, prepend_prefix)
 from ftjax.models.outputs import DecoderOutput
 from ftjax.peft import prompts
 from ftjax.peft.spec import NO_PEFT, PeftSpec
@@ -130,26 +130,9 @@ class GPT2LMHeadModel(nn.Module):
                embedding_perturbation=None, cache: dict | None = None, cache_index=0,
                prepend_prompt: bool = True) -> DecoderOutput:
     c = self.config
-    batch = input_ids.shape[0]
-    if attention_mask is None:
-      if cache is not None:
-        raise ValueError("decoding with a cache needs attention_mask over every cache slot")
-      attention_mask = jnp.ones_like(input_ids)
     wte = Embed(c.vocab_size, c.n_embd, self.dtype, name="wte")
-    embeds = wte(input_ids)
-    if embedding_perturbation is not None:  # adversarial training perturbs the token-embedding output
-      embeds = embeds + embedding_perturbation.astype(embeds.dtype)
-    n_prompt = self.peft.prompt_length if prepend_prompt else 0
-    if n_prompt:
-      prompt = prompts.soft_prompt(self, wte.embedding, self.peft).astype(embeds.dtype)
-      embeds = jnp.concatenate([jnp.broadcast_to(prompt, (batch,) + prompt.shape), embeds], axis=1)
-      if cache is None:
-        attention_mask = jnp.concatenate([jnp.ones((batch, n_prompt), attention_mask.dtype), attention_mask], 1)
-    if position_ids is None:
-      if cache is not None:
-        raise ValueError("decoding with a cache needs position_ids for every position written")
-      # Left padding shifts the first real token to position 0, as transformers' generate() does.
-      position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    embeds, attention_mask, position_ids, n_prompt = decoder_inputs(
+        self, wte, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt)
     last_position = embeds.shape[1] if cache is None else cache["h_0"]["key"].shape[1]
     if last_position > c.n_positions:
       raise ValueError(f"sequence length {last_position} (soft prompt and cache included) exceeds the "

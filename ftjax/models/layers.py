@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.peft import adapters, lora
+from ftjax.peft import adapters, lora, prompts
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 # Hugging Face `hidden_act` names → functions. "gelu" is the exact erf form; "gelu_new" is GPT-2's tanh.
@@ -136,3 +136,32 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, dropout
     probs = dropout(probs, deterministic=deterministic)
   out = jnp.matmul(probs.astype(dtype), v_heads, preferred_element_type=jnp.float32)
   return jnp.swapaxes(out, 1, 2).astype(dtype)
+
+
+def decoder_inputs(module: nn.Module, embed: Embed, input_ids, attention_mask, position_ids, perturbation, cache,
+                   prepend_prompt: bool):
+  """What every decoder does before its blocks: (embeddings, attention mask, position ids, soft tokens).
+
+  Adds the adversarial perturbation to the token embeddings; prepends the soft prompt (prompt tuning)
+  and, without a cache, extends the mask over it; derives positions from the mask, so that left padding
+  shifts the first real token to position 0 as transformers' generate() does. With a cache, the caller
+  gives the mask over every cache slot and the positions of every written position (see gpt2.py)."""
+  batch = input_ids.shape[0]
+  if attention_mask is None:
+    if cache is not None:
+      raise ValueError("decoding with a cache needs attention_mask over every cache slot")
+    attention_mask = jnp.ones_like(input_ids)
+  embeds = embed(input_ids)
+  if perturbation is not None:  # adversarial training perturbs the token-embedding output
+    embeds = embeds + perturbation.astype(embeds.dtype)
+  n_prompt = module.peft.prompt_length if prepend_prompt else 0
+  if n_prompt:
+    prompt = prompts.soft_prompt(module, embed.embedding, module.peft).astype(embeds.dtype)
+    embeds = jnp.concatenate([jnp.broadcast_to(prompt, (batch,) + prompt.shape), embeds], axis=1)
+    if cache is None:
+      attention_mask = jnp.concatenate([jnp.ones((batch, n_prompt), attention_mask.dtype), attention_mask], 1)
+  if position_ids is None:
+    if cache is not None:
+      raise ValueError("decoding with a cache needs position_ids for every position written")
+    position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+  return embeds, attention_mask, position_ids, n_prompt

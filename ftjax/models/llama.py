@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.models.layers import ACTIVATIONS, Dense, Embed, adapter, attention, causal_bias, prepend_prefix
+from ftjax.models.layers import (ACTIVATIONS, Dense, Embed, adapter, attention, causal_bias, decoder_inputs,
+                                 prepend_prefix)
 from ftjax.models.outputs import DecoderOutput
 from ftjax.peft import prompts
 from ftjax.peft.spec import NO_PEFT, PeftSpec
@@ -220,26 +221,9 @@ class LlamaForCausalLM(nn.Module):
                embedding_perturbation=None, cache: dict | None = None, cache_index=0,
                prepend_prompt: bool = True) -> DecoderOutput:
     c = self.config
-    batch = input_ids.shape[0]
-    if attention_mask is None:
-      if cache is not None:
-        raise ValueError("decoding with a cache needs attention_mask over every cache slot")
-      attention_mask = jnp.ones_like(input_ids)
     embed = Embed(c.vocab_size, c.hidden_size, self.dtype, name="embed_tokens")
-    hidden = embed(input_ids)
-    if embedding_perturbation is not None:  # adversarial training perturbs the token-embedding output
-      hidden = hidden + embedding_perturbation.astype(hidden.dtype)
-    n_prompt = self.peft.prompt_length if prepend_prompt else 0
-    if n_prompt:
-      prompt = prompts.soft_prompt(self, embed.embedding, self.peft).astype(hidden.dtype)
-      hidden = jnp.concatenate([jnp.broadcast_to(prompt, (batch,) + prompt.shape), hidden], axis=1)
-      if cache is None:
-        attention_mask = jnp.concatenate([jnp.ones((batch, n_prompt), attention_mask.dtype), attention_mask], 1)
-    if position_ids is None:
-      if cache is not None:
-        raise ValueError("decoding with a cache needs position_ids for every position written")
-      # Left padding shifts the first real token to position 0, as transformers' generate() does.
-      position_ids = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    hidden, attention_mask, position_ids, n_prompt = decoder_inputs(
+        self, embed, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt)
     block_cls = nn.remat(LlamaBlock, static_argnums=(6,)) if self.remat else LlamaBlock
     new_cache = {} if cache is not None else None
     for i in range(c.num_hidden_layers):
