@@ -4,6 +4,7 @@ Rerunning the same command on the same workdir resumes from its latest checkpoin
 config or the data (a malformed row, an unknown label, a missing file, ...) stops the run with one line,
 `error: <message>` naming the key or the file and line, and exit status 2.
 """
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,8 +21,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  del argv
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  workdir = Path(flags.FLAGS.workdir).expanduser()
+  workdir.mkdir(parents=True, exist_ok=True)
+  # The exact command, for tables that cite it (scripts/report.py); a resumed run keeps the first.
+  if not (workdir / "command.txt").exists():
+    (workdir / "command.txt").write_text(" ".join(["python"] + [shlex.quote(a) for a in sys.argv]) + "\n")
+  train_and_evaluate(flags.FLAGS.config, workdir)
 
 
 if __name__ == "__main__":

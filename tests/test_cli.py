@@ -18,8 +18,8 @@ from configs import text_classification
 from ftjax import experiment, loop
 from ftjax.data import raw
 
-from conftest import (SHARED_DATA, check, metric_lines, needs_data, parse_config, scripts_together, tiny_config,
-                      tiny_flags)
+from conftest import (SHARED_DATA, check, metric_lines, needs_data, parse_config, script, scripts_together,
+                      tiny_config, tiny_flags)
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -248,3 +248,15 @@ def test_bad_input_raises_a_data_error_naming_the_place(case, tmp_path, tiny_ber
     loop.train_and_evaluate(config, tmp_path / "run")
   assert message.format(d=tmp_path) in str(error.value)
   assert_nothing_prepared(tmp_path / "tfds")
+
+
+def test_report_tabulates_finished_runs_with_their_commands(cli, tmp_path):
+  check(cli["results"]["train_rte"])
+  out = tmp_path / "tasks"
+  check(script("report", f"--out={out}", str(cli["work"]["rte"])))
+  rows = json.loads(out.with_suffix(".json").read_text())
+  assert len(rows) == 1 and rows[0]["task"] == "glue/rte" and rows[0]["selected_on"] == "accuracy"
+  best = max((l for l in metric_lines(cli["work"]["rte"]) if l["split"] == "dev"), key=lambda l: l["accuracy"])
+  assert rows[0]["dev"]["accuracy"] == pytest.approx(best["accuracy"])
+  assert rows[0]["command"].startswith("python ") and "--config=configs/glue.py:rte" in rows[0]["command"]
+  assert "| glue/rte | lora |" in out.with_suffix(".md").read_text()
