@@ -184,7 +184,11 @@ def train_and_evaluate(config, workdir) -> dict:
     return values
 
   # --- the loop ------------------------------------------------------------------------------------
-  step = int(jax.device_get(par.get_state(state).step))
+  def saved_part():
+    """The host copy of what checkpoints hold: everything but the frozen weights (never saved)."""
+    return par.get_state(state.replace(frozen={}))
+
+  step = int(saved_part().step)
   dev_history: dict[int, dict] = {}
   pending: list = []  # per-step device metrics, fetched once per log interval (no per-step sync)
   window_start, window_examples = time.time(), 0
@@ -232,7 +236,7 @@ def train_and_evaluate(config, workdir) -> dict:
                                                            or better(value, loop_state["best_value"])):
           loop_state.update(best_value=value, best_step=step, evals_without_improvement=0,
                             best_metrics={k: float(v) for k, v in values.items()})
-          checkpoints.save_best(step, par.get_state(state).trainable)
+          checkpoints.save_best(step, saved_part().trainable)
         else:
           loop_state["evals_without_improvement"] += 1
           patience = config.early_stopping.patience
@@ -241,7 +245,7 @@ def train_and_evaluate(config, workdir) -> dict:
             print(f"early stopping at step {step}: {metric_name} has not improved for {patience} evaluations")
       if step % config.checkpoint_every == 0 or last or loop_state["stopped_early"]:
         flush()  # raises before saving if a step was non-finite: the last checkpoint stays good
-        checkpoints.save(par.get_state(state), loop_state)
+        checkpoints.save(saved_part(), loop_state)
       if last or loop_state["stopped_early"]:
         break
   flush()
@@ -249,8 +253,9 @@ def train_and_evaluate(config, workdir) -> dict:
 
   # --- final evaluation and summary ------------------------------------------------------------------
   if checkpoints.best_step() is None:  # no dev metric to select on: the final parameters are "best"
-    checkpoints.save_best(step, par.get_state(state).trainable)
-    checkpoints.save(par.get_state(state), loop_state)
+    host = saved_part()
+    checkpoints.save_best(step, host.trainable)
+    checkpoints.save(host, loop_state)
   if config.early_stopping.restore_best and loop_state["best_step"] not in (None, step):
     host = par.get_state(state)
     state = par.put_state(host.replace(trainable=checkpoints.restore_trainable(host.trainable)))
@@ -269,7 +274,8 @@ def train_and_evaluate(config, workdir) -> dict:
     final[split] = evaluate(data, params_step)
   if exp.task.kind == "causal_lm" and config.generation.eval_examples > 0:
     split = config.generation.eval_split
-    tree = trainability.combine(*(par.get_state(state).trainable, par.get_state(state).frozen))
+    host = par.get_state(state)
+    tree = trainability.combine(host.trainable, host.frozen)
     values = evaluate_generation(config, exp, tree, split, workdir)
     append_metrics(workdir, params_step, split, values, writer)
     final[f"{split} generation"] = values
