@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,3 +206,16 @@ def parse_config(*args):
                                   sys_argv=argv)  # the overrides it accepts are read from argv
   values(argv)
   return values.config
+
+
+def greedy_without_cache(model, variables, ids, mask, steps):
+  """Reference: re-run the whole sequence through the model (no cache) for every new token. The
+  buffer has its final length from the start: causal attention keeps the not-yet-written tail
+  invisible, so one compilation serves every step."""
+  prompt_len = ids.shape[1]
+  ids = jnp.concatenate([jnp.asarray(ids), jnp.zeros((ids.shape[0], steps), jnp.int32)], axis=1)
+  mask = jnp.concatenate([jnp.asarray(mask), jnp.ones((ids.shape[0], steps), jnp.int32)], axis=1)
+  logits = jax.jit(lambda ids: model.apply(variables, ids, attention_mask=mask).logits)
+  for t in range(prompt_len, prompt_len + steps):
+    ids = ids.at[:, t].set(jnp.argmax(logits(ids)[:, t - 1], -1))
+  return np.asarray(ids)

@@ -15,6 +15,8 @@ from ftjax import generation
 from ftjax.models import from_pretrained
 from ftjax.peft import PeftSpec
 
+from conftest import greedy_without_cache
+
 VOCAB = 99          # not a multiple of 8: catches padded-vocabulary assumptions
 NEW = 20
 
@@ -133,19 +135,6 @@ def test_lora_at_init_generates_like_the_backbone(checkpoint, gpt2, prompts):
   lora = model.init(jax.random.key(0), jnp.asarray(prompts[0]))["lora"]
   adapted = generation.generate(model, None, *prompts, max_new_tokens=NEW, variables={"params": params, "lora": lora})
   np.testing.assert_array_equal(np.asarray(adapted), np.asarray(plain))
-
-
-def greedy_without_cache(model, variables, ids, mask, steps):
-  """Reference: re-run the whole sequence through the model (no cache) for every new token. The
-  buffer has its final length from the start: causal attention keeps the not-yet-written tail
-  invisible, so one compilation serves every step."""
-  prompt_len = ids.shape[1]
-  ids = jnp.concatenate([jnp.asarray(ids), jnp.zeros((ids.shape[0], steps), jnp.int32)], axis=1)
-  mask = jnp.concatenate([jnp.asarray(mask), jnp.ones((ids.shape[0], steps), jnp.int32)], axis=1)
-  logits = jax.jit(lambda ids: model.apply(variables, ids, attention_mask=mask).logits)
-  for t in range(prompt_len, prompt_len + steps):
-    ids = ids.at[:, t].set(jnp.argmax(logits(ids)[:, t - 1], -1))
-  return np.asarray(ids)
 
 
 @pytest.mark.parametrize("peft,collection", [(PeftSpec(prompt_length=3), "prompt"),

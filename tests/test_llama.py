@@ -20,6 +20,8 @@ from ftjax.models import from_pretrained, gguf, llama, load_tokenizer
 from ftjax.peft import PeftSpec
 from ftjax.tasks import make_task
 
+from conftest import greedy_without_cache
+
 VOCAB = 99          # not a multiple of 8: catches padded-vocabulary assumptions
 NEW = 20
 # Tied embeddings and plain rope; untied with every option: biases, head_dim ≠ hidden/heads, llama3 rope
@@ -144,17 +146,6 @@ NO_ADVERSARY = ml_collections.ConfigDict(dict(method="none", epsilon=1.0, steps=
 def host(tree):
   """A numpy copy of a pytree, to compare before and after a step."""
   return jax.tree.map(np.array, jax.device_get(tree))
-
-
-def greedy_without_cache(model, variables, ids, mask, steps):
-  """Reference: the whole sequence through the model (no cache) for every new token."""
-  prompt_len = ids.shape[1]
-  ids = jnp.concatenate([jnp.asarray(ids), jnp.zeros((ids.shape[0], steps), jnp.int32)], axis=1)
-  mask = jnp.concatenate([jnp.asarray(mask), jnp.ones((ids.shape[0], steps), jnp.int32)], axis=1)
-  logits = jax.jit(lambda ids: model.apply(variables, ids, attention_mask=mask).logits)
-  for t in range(prompt_len, prompt_len + steps):
-    ids = ids.at[:, t].set(jnp.argmax(logits(ids)[:, t - 1], -1))
-  return np.asarray(ids)
 
 
 @pytest.mark.parametrize("peft,collection", [(PeftSpec(prompt_length=3), "prompt"),
