@@ -1,0 +1,229 @@
+"""The paper tables as grids of runs: `python scripts/reproduce.py --table=NAME` trains and tabulates them.
+
+Each table is a list of cells; a cell is one `scripts/train.py` command (a config file plus
+`--config.` overrides, one seed) and lands in `runs/tables/NAME/<cell>/`. A table's rows and columns are
+labels; a column also says which split and metric of its cells it shows. Changing a recipe is changing
+a line here; the tables in results/ cite the exact command of every cell.
+
+  methods      full, head only, BitFit, Houlsby adapters, LoRA, prompt tuning × SST-2 (fixed 8,000-sentence
+               subset), MRPC, RTE, CoLA, STS-B; 3 seeds on RTE, MRPC, CoLA (after LoRA Table 2, BitFit)
+  adversarial  none vs FGM (ε 0.3, 1, 3) vs PGD (ε 1) for full fine-tuning and LoRA on the same tasks
+               (after Miyato et al. 2017)
+  ner          CoNLL-2003 dev and test entity F1 for full fine-tuning, LoRA and Houlsby adapters
+  freeze       SST-2 (8,000-sentence subset): train only the top k of the 6 layers (k = 0…6), embeddings
+               frozen or trained, and LayerNorm-only; dev accuracy against trainable parameters
+
+Measured results are in results/<table>.md, each with the command of every cell and its wall time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from configs.glue import RECIPES
+
+GLUE_TASKS = ("sst2", "mrpc", "rte", "cola", "stsb")
+NOISY_TASKS = ("mrpc", "rte", "cola")  # small dev sets: seed noise of several points, so 3 seeds
+SEEDS = (0, 1, 2)
+SST2_SUBSET = 8000  # SST-2 trains on this fixed subset of its 67k sentences (CPU-sized; the table says so)
+# (split, metric) each GLUE task is reported with: the metric its benchmark leads with
+GLUE_METRIC = {"sst2": "accuracy", "mrpc": "f1", "rte": "accuracy", "cola": "matthews", "stsb": "pearson"}
+GLUE_LABEL = {"sst2": "SST-2 acc", "mrpc": "MRPC F1", "rte": "RTE acc", "cola": "CoLA MCC", "stsb": "STS-B r"}
+# Published MiniLM-L6-H384 GLUE dev results (Wang et al. 2020): a different checkpoint from the
+# sentence-embedding all-MiniLM-L6-v2 that the registry ships and these tables fine-tune.
+MINILM_DEV = {"sst2": 91.5, "mrpc": 88.9, "rte": 68.8, "cola": 47.5}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run: `python scripts/train.py --config=<config> --workdir=<runs>/<table>/<name> <overrides>`."""
+  name: str                 # folder name of the run, unique in the table
+  row: str                  # row label it contributes to
+  column: str               # column key it contributes to (Column.key)
+  seed: int
+  config: str               # configs/<file>.py[:arg]
+  overrides: tuple[tuple[str, object], ...] = ()  # (config key, value) as --config.<key>=<value>
+
+  def flags(self) -> list[str]:
+    """The command-line flags of this cell after --config and --workdir."""
+    return [f"--config.{key}={format_value(value)}" for key, value in self.overrides + (("seed", self.seed),)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  label: str                # table header
+  key: str                  # cells with this column key feed it
+  split: str                # dev | test: which metrics of the run it shows
+  metric: str               # metric name in metrics.jsonl
+  reference: float | None = None  # published number for context, shown in a reference row
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  name: str
+  title: str
+  notes: str                # markdown paragraph: recipe, subsets, what the references are
+  columns: tuple[Column, ...]
+  cells: tuple[Cell, ...]
+  reference_label: str = ""  # label of the row of Column.reference values
+  row_references: tuple[tuple[str, str, dict], ...] = ()  # (column header, note, {row: value}) extra columns
+  plot: str = "bars"        # bars: grouped bars per column | params: metric against trainable parameters
+  average: bool = False     # add an average column over the table's columns
+
+
+def format_value(value) -> str:
+  """A value as ml_collections' --config.<key>= flag parser reads it back (tuples as Python literals)."""
+  if isinstance(value, bool):
+    return str(value)
+  if isinstance(value, tuple):  # double quotes inside, so a shell quotes the flag with plain single quotes
+    return "(" + ", ".join(json.dumps(v) if isinstance(v, str) else repr(v) for v in value) + \
+        ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def slug(text: str) -> str:
+  return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-").replace("--", "-")
+
+
+def glue_base(task: str) -> tuple[str, tuple]:
+  """configs/glue.py:<task> with SST-2 cut to its fixed subset (full passes over 67k sentences do not fit)."""
+  overrides = (("max_train_examples", SST2_SUBSET), ("eval_every", 50), ("checkpoint_every", 50)) \
+      if task == "sst2" else ()
+  return f"configs/glue.py:{task}", overrides
+
+
+def seeds_for(task: str) -> tuple[int, ...]:
+  return SEEDS if task in NOISY_TASKS else SEEDS[:1]
+
+
+# --- methods -----------------------------------------------------------------------------------------
+# method row → (config overrides, learning rate, epochs relative to configs/glue.py's recipe). Rates
+# after the papers: LoRA (Hu et al. 2021, RoBERTa-base 4e-4–5e-4), BitFit (Ben Zaken et al. 2022, 1e-3
+# range), Houlsby adapters (size 64, best rates 1e-4–1e-3), prompt tuning (Lester et al. 2021: large
+# rates; 20 soft tokens); PEFT methods train twice the epochs of full fine-tuning (the papers train
+# them longer still: LoRA 30–80 epochs on RoBERTa-base).
+METHODS = {
+    "full": ((("method", "full"),), None, 1),
+    "head only": ((("method", "head"),), 1e-3, 2),
+    "BitFit": ((("method", "bitfit"),), 1e-3, 2),
+    "adapters (Houlsby, 64)": ((("method", "adapter"), ("adapter.kind", "houlsby"), ("adapter.size", 64)), 1e-3, 2),
+    "LoRA (r=8, q,v)": ((("method", "lora"), ("lora.rank", 8), ("lora.alpha", 16.0)), 5e-4, 2),
+    "prompt tuning (20)": ((("method", "prompt"), ("prompt_length", 20)), 1e-2, 2),
+}
+# LoRA paper Table 2, RoBERTa-base (125M), average over its GLUE tasks: the ordering of methods to compare
+LORA_PAPER_AVG = {"full": 86.4, "BitFit": 85.2, "adapters (Houlsby, 64)": 84.4, "LoRA (r=8, q,v)": 87.2}
+
+
+def method_cells(task: str, row: str, method_overrides, learning_rate, epoch_factor, column=None, extra=()):
+  config, base_overrides = glue_base(task)
+  epochs, recipe_lr, _, _ = RECIPES[task]
+  overrides = base_overrides + tuple(method_overrides)
+  if learning_rate is not None:
+    overrides += (("learning_rate", learning_rate),)
+  if epoch_factor != 1:
+    overrides += (("num_epochs", epochs * epoch_factor),)
+  overrides += tuple(extra)
+  return tuple(Cell(f"{task}-{slug(row)}-s{seed}", row, column or task, seed, config, overrides)
+               for seed in seeds_for(task))
+
+
+def methods_table() -> Table:
+  cells = tuple(c for row, (ovr, lr, factor) in METHODS.items() for task in GLUE_TASKS
+                for c in method_cells(task, row, ovr, lr, factor))
+  columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t], MINILM_DEV.get(t)) for t in GLUE_TASKS)
+  return Table(
+      "methods", "Fine-tuning methods on GLUE dev (all-MiniLM-L6-v2, 2 CPU cores)",
+      "Recipe: configs/glue.py (AdamW, batch 32, max length 128, 10% warm-up then linear decay, epochs "
+      "SST-2 1, MRPC 3, RTE 3, CoLA 3, STS-B 3); PEFT rows train twice the epochs at the rates in "
+      "configs/tables.py (head and BitFit 1e-3, adapters 1e-3, LoRA 5e-4, prompt tuning 1e-2). SST-2 trains "
+      f"on a fixed {SST2_SUBSET:,}-sentence subset. Dev metric of the best dev evaluation; mean ± sample std "
+      "over seeds 0, 1, 2 on MRPC, RTE, CoLA. Reference row: MiniLM-L6-H384 (Wang et al. 2020), a "
+      "different checkpoint from the sentence-embedding all-MiniLM-L6-v2 loaded here. Last column: the "
+      "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only.",
+      columns, cells, reference_label="MiniLM-L6-H384 (published dev)",
+      row_references=(("LoRA paper avg (RoBERTa-base)", "", LORA_PAPER_AVG),), average=True)
+
+
+# --- adversarial ---------------------------------------------------------------------------------------
+# (row label, overrides): ε is the L2 radius of the perturbation per example over (tokens × hidden)
+ADVERSARIAL = (
+    ("none", ()),
+    ("FGM ε=0.3", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.3))),
+    ("FGM ε=1", (("adversarial.method", "fgm"), ("adversarial.epsilon", 1.0))),
+    ("FGM ε=3", (("adversarial.method", "fgm"), ("adversarial.epsilon", 3.0))),
+    ("PGD ε=1 (3×0.3)", (("adversarial.method", "pgd"), ("adversarial.epsilon", 1.0), ("adversarial.steps", 3),
+                         ("adversarial.step_size", 0.3))),
+)
+
+
+def adversarial_table() -> Table:
+  cells = []
+  for method in ("full", "LoRA (r=8, q,v)"):
+    ovr, lr, factor = METHODS[method]
+    for label, adv in ADVERSARIAL:
+      row = f"{'full' if method == 'full' else 'LoRA'} + {label}"
+      for task in GLUE_TASKS:
+        cells += method_cells(task, row, ovr, lr, factor, extra=adv)
+  columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t]) for t in GLUE_TASKS)
+  return Table(
+      "adversarial", "Adversarial training in embedding space on GLUE dev (all-MiniLM-L6-v2)",
+      "FGM (Miyato et al. 2017) and PGD (Madry et al. 2018; 3 ascent steps of 0.3) perturb the word-"
+      "embedding output within an L2 ball of radius ε per example, adversarial loss weight 1 beside the "
+      "clean loss. Full and LoRA recipes as in the methods table (SST-2 subset, 3 seeds on MRPC, RTE, CoLA).",
+      columns, tuple(cells), average=True)
+
+
+# --- ner -------------------------------------------------------------------------------------------------
+def ner_table() -> Table:
+  rows = {"full": ("full", 5e-5), "LoRA (r=8, q,v)": ("lora", 1e-3), "adapters (Houlsby, 64)": ("adapter", 1e-3)}
+  cells = tuple(Cell(f"conll-{slug(row)}-s0", row, "conll2003", 0, f"configs/conll2003.py:{method}",
+                     (("learning_rate", lr), ("num_epochs", 1)))
+                for row, (method, lr) in rows.items())
+  columns = (Column("dev F1", "conll2003", "dev", "f1", 95.1), Column("test F1", "conll2003", "test", "f1", 92.4))
+  return Table(
+      "ner", "CoNLL-2003 NER, entity F1 (all-MiniLM-L6-v2)",
+      "configs/conll2003.py: first sub-token labelling, IOB2, AdamW batch 32, max length 128, one epoch "
+      "(CPU-sized; the BERT paper trains 3+), lr 5e-5 full and 1e-3 for LoRA and adapters; the best dev "
+      "checkpoint is scored on test (eng.testb). Reference: BERT-base in the BERT paper (110M parameters, "
+      "document context), for context only.",
+      columns, cells, reference_label="BERT-base (Devlin et al. 2019)")
+
+
+# --- freeze ----------------------------------------------------------------------------------------------
+NUM_LAYERS = 6
+
+
+def freeze_rules(top_layers: int, train_embeddings: bool) -> tuple[str, ...]:
+  """Train the top k encoder layers (and the pooler above them when k ≥ 1); the head always trains."""
+  rules = []
+  if top_layers:
+    first = NUM_LAYERS - top_layers
+    rules += [f"train:^backbone/encoder/layer_[{first}-{NUM_LAYERS - 1}]/", "train:^backbone/pooler/"]
+  rules += ["train:^backbone/embeddings/" if train_embeddings else "freeze:^backbone/embeddings/",
+            "freeze:^backbone/"]
+  return tuple(rules)
+
+
+def freeze_table() -> Table:
+  config, base_overrides = glue_base("sst2")
+  cells = []
+  for embeddings, column in ((False, "embeddings frozen"), (True, "embeddings trained")):
+    for k in range(NUM_LAYERS + 1):
+      lr = 1e-3 if (k == 0 and not embeddings) else 1e-4  # a linear probe wants a probe's rate
+      cells.append(Cell(f"top{k}-{slug(column)}", f"top {k} of 6 layers", column, 0, config,
+                        base_overrides + (("trainable", freeze_rules(k, embeddings)), ("learning_rate", lr))))
+  cells.append(Cell("layernorm-only", "LayerNorm only", "embeddings frozen", 0, config, base_overrides + (
+      ("trainable", ("train:^backbone/.*LayerNorm/", "freeze:^backbone/")), ("learning_rate", 1e-3))))
+  columns = tuple(Column(f"SST-2 acc, {c}", c, "dev", "accuracy") for c in ("embeddings frozen", "embeddings trained"))
+  return Table(
+      "freeze", "Which layers to train: SST-2 dev accuracy against trainable parameters (all-MiniLM-L6-v2)",
+      f"SST-2, fixed {SST2_SUBSET:,}-sentence training subset, 1 epoch (250 steps of 32), full dev set. "
+      "Rows train the top k of the 6 encoder layers (k ≥ 1 also trains the pooler; the classifier always "
+      "trains), with the embeddings frozen or trained; `LayerNorm only` trains every LayerNorm and the "
+      "classifier. lr 1e-4, except 1e-3 for the two probes (top 0 with frozen embeddings, LayerNorm "
+      "only). Freezing is `config.trainable` rules (configs/tables.py: freeze_rules): frozen layers get "
+      "no gradient computation, so cells below full fine-tuning also run faster.",
+      columns, tuple(cells), plot="params")
+
+
+TABLES = {"methods": methods_table, "adversarial": adversarial_table, "ner": ner_table, "freeze": freeze_table}

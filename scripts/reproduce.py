@@ -1,0 +1,299 @@
+"""Reproduce a paper table: `python scripts/reproduce.py --table=NAME [--cells=REGEX] [--rebuild]`.
+
+Runs every cell of the table (configs/tables.py: methods, adversarial, ner, freeze) that has not
+finished, one `scripts/train.py` command each (so the command printed beside a number is exactly the
+one that produced it), into `<runs>/NAME/<cell>/`, and after every cell rewrites `results/NAME.md` (the
+table, the command, commit, wall time and machine of every cell), `results/NAME.json` and
+`results/NAME.png`. Finished cells are kept: an interrupted grid resumes where it stopped, and a cell
+interrupted mid-run resumes from its latest checkpoint. `--rebuild` only re-tabulates finished runs.
+
+  python scripts/reproduce.py --table=freeze                 # train what is missing, then tabulate
+  python scripts/reproduce.py --table=methods --cells='^rte-' # only the RTE cells
+  python scripts/reproduce.py --table=methods --rebuild      # tables and plot from finished runs only
+  python scripts/reproduce.py --table=ner --dry_run          # print the commands of the missing cells
+"""
+import dataclasses
+import datetime
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from absl import flags
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a clone without installing; configs/ lives beside ftjax/
+from configs.tables import TABLES, Table  # noqa: E402
+from ftjax import cli, results  # noqa: E402
+from ftjax.errors import InputError  # noqa: E402
+
+flags.DEFINE_enum("table", None, sorted(TABLES), "which table of configs/tables.py")
+flags.DEFINE_string("runs", "runs/tables", "runs land in <runs>/<table>/<cell>/")
+flags.DEFINE_string("results", "results", "folder of <table>.md, .json, .png")
+flags.DEFINE_string("cells", "", "regex over cell names: run only the cells it matches (the table shows all)")
+flags.DEFINE_bool("rebuild", False, "train nothing: tabulate and plot the finished cells")
+flags.DEFINE_bool("dry_run", False, "print the commands of the cells that would run, run nothing")
+flags.DEFINE_string("extra", "", "flags appended to every cell's command, e.g. '--config.max_steps=2' "
+                    "(smoke tests; they are part of each cell's recorded command)")
+flags.mark_flags_as_required(["table"])
+FLAGS = flags.FLAGS
+
+
+def shown_path(path: Path) -> str:
+  """A path as a command should show it: relative to the repository when inside it."""
+  try:
+    return str(path.relative_to(REPO))
+  except ValueError:
+    return str(path)
+
+
+def cell_argv(cell, workdir: Path) -> list[str]:
+  return (["scripts/train.py", f"--config={cell.config}", f"--workdir={shown_path(workdir)}"]
+          + cell.flags() + shlex.split(FLAGS.extra))
+
+
+def run_cell(cell, workdir: Path) -> int:
+  """Train one cell in a child process (run from the repository, output to <workdir>/train.log)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  started = datetime.datetime.now()
+  with open(workdir / "train.log", "a") as log:
+    log.write(f"\n=== {started:%Y-%m-%d %H:%M:%S} python {shlex.join(cell_argv(cell, workdir))}\n")
+    log.flush()
+    child = subprocess.Popen([sys.executable] + cell_argv(cell, workdir), cwd=REPO, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+      code = child.wait()
+    except KeyboardInterrupt:
+      child.terminate()  # the run keeps its latest checkpoint and resumes from it next time
+      child.wait()
+      raise
+  if code == 0:
+    (workdir / "cell.json").write_text(json.dumps({"commit": results.commit(), "machine": results.machine(),
+                                                   "finished": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}))
+  return code
+
+
+def log_tail(workdir: Path, lines: int = 5) -> str:
+  text = (workdir / "train.log").read_text(errors="replace").splitlines() if (workdir / "train.log").exists() else []
+  return "\n".join("    " + l for l in text[-lines:])
+
+
+# --- tabulation ------------------------------------------------------------------------------------------
+def collect(table: Table, root: Path) -> list[dict]:
+  """Every finished cell: its place in the table, what its run measured, and where it ran."""
+  found = []
+  for cell in table.cells:
+    workdir = root / cell.name
+    if not results.is_finished(workdir):
+      continue
+    record = {"cell": cell.name, "row": cell.row, "column": cell.column, **results.describe(workdir)}
+    meta = json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
+    record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"))
+    found.append(record)
+  return found
+
+
+def aggregate(table: Table, finished: list[dict]) -> dict:
+  """row → column label → {mean, std, n, values} (std: sample std over seeds; 0 for one seed)."""
+  grid = {}
+  for row in dict.fromkeys(c.row for c in table.cells):
+    grid[row] = {}
+    for column in table.columns:
+      values = [r[column.split].get(column.metric) for r in finished if r["row"] == row and r["column"] == column.key]
+      values = [v for v in values if v is not None]
+      expected = sum(1 for c in table.cells if c.row == row and c.column == column.key)
+      if not expected:
+        continue
+      entry = {"values": values, "n": len(values), "expected": expected}
+      if values:
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        entry.update(mean=mean, std=std)
+      params = [r for r in finished if r["row"] == row and r["column"] == column.key and r["trainable_params"]]
+      if params:
+        entry.update(trainable_params=params[0]["trainable_params"], total_params=params[0]["total_params"])
+      grid[row][column.label] = entry
+  return grid
+
+
+def fmt_entry(entry: dict | None, with_params: bool) -> str:
+  if not entry:
+    return ""
+  if "mean" not in entry:
+    return f"not run (0/{entry['expected']})"
+  text = f"{entry['mean']:.1f}"
+  if entry["expected"] > 1:
+    text += f" ± {entry['std']:.1f} ({entry['n']}/{entry['expected']})" if entry["n"] > 1 else \
+        f" (1/{entry['expected']})"
+  if with_params and entry.get("trainable_params"):
+    text += f" · {fmt_params(entry['trainable_params'], entry['total_params'])}"
+  return text
+
+
+def fmt_params(trainable: int, total: int) -> str:
+  count = f"{trainable / 1e6:.2f}M" if trainable >= 1e5 else f"{trainable / 1e3:.1f}k"
+  return f"{count} ({100 * trainable / total:.2f}%)"
+
+
+def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_name: str | None) -> str:
+  per_cell_params = table.plot == "params"
+  header = ["", *( ["trainable"] if not per_cell_params else []), *(c.label for c in table.columns)]
+  if table.average:
+    header.append("average")
+  header += [label for label, _, _ in table.row_references]
+  lines = [f"# {table.title}", "",
+           f"Regenerate: `python scripts/reproduce.py --table={table.name}` (trains the cells that have not "
+           f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {results.commit()} on "
+           f"{datetime.date.today()}; {len(finished)} of {len(table.cells)} cells finished; the cells ran "
+           f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.", "", table.notes, "",
+           "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+  for row, entries in grid.items():
+    cells = [row]
+    if not per_cell_params:
+      first = next((e for e in entries.values() if e.get("trainable_params")), None)
+      cells.append(fmt_params(first["trainable_params"], first["total_params"]) if first else "")
+    cells += [fmt_entry(entries.get(c.label), per_cell_params) for c in table.columns]
+    if table.average:
+      means = [entries[c.label]["mean"] for c in table.columns if "mean" in entries.get(c.label, {})]
+      complete = len(means) == len(table.columns) and all(
+          entries[c.label]["n"] == entries[c.label]["expected"] for c in table.columns)
+      cells.append(f"{sum(means) / len(means):.1f}" if complete else "")
+    cells += [f"{values[row]:.1f}" if row in values else "" for _, _, values in table.row_references]
+    lines.append("| " + " | ".join(cells) + " |")
+  if any(c.reference is not None for c in table.columns):
+    ref = [f"*{table.reference_label}*"] + ([""] if not per_cell_params else [])
+    ref += [f"*{c.reference:.1f}*" if c.reference is not None else "" for c in table.columns]
+    ref += [""] * (int(table.average) + len(table.row_references))
+    lines.append("| " + " | ".join(ref) + " |")
+  if plot_name:
+    lines += ["", f"![{table.name}]({plot_name})"]
+  lines += ["", "## Cells", "", "Each number above comes from these runs; the command re-runs the cell "
+            "(same seed, same kind of machine) into a fresh folder.", "",
+            "| cell | seed | dev | test | trainable | steps | wall (min) | commit | command |",
+            "|---|---:|---|---|---:|---:|---:|---|---|"]
+  by_name = {r["cell"]: r for r in finished}
+  fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items()) or "—"
+  for cell in table.cells:
+    r = by_name.get(cell.name)
+    if r is None:
+      command = "python " + shlex.join(cell_argv(cell, root / cell.name))
+      lines.append(f"| {cell.name} | {cell.seed} | not run | | | | | | `{command}` |")
+      continue
+    params = fmt_params(r["trainable_params"], r["total_params"]) if r["trainable_params"] else "?"
+    lines.append(f"| {cell.name} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
+                 f"{params} | {r['steps']} | {r['wall_minutes']} | {r['commit']} | `{r['command']}` |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(table: Table, grid: dict, path: Path) -> bool:
+  """bars: one group per column, a bar per row (± std); params: the metric against trainable parameters."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = [r for r in grid if any("mean" in e for e in grid[r].values())]
+  if not rows:
+    return False
+  if table.plot == "params":
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for column in table.columns:
+      points = sorted((e["trainable_params"], e["mean"], row) for row in rows
+                      if "mean" in (e := grid[row].get(column.label, {})) and e.get("trainable_params"))
+      if not points:
+        continue
+      ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=column.label)
+      for x, y, row in points:
+        ax.annotate(row.replace(" of 6 layers", ""), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(table.columns[0].metric)
+  else:
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(table.columns)), 5))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+      xs, ys, errs = [], [], []
+      for j, column in enumerate(table.columns):
+        entry = grid[row].get(column.label, {})
+        if "mean" in entry:
+          xs.append(j - 0.4 + (i + 0.5) * width)
+          ys.append(entry["mean"])
+          errs.append(entry["std"])
+      ax.bar(xs, ys, width, yerr=errs, capsize=2, label=row)
+    refs = [(j, c.reference) for j, c in enumerate(table.columns) if c.reference is not None]
+    if refs:
+      ax.scatter([j for j, _ in refs], [v for _, v in refs], marker="_", s=900, color="black",
+                 label=table.reference_label, zorder=3)
+    ax.set_xticks(range(len(table.columns)), [c.label for c in table.columns])
+    ax.set_ylabel("dev score (mean ± std over seeds)")
+  ax.set_title(table.title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def write_results(table: Table, root: Path, out: Path) -> list[dict]:
+  finished = collect(table, root)
+  grid = aggregate(table, finished)
+  out.mkdir(parents=True, exist_ok=True)
+  png = out / f"{table.name}.png"
+  has_plot = plot(table, grid, png)
+  (out / f"{table.name}.md").write_text(markdown(table, grid, finished, root, png.name if has_plot else None))
+  (out / f"{table.name}.json").write_text(json.dumps(
+      {"table": table.name, "title": table.title, "notes": table.notes, "commit": results.commit(),
+       "date": str(datetime.date.today()), "columns": [dataclasses.asdict(c) for c in table.columns],
+       "grid": grid, "cells": finished}, indent=2) + "\n")
+  return finished
+
+
+def main(argv):
+  del argv
+  table = TABLES[FLAGS.table]()
+  root = (Path.cwd() / FLAGS.runs / table.name).resolve()
+  out = (Path.cwd() / FLAGS.results).resolve()
+  try:
+    selected = re.compile(FLAGS.cells)
+  except re.error as e:
+    raise InputError(f"--cells={FLAGS.cells!r} is not a regex: {e}") from None
+  todo = [c for c in table.cells if selected.search(c.name) and not results.is_finished(root / c.name)]
+  if FLAGS.cells and not any(selected.search(c.name) for c in table.cells):
+    raise InputError(f"--cells={FLAGS.cells!r} matches none of the {len(table.cells)} cells of table "
+                     f"{table.name!r} (e.g. {table.cells[0].name})")
+  if FLAGS.dry_run:
+    for cell in todo:
+      print("python " + shlex.join(cell_argv(cell, root / cell.name)))
+    return
+  done = sum(results.is_finished(root / c.name) for c in table.cells)
+  print(f"table {table.name}: {done} of {len(table.cells)} cells finished, {0 if FLAGS.rebuild else len(todo)} to run")
+  failed = []
+  if not FLAGS.rebuild and todo:
+    import tqdm
+    bar = tqdm.tqdm(todo, desc=table.name, unit="cell", dynamic_ncols=True)
+    for cell in bar:
+      bar.set_postfix_str(cell.name)
+      workdir = root / cell.name
+      try:
+        code = run_cell(cell, workdir)
+      except KeyboardInterrupt:
+        bar.close()
+        write_results(table, root, out)
+        print(f"interrupted in {cell.name}: rerun the same command to resume (its log: {workdir / 'train.log'})")
+        raise SystemExit(130)
+      if code:
+        failed.append(cell.name)
+        tqdm.tqdm.write(f"cell {cell.name} failed (exit {code}); the last lines of {workdir / 'train.log'}:\n"
+                        + log_tail(workdir))
+      write_results(table, root, out)  # the table grows as cells finish
+    bar.close()
+  finished = write_results(table, root, out)
+  print(f"wrote {out / table.name}.md, .json, .png: {len(finished)} of {len(table.cells)} cells finished")
+  if failed:
+    raise InputError(f"{len(failed)} cells failed: {', '.join(failed)} (each log: <runs>/{table.name}/<cell>/train.log)")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,79 @@
+"""scripts/reproduce.py: a grid of real train.py runs tabulated with their commands, resumable, rebuildable.
+
+Two cells of the `freeze` table run on a tiny BERT and 64 SST-2 rows (`--extra` shrinks every cell, and
+is part of each recorded command); what is checked is the mechanics: finished cells are kept, the table
+and plot come from the runs' own metrics, and a cell's printed command reproduces its number.
+"""
+import json
+import shlex
+
+import pytest
+
+from conftest import check, glue_folder, metric_lines, script
+
+CELLS = "^(top0-embeddings-frozen|layernorm-only)$"
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, tiny_bert, tfds_dir):
+  root = tmp_path_factory.mktemp("reproduce")
+  data = glue_folder(root / "data", "sst2", rows=64)
+  extra = " ".join([f"--config.model={tiny_bert}", f"--config.data_dir={data}", f"--config.tfds_dir={tfds_dir}",
+                    "--config.parallel=none", "--config.batch_size=8", "--config.max_steps=4",
+                    "--config.eval_every=2", "--config.checkpoint_every=2", "--config.log_every=2",
+                    "--config.max_eval_examples=32", "--config.max_length=64"])
+  args = ["--table=freeze", f"--cells={CELLS}", f"--runs={root / 'runs'}", f"--results={root / 'results'}",
+          f"--extra={extra}"]
+  first = script("reproduce", *args, timeout=600)
+  return {"root": root, "args": args, "first": first, "runs": root / "runs" / "freeze",
+          "results": root / "results"}
+
+
+def test_grid_runs_the_selected_cells_and_writes_table_json_and_plot(grid):
+  out = grid["results"]
+  assert "0 of 15 cells finished, 2 to run" in grid["first"].stdout
+  md = (out / "freeze.md").read_text()
+  assert "2 of 15 cells finished" in md and "![freeze](freeze.png)" in md
+  assert (out / "freeze.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  record = json.loads((out / "freeze.json").read_text())
+  cells = {c["cell"]: c for c in record["cells"]}
+  assert set(cells) == {"top0-embeddings-frozen", "layernorm-only"}
+  for name, cell in cells.items():  # the table's number is the run's best dev evaluation
+    dev = [l["accuracy"] for l in metric_lines(grid["runs"] / name) if l["split"] == "dev"]
+    assert cell["dev"]["accuracy"] == pytest.approx(max(dev))
+    assert record["grid"][cell["row"]]["SST-2 acc, embeddings frozen"]["values"] == [cell["dev"]["accuracy"]]
+  # the probe trains the classifier only; LayerNorm-only adds every LayerNorm's scale and bias
+  assert cells["top0-embeddings-frozen"]["trainable_params"] == 32 * 2 + 2
+  assert cells["layernorm-only"]["trainable_params"] == 66 + 5 * 2 * 32
+  # cells not run are listed with the command that would run them
+  assert "| top3-embeddings-trained | 0 | not run |" in md and "not run (0/1)" in md
+
+
+def test_finished_cells_are_kept_and_rebuild_trains_nothing(grid):
+  marker = grid["runs"] / "layernorm-only" / "cell.json"
+  before = marker.stat().st_mtime_ns
+  again = script("reproduce", *grid["args"])
+  assert "2 of 15 cells finished, 0 to run" in again.stdout
+  (grid["results"] / "freeze.md").unlink()
+  rebuilt = script("reproduce", *grid["args"][:1], f"--runs={grid['root'] / 'runs'}",
+                   f"--results={grid['results']}", "--rebuild")
+  assert "2 of 15 cells finished" in rebuilt.stdout and (grid["results"] / "freeze.md").exists()
+  assert marker.stat().st_mtime_ns == before
+
+
+def test_a_cells_printed_command_reproduces_its_number(grid, tmp_path):
+  record = json.loads((grid["results"] / "freeze.json").read_text())
+  cell = next(c for c in record["cells"] if c["cell"] == "layernorm-only")
+  argv = shlex.split(cell["command"])
+  assert argv[:2] == ["python", "scripts/train.py"]
+  assert '--config.trainable=("train:^backbone/.*LayerNorm/", "freeze:^backbone/")' in argv
+  rerun = tmp_path / "rerun"
+  check(script("train", *[a if not a.startswith("--workdir=") else f"--workdir={rerun}" for a in argv[2:]]))
+  dev = max(l["accuracy"] for l in metric_lines(rerun) if l["split"] == "dev")
+  assert dev == pytest.approx(cell["dev"]["accuracy"], abs=0.5)
+
+
+def test_a_regex_that_matches_no_cell_is_one_line_error(grid):
+  result = script("reproduce", "--table=ner", "--cells=^nope$", f"--runs={grid['root'] / 'runs'}",
+                  f"--results={grid['results']}", check=False)
+  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --cells='^nope$'")
