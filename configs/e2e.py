@@ -32,6 +32,7 @@ def get_config():
   c.lora.dropout = 0.1
   c.learning_rate = 2e-4
   c.batch_size = 8
+  c.eval_batch_size = 8          # the logits over the 49,152-token vocabulary: 64 rows would need > 24 GB
   c.num_epochs = 1
   c.max_train_examples = 2000
   c.max_eval_examples = 200         # dev perplexity on a fixed subset of dev MRs (all their references)

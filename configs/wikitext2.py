@@ -1,7 +1,7 @@
 """Language modelling on WikiText-2: perplexity of a decoder before and after a short LoRA fine-tune.
 
   # perplexity of SmolLM2 as it comes (no training: 0 epochs), on the test split
-  python scripts/train.py --config=configs/wikitext2.py --workdir=runs/wt2-base --config.num_epochs=0
+  python scripts/train.py --config=configs/wikitext2.py --workdir=runs/wt2-base --config.num_epochs=0 --config.max_steps=0
   python scripts/evaluate.py --workdir=runs/wt2-base --split=test
   # a short LoRA fine-tune on the validation text, then the same test perplexity
   python scripts/train.py --config=configs/wikitext2.py --workdir=runs/wt2-lora
@@ -33,6 +33,7 @@ def get_config():
   c.lora.alpha = 16.0
   c.learning_rate = 3e-4
   c.batch_size = 8
+  c.eval_batch_size = 8          # the logits over the 49,152-token vocabulary: 64 rows would need > 24 GB
   c.max_steps = 60
   c.eval_every = 0
   c.checkpoint_every = 30

@@ -15,7 +15,7 @@ from ftjax import experiment
 from ftjax.loop import selection
 
 SHOWN = ("accuracy", "f1", "matthews", "pearson", "spearman", "precision", "recall", "exact_match",
-         "perplexity", "bleu", "rougeL")
+         "perplexity", "bleu", "nist", "meteor", "rougeL", "cider")
 
 
 def is_finished(workdir: Path) -> bool:

@@ -124,13 +124,18 @@ def fmt_entry(entry: dict | None, with_params: bool) -> str:
     return ""
   if "mean" not in entry:
     return f"not run (0/{entry['expected']})"
-  text = f"{entry['mean']:.1f}"
+  text = fmt_number(entry["mean"])
   if entry["expected"] > 1:
     text += f" ± {entry['std']:.1f} ({entry['n']}/{entry['expected']})" if entry["n"] > 1 else \
         f" (1/{entry['expected']})"
   if with_params and entry.get("trainable_params"):
     text += f" · {fmt_params(entry['trainable_params'], entry['total_params'])}"
   return text
+
+
+def fmt_number(value: float) -> str:
+  """One decimal as the papers print GLUE scores; two for small-valued metrics (NIST 8.85, CIDEr 2.53)."""
+  return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
 def fmt_params(trainable: int, total: int) -> str:
@@ -165,7 +170,7 @@ def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_na
     lines.append("| " + " | ".join(cells) + " |")
   if any(c.reference is not None for c in table.columns):
     ref = [f"*{table.reference_label}*"] + ([""] if not per_cell_params else [])
-    ref += [f"*{c.reference:.1f}*" if c.reference is not None else "" for c in table.columns]
+    ref += [f"*{fmt_number(c.reference)}*" if c.reference is not None else "" for c in table.columns]
     ref += [""] * (int(table.average) + len(table.row_references))
     lines.append("| " + " | ".join(ref) + " |")
   if plot_name:
@@ -175,7 +180,7 @@ def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_na
             "| cell | seed | dev | test | trainable | steps | wall (min) | commit | command |",
             "|---|---:|---|---|---:|---:|---:|---|---|"]
   by_name = {r["cell"]: r for r in finished}
-  fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items()) or "—"
+  fmt = lambda d: ", ".join(f"{k} {fmt_number(v)}" for k, v in d.items()) or "—"
   for cell in table.cells:
     r = by_name.get(cell.name)
     if r is None:
