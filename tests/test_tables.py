@@ -1,0 +1,78 @@
+"""configs/tables.py: every cell of every paper table is a valid command before hours are spent on it.
+
+Each cell's flags are parsed exactly as scripts/train.py parses them, and the trainability rules of the
+freeze and methods tables are applied to the real all-MiniLM-L6-v2 parameter tree: every leaf decided,
+and the trainable counts ordered as the tables claim.
+"""
+import collections
+
+import pytest
+
+from conftest import needs_data, parse_config
+from configs.tables import TABLES, freeze_rules
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_cell_parses_to_the_config_it_names(name):
+  table = TABLES[name]()
+  assert len({c.name for c in table.cells}) == len(table.cells), "cell folders must be unique"
+  keys = {c.key for c in table.columns}
+  placed = collections.Counter((c.row, c.column, c.seed) for c in table.cells)
+  assert max(placed.values()) == 1, "two cells in one place of the table"
+  for cell in table.cells:
+    assert cell.column in keys
+    config = parse_config(f"--config={cell.config}", *cell.flags())
+    for key, value in cell.overrides + (("seed", cell.seed),):
+      node = config
+      for part in key.split(".")[:-1]:
+        node = node[part]
+      got = node[key.split(".")[-1]]
+      assert (tuple(got) if isinstance(value, tuple) else got) == value, (cell.name, key)
+
+
+@pytest.fixture(scope="module")
+def minilm_trees():
+  """The real MiniLM run trees (backbone + method + head) for each method, built as a run builds them."""
+  needs_data("sst2")
+  from ftjax import experiment
+  trees = {}
+  for method in ("full", "lora", "adapter", "prompt"):
+    exp = experiment.build(parse_config("--config=configs/glue.py:sst2", f"--config.method={method}"))
+    trees[method] = exp.tree
+  return trees
+
+
+def trainable_count(tree, rules):
+  import numpy as np
+  from ftjax import trainability
+  trainable, _ = trainability.partition(tree, rules)
+  return sum(int(np.size(v)) for v in trainability.flatten(trainable).values())
+
+
+def test_freeze_rules_train_more_parameters_with_every_layer(minilm_trees):
+  from ftjax.trainability import rules_for
+  tree = minilm_trees["full"]
+  for embeddings in (False, True):
+    counts = [trainable_count(tree, rules_for("full", freeze_rules(k, embeddings))) for k in range(7)]
+    assert counts == sorted(counts) and len(set(counts)) == 7
+    assert counts[0] == (384 * 30522 + 512 * 384 + 2 * 384 + 2 * 384 if embeddings else 0) + 384 * 2 + 2
+  everything = trainable_count(tree, rules_for("full"))
+  assert trainable_count(tree, rules_for("full", freeze_rules(6, True))) == everything
+  # the whole encoder stack minus the embeddings: what freezing the embeddings saves
+  assert everything - trainable_count(tree, rules_for("full", freeze_rules(6, False))) == \
+      30522 * 384 + 512 * 384 + 2 * 384 + 2 * 384
+
+
+def test_methods_table_rows_train_what_their_papers_train(minilm_trees):
+  from ftjax.trainability import rules_for
+  full = trainable_count(minilm_trees["full"], rules_for("full"))
+  counts = {"head": trainable_count(minilm_trees["full"], rules_for("head")),
+            "bitfit": trainable_count(minilm_trees["full"], rules_for("bitfit")),
+            "lora": trainable_count(minilm_trees["lora"], rules_for("lora")),
+            "adapter": trainable_count(minilm_trees["adapter"], rules_for("adapter")),
+            "prompt": trainable_count(minilm_trees["prompt"], rules_for("prompt"))}
+  assert counts["head"] == 384 * 2 + 2
+  assert counts["prompt"] == counts["head"] + 20 * 384
+  assert counts["lora"] == counts["head"] + 6 * 2 * 2 * 8 * 384          # q and v: A (384×8), B (8×384)
+  assert counts["head"] < counts["prompt"] < counts["bitfit"] < counts["lora"] < counts["adapter"] < full
+  assert counts["adapter"] / full < 0.05 and counts["bitfit"] / full < 0.002
