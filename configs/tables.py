@@ -12,6 +12,7 @@ a line here; the tables in results/ cite the exact command of every cell.
   ner          CoNLL-2003 dev and test entity F1 for full fine-tuning, LoRA and Houlsby adapters
   freeze       SST-2 (8,000-sentence subset): train only the top k of the 6 layers (k = 0…6), embeddings
                frozen or trained, and LayerNorm-only; dev accuracy against trainable parameters
+  torch        full and LoRA on RTE and MRPC by ftjax and by PyTorch + transformers + PEFT, 3 seeds each
   e2e          E2E NLG with LoRA on SmolLM2-135M (BLEU, NIST, METEOR, ROUGE-L, CIDEr on test MRs) beside
                the LoRA paper's GPT-2 M
 
@@ -38,13 +39,14 @@ MINILM_DEV = {"sst2": 91.5, "mrpc": 88.9, "rte": 68.8, "cola": 47.5}
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One run: `python scripts/train.py --config=<config> --workdir=<runs>/<table>/<name> <overrides>`."""
+  """One run: `python scripts/<script>.py --config=<config> --workdir=<runs>/<table>/<name> <overrides>`."""
   name: str                 # folder name of the run, unique in the table
   row: str                  # row label it contributes to
   column: str               # column key it contributes to (Column.key)
   seed: int
   config: str               # configs/<file>.py[:arg]
   overrides: tuple[tuple[str, object], ...] = ()  # (config key, value) as --config.<key>=<value>
+  script: str = "train"     # scripts/<script>.py: train (ftjax) or torch_reference (PyTorch + PEFT)
 
   def flags(self) -> list[str]:
     """The command-line flags of this cell after --config and --workdir."""
@@ -249,5 +251,27 @@ def e2e_table() -> Table:
       columns, cells, reference_label="GPT-2 M + LoRA (Hu et al. 2021)")
 
 
+# --- torch ---------------------------------------------------------------------------------------------
+def torch_table() -> Table:
+  """The methods table's full and LoRA recipes on RTE and MRPC, run by ftjax and by PyTorch + PEFT."""
+  cells = []
+  for method, label in (("full", "full"), ("LoRA (r=8, q,v)", "LoRA")):
+    ovr, lr, factor = METHODS[method]
+    for task in ("rte", "mrpc"):
+      for script, who in (("train", "ftjax"), ("torch_reference", "PyTorch + transformers + PEFT")):
+        cells += [dataclasses.replace(c, name=f"{slug(who.split()[0])}-{c.name}", row=f"{label}: {who}",
+                                      script=script)
+                  for c in method_cells(task, label, ovr, lr, factor)]
+  columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t]) for t in ("rte", "mrpc"))
+  return Table(
+      "torch", "The same recipe in ftjax and in PyTorch + transformers + PEFT (all-MiniLM-L6-v2, GLUE dev)",
+      "scripts/torch_reference.py reads the same config and shares ftjax's data pipeline (same rows, same "
+      "batch order), scoring and initial head / LoRA A weights; it has its own model (transformers), LoRA "
+      "(peft), AdamW groups, clipping, schedule and dropout. With dropout off the two agree step for step "
+      "(tests/test_tables.py); with dropout on they should agree within seed noise. Recipes as in the "
+      "methods table; seeds 0, 1, 2.",
+      columns, tuple(cells))
+
+
 TABLES = {"methods": methods_table, "adversarial": adversarial_table, "ner": ner_table, "freeze": freeze_table,
-          "e2e": e2e_table}
+          "e2e": e2e_table, "torch": torch_table}

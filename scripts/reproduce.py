@@ -1,7 +1,7 @@
 """Reproduce a paper table: `python scripts/reproduce.py --table=NAME [--cells=REGEX] [--rebuild]`.
 
-Runs every cell of the table (configs/tables.py: methods, adversarial, ner, freeze) that has not
-finished, one `scripts/train.py` command each (so the command printed beside a number is exactly the
+Runs every cell of the table (configs/tables.py: methods, adversarial, ner, freeze, torch, e2e) that
+has not finished, one `scripts/train.py` (or `scripts/torch_reference.py`) command each (so the command printed beside a number is exactly the
 one that produced it), into `<runs>/NAME/<cell>/`, and after every cell rewrites `results/NAME.md` (the
 table, the command, commit, wall time and machine of every cell), `results/NAME.json` and
 `results/NAME.png`. Finished cells are kept: an interrupted grid resumes where it stopped, and a cell
@@ -51,7 +51,7 @@ def shown_path(path: Path) -> str:
 
 
 def cell_argv(cell, workdir: Path) -> list[str]:
-  return (["scripts/train.py", f"--config={cell.config}", f"--workdir={shown_path(workdir)}"]
+  return ([f"scripts/{cell.script}.py", f"--config={cell.config}", f"--workdir={shown_path(workdir)}"]
           + cell.flags() + shlex.split(FLAGS.extra))
 
 

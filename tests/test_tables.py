@@ -6,6 +6,8 @@ and the trainable counts ordered as the tables claim.
 """
 import collections
 
+import numpy as np
+
 import pytest
 
 from conftest import needs_data, parse_config
@@ -76,3 +78,27 @@ def test_methods_table_rows_train_what_their_papers_train(minilm_trees):
   assert counts["lora"] == counts["head"] + 6 * 2 * 2 * 8 * 384          # q and v: A (384×8), B (8×384)
   assert counts["head"] < counts["prompt"] < counts["bitfit"] < counts["lora"] < counts["adapter"] < full
   assert counts["adapter"] / full < 0.05 and counts["bitfit"] / full < 0.002
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_torch_reference_follows_the_same_recipe_step_for_step(method, tiny_bert, tfds_dir, rte_dir, tmp_path):
+  """scripts/torch_reference.py (transformers + PEFT) against scripts/train.py with dropout off: the same
+  initial weights (ftjax's head and LoRA A copied in), batches, AdamW groups, clipping and schedule, so
+  their training losses and dev accuracy must agree to float32 rounding, step for step."""
+  from conftest import metric_lines, scripts_together, tiny_flags, check
+  args = ["--config=configs/glue.py:rte", *tiny_flags(tiny_bert, tfds_dir, data_dir=rte_dir, method=method,
+                                                       learning_rate=3e-2 if method == "lora" else 3e-3,
+                                                       dropout=False, warmup_steps=2, log_every=1)]
+  runs = scripts_together({name: (name, [*args, f"--workdir={tmp_path / name}"], None)
+                           for name in ("train", "torch_reference")})
+  for result in runs.values():
+    check(result)
+  ftjax_lines, torch_lines = (metric_lines(tmp_path / name) for name in ("train", "torch_reference"))
+  loss = lambda lines: np.array([l["loss"] for l in lines if l["split"] == "train"])
+  assert len(loss(ftjax_lines)) == 6
+  # the losses move (large rates: a weak tiny model), and torch's moves match ftjax's step for step
+  moved = loss(ftjax_lines) - loss(ftjax_lines)[0]
+  assert np.max(np.abs(moved)) > 0.01
+  np.testing.assert_allclose(loss(torch_lines) - loss(torch_lines)[0], moved, rtol=1e-2, atol=2e-5)
+  dev = lambda lines: [(l["step"], l["accuracy"]) for l in lines if l["split"] == "dev"]
+  assert dev(torch_lines) == dev(ftjax_lines)
