@@ -72,6 +72,8 @@ def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int)
     parts = jax.tree.map(lambda x: [], out) if parts is None else parts
     parts = jax.tree.map(lambda acc, x: acc + [(rows[keep], x[keep])], parts, out,
                          is_leaf=lambda x: isinstance(x, list))
+  if parts is None:  # the step returns no per-row outputs (language models: the loss is the score)
+    return None, loss_sum, count
   num_rows = len(features["input_ids"])
 
   def assemble(chunks):

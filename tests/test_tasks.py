@@ -156,8 +156,8 @@ def test_causal_lm(tiny_gpt2, tfds_dir):
   config = tiny_config(config, model, tfds_dir, data_dir=str(data_dir), max_length=32)
   exp, data, outputs, values, _ = run_task(config, limit=0)
   assert exp.task.kind == "causal_lm" and exp.model.is_decoder
-  rows, width = data.features["input_ids"].shape
-  assert width == 32 and outputs.shape == (rows, width, 320)
+  assert data.features["input_ids"].shape[1] == 32
+  assert outputs is None  # scored by the loss alone: the logits (rows × 32 × 320) stay on the device
   assert set(values) == {"loss", "perplexity"}
   assert values["perplexity"] == pytest.approx(math.exp(values["loss"]), rel=1e-5)
   assert 50 < values["perplexity"] < 2000  # a random model over a 300-token vocabulary
