@@ -59,6 +59,7 @@ def run_cell(cell, workdir: Path) -> int:
   """Train one cell in a child process (run from the repository, output to <workdir>/train.log)."""
   workdir.mkdir(parents=True, exist_ok=True)
   started = datetime.datetime.now()
+  commit = results.commit()  # the code the child imports now ("+dirty": uncommitted edits to tracked files)
   with open(workdir / "train.log", "a") as log:
     log.write(f"\n=== {started:%Y-%m-%d %H:%M:%S} python {shlex.join(cell_argv(cell, workdir))}\n")
     log.flush()
@@ -71,7 +72,7 @@ def run_cell(cell, workdir: Path) -> int:
       child.wait()
       raise
   if code == 0:
-    (workdir / "cell.json").write_text(json.dumps({"commit": results.commit(), "machine": results.machine(),
+    (workdir / "cell.json").write_text(json.dumps({"commit": commit, "machine": results.machine(),
                                                    "finished": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}))
   return code
 
