@@ -7,6 +7,7 @@ command that produced it. Nothing is trained here: every number comes from a run
 """
 import datetime
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from ftjax.results import commit, describe, machine  # noqa: E402
 
 flags.DEFINE_string("out", "results/tasks", "output path without extension (.md and .json are written)")
 flags.DEFINE_string("title", "Fine-tuning runs", "heading of the table")
+flags.DEFINE_string("note", "", "a paragraph under the heading (what the runs are, how they were scored)")
 FLAGS = flags.FLAGS
+
+
+def regenerate_flags() -> list[str]:
+  return ([f"--out={FLAGS.out}"] + ([f"--title={FLAGS.title}"] if FLAGS["title"].present else [])
+          + ([f"--note={FLAGS.note}"] if FLAGS.note else []))
+
 
 def main(argv):
   runs = [describe(Path(a).resolve()) for a in argv[1:]]
@@ -26,8 +34,10 @@ def main(argv):
     raise FileNotFoundError("name the run folders to tabulate")
   fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items()) or "—"
   md = [f"# {FLAGS.title}", "",
-        f"Regenerate: `python scripts/report.py --out={FLAGS.out} {' '.join(argv[1:])}` (reads the runs; trains nothing).",
+        f"Regenerate: `python scripts/report.py {shlex.join(regenerate_flags() + argv[1:])}` (reads the runs; trains "
+        "nothing).",
         f"Commit {commit()}, {datetime.date.today()}, {machine()}, {len(runs)} runs.", "",
+        *([FLAGS.note, ""] if FLAGS.note else []),
         "| task | method | selected on | dev (best step) | test | steps | wall time |", "|---|---|---|---|---|---:|---:|"]
   for r in runs:
     md.append(f"| {r['task']} | {r['method']}{'' if r['adversarial'] == 'none' else ' + ' + r['adversarial']} | "
