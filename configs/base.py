@@ -15,6 +15,7 @@ def get_config():
   c.remat = False               # recompute each layer's activations in the backward pass (memory ↓, time ↑ ~30%)
   c.dropout = True              # False turns every dropout off during training (mechanics tests, ablations)
   c.head_dropout = 0.1          # dropout before the task head [probability]
+  c.head_pooling = "pooler"     # encoder sequence heads read: pooler (BERT's, on [CLS]) | cls | mean (sentence-transformers)
 
   # --- task and data -------------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()

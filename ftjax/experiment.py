@@ -15,6 +15,7 @@ from ftjax import models, trainability
 from ftjax.errors import InputError
 from ftjax.peft.spec import METHOD_COLLECTIONS, PeftSpec
 from ftjax.tasks import Task, datasets, make_task
+from ftjax.tasks.heads import POOLINGS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -65,8 +66,11 @@ def build(config) -> Experiment:
     raise InputError(f"config key dtype: {config.dtype!r} is not one of {sorted(DTYPES)}")
   src = datasets.source(config)
   label_names = tuple(src.label_names(config))
+  pooling = config.get("head_pooling", "pooler")  # runs saved before the key existed used the pooler
+  if pooling not in POOLINGS:
+    raise InputError(f"config key head_pooling: {pooling!r} is not one of {POOLINGS}")
   task = make_task(src.kind, len(label_names) or (1 if src.kind == "regression" else 0), label_names,
-                   config.head_dropout)
+                   config.head_dropout, pooling)
   model, backbone = models.from_pretrained(config.model, dtype=DTYPES[config.dtype], peft=peft_spec(config),
                                            remat=config.remat)
   if src.kind == "causal_lm" and not model.is_decoder:

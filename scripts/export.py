@@ -11,6 +11,7 @@ from pathlib import Path
 from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from ftjax.errors import InputError  # noqa: E402
 from ftjax import cli  # noqa: E402
 from ftjax import experiment, export, models, trainability  # noqa: E402
 
@@ -31,6 +32,10 @@ def main(argv):
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
   tree = trainability.combine(trainable, frozen)
   task = exp.task
+  if (task.kind in ("classification", "regression") and not exp.model.is_decoder
+      and config.get("head_pooling", "pooler") != "pooler"):
+    raise InputError(f"config key head_pooling={config.head_pooling!r}: transformers' "
+                     "BertForSequenceClassification reads the pooler, so this run's head has no place there")
   labels = dict(enumerate(task.label_names)) if task.label_names else None
   common = dict(model=exp.model, tree=tree, task=EXPORT_TASKS[task.kind],
                 num_labels=task.num_labels or None, id2label=labels)

