@@ -55,6 +55,21 @@ def cell_argv(cell, workdir: Path) -> list[str]:
           + cell.flags() + shlex.split(FLAGS.extra))
 
 
+def is_stale(cell, workdir: Path) -> bool:
+  """A run whose recorded command is not the cell's command now (its recipe in configs/tables.py, or
+  --extra, changed since it ran): its number no longer belongs in the table."""
+  recorded = workdir / "command.txt"
+  return recorded.is_file() and recorded.read_text().strip() != "python " + shlex.join(cell_argv(cell, workdir))
+
+
+def move_aside(workdir: Path) -> Path:
+  """Keeps a stale run, renamed <cell>.stale-<n>, so that the cell runs afresh."""
+  n = 1
+  while workdir.with_name(f"{workdir.name}.stale-{n}").exists():
+    n += 1
+  return workdir.rename(workdir.with_name(f"{workdir.name}.stale-{n}"))
+
+
 def run_cell(cell, workdir: Path) -> int:
   """Train one cell in a child process (run from the repository, output to <workdir>/train.log)."""
   workdir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +204,8 @@ def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_na
       lines.append(f"| {cell.name} | {cell.seed} | not run | | | | | | `{command}` |")
       continue
     params = fmt_params(r["trainable_params"], r["total_params"]) if r["trainable_params"] else "?"
-    lines.append(f"| {cell.name} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
+    flag = " (stale: ran another command than the table's now)" if is_stale(cell, root / cell.name) else ""
+    lines.append(f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
                  f"{params} | {r['steps']} | {r['wall_minutes']} | {r['commit']} | `{r['command']}` |")
   return "\n".join(lines) + "\n"
 
@@ -265,10 +281,18 @@ def main(argv):
     selected = re.compile(FLAGS.cells)
   except re.error as e:
     raise InputError(f"--cells={FLAGS.cells!r} is not a regex: {e}") from None
-  todo = [c for c in table.cells if selected.search(c.name) and not results.is_finished(root / c.name)]
   if FLAGS.cells and not any(selected.search(c.name) for c in table.cells):
     raise InputError(f"--cells={FLAGS.cells!r} matches none of the {len(table.cells)} cells of table "
                      f"{table.name!r} (e.g. {table.cells[0].name})")
+  stale = [c for c in table.cells if selected.search(c.name) and is_stale(c, root / c.name)]
+  for cell in stale:
+    if FLAGS.rebuild or FLAGS.dry_run:
+      print(f"stale: {cell.name} ran another command than the table's now; without --rebuild/--dry_run it "
+            "is moved aside and run again")
+    else:
+      print(f"stale: {cell.name} ran another command than the table's now; kept as {move_aside(root / cell.name).name}")
+  todo = [c for c in table.cells if selected.search(c.name)
+          and (not results.is_finished(root / c.name) or c in stale)]
   if FLAGS.dry_run:
     for cell in todo:
       print("python " + shlex.join(cell_argv(cell, root / cell.name)))

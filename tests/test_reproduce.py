@@ -77,3 +77,19 @@ def test_a_regex_that_matches_no_cell_is_one_line_error(grid):
   result = script("reproduce", "--table=ner", "--cells=^nope$", f"--runs={grid['root'] / 'runs'}",
                   f"--results={grid['results']}", check=False)
   assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --cells='^nope$'")
+
+
+def test_a_cell_whose_command_changed_is_stale_and_runs_again(grid):
+  """Changing a recipe (here: --extra) makes finished cells stale: --dry_run lists them, a real run keeps
+  the old run as <cell>.stale-1 and runs the cell afresh (here with a bad flag: it fails, loudly)."""
+  args = [a if not a.startswith("--extra=") else a + " --config.method=nonsense" for a in grid["args"]]
+  dry = script("reproduce", *args, "--dry_run")
+  assert "stale: layernorm-only" in dry.stdout and "stale: top0-embeddings-frozen" in dry.stdout
+  assert dry.stdout.count("python scripts/train.py") == 2
+  assert (grid["runs"] / "layernorm-only" / "summary.txt").exists()  # a dry run moves nothing
+  failed = script("reproduce", *[a if not a.startswith("--cells=") else "--cells=^layernorm-only$" for a in args],
+                  check=False)
+  assert "kept as layernorm-only.stale-1" in failed.stdout
+  assert (grid["runs"] / "layernorm-only.stale-1" / "summary.txt").exists()
+  assert failed.returncode == 2 and "1 cells failed: layernorm-only" in failed.stderr
+  assert "unknown method 'nonsense'" in (grid["runs"] / "layernorm-only" / "train.log").read_text()
