@@ -38,12 +38,13 @@ def main(argv):
         "nothing).",
         f"Commit {commit()}, {datetime.date.today()}, {machine()}, {len(runs)} runs.", "",
         *([FLAGS.note, ""] if FLAGS.note else []),
-        "| task | method | selected on | dev (best step) | test | steps | wall time |", "|---|---|---|---|---|---:|---:|"]
+        "| run | task | method | selected on | dev (best step) | test | steps | wall time |",
+        "|---|---|---|---|---|---|---:|---:|"]
   for r in runs:
-    md.append(f"| {r['task']} | {r['method']}{'' if r['adversarial'] == 'none' else ' + ' + r['adversarial']} | "
+    md.append(f"| {Path(r['workdir']).name} | {r['task']} | {r['method']}{'' if r['adversarial'] == 'none' else ' + ' + r['adversarial']} | "
               f"{r['selected_on']} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | {r['steps']} | "
               f"{r['wall_minutes']} min |")
-  md += ["", "Commands:", ""] + [f"- {r['task']}: `{r['command']}`" for r in runs]
+  md += ["", "Commands:", ""] + [f"- {Path(r['workdir']).name}: `{r['command']}`" for r in runs]
   out = Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.with_suffix(".md").write_text("\n".join(md) + "\n")
