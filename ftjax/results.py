@@ -52,11 +52,12 @@ def describe(workdir: Path) -> dict:
 
 
 def commit() -> str:
-  """The checkout's commit (short hash), '+dirty' when tracked files differ from it."""
+  """The checkout's commit (short hash), '+dirty' when tracked code differs from it (results/ aside:
+  regenerating a table must not mark the table itself dirty)."""
   root = Path(__file__).resolve().parents[1]
   run = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
   head = run("rev-parse", "--short", "HEAD") or "?"
-  return head + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+  return head + ("+dirty" if run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
 
 
 def machine() -> str:
