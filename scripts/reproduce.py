@@ -248,7 +248,8 @@ def plot(table: Table, grid: dict, path: Path) -> bool:
       ax.scatter([j for j, _ in refs], [v for _, v in refs], marker="_", s=900, color="black",
                  label=table.reference_label, zorder=3)
     ax.set_xticks(range(len(table.columns)), [c.label for c in table.columns])
-    ax.set_ylabel("dev score (mean ± std over seeds)")
+    splits = sorted({c.split for c in table.columns})
+    ax.set_ylabel(f"{' / '.join(splits)} score (mean ± std over seeds)")
   ax.set_title(table.title, fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
