@@ -5,7 +5,10 @@ a JSON report that test_parallel.py checks. A separate process: the device count
 """
 import json
 import os
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ftjax from this checkout, installed or not
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
 import jax  # noqa: E402  (after XLA_FLAGS)
