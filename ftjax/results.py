@@ -6,6 +6,7 @@ wrote them (config.json, run.json, metrics.jsonl, summary.txt, command.txt).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -62,7 +63,6 @@ def commit() -> str:
 
 def machine() -> str:
   """CPU model and core count: the numbers in results/ are only comparable on the same kind of machine."""
-  import os
   cpu = "?"
   if Path("/proc/cpuinfo").exists():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
