@@ -70,7 +70,7 @@ class Table:
   columns: tuple[Column, ...]
   cells: tuple[Cell, ...]
   reference_label: str = ""  # label of the row of Column.reference values
-  row_references: tuple[tuple[str, str, dict], ...] = ()  # (column header, note, {row: value}) extra columns
+  row_references: tuple[tuple[str, dict], ...] = ()  # (column header, {row: value}): published numbers per row
   plot: str = "bars"        # bars: grouped bars per column | params: metric against trainable parameters
   average: bool = False     # add an average column over the table's columns
 
@@ -145,7 +145,7 @@ def methods_table() -> Table:
       "different checkpoint from the sentence-embedding all-MiniLM-L6-v2 loaded here. Last column: the "
       "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only.",
       columns, cells, reference_label="MiniLM-L6-H384 (published dev)",
-      row_references=(("LoRA paper avg (RoBERTa-base)", "", LORA_PAPER_AVG),), average=True)
+      row_references=(("LoRA paper avg (RoBERTa-base)", LORA_PAPER_AVG),), average=True)
 
 
 # --- adversarial ---------------------------------------------------------------------------------------

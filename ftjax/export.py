@@ -223,13 +223,6 @@ def export_hf(out_dir, *, model, tree: dict, task: str, num_labels: int | None =
 # ---------------------------------------------------------------------------------------------------
 # PEFT LoRA adapters.
 
-def _lora_layers(lora_tree: dict) -> dict[str, dict]:
-  layers: dict[str, dict] = {}
-  for path, leaf in traverse_util.flatten_dict(lora_tree).items():
-    layers.setdefault("/".join(path[:-1]), {})[path[-1]] = leaf
-  return layers
-
-
 def export_peft(out_dir, *, model, tree: dict, task: str, num_labels: int | None = None,
                 id2label: dict | None = None, base_model: str) -> Path:
   """Writes the run's LoRA factors and head as a PEFT adapter in `out_dir`; returns its path.
@@ -245,7 +238,7 @@ def export_peft(out_dir, *, model, tree: dict, task: str, num_labels: int | None
   out_dir = Path(out_dir)
 
   modules = _dense_modules(arch, model, _has_pooler(tree["backbone"]))
-  layers = _lora_layers(tree["lora"])
+  layers = {"/".join(path): factors for path, factors in lora.lora_layers(tree["lora"]).items()}
   unknown = sorted(set(layers) - set(modules) | ({"pooler"} & set(layers)))
   if unknown:
     raise ValueError(f"LoRA factors at {unknown[:3]} are not at a dense layer transformers knows")

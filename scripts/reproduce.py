@@ -15,9 +15,9 @@ interrupted mid-run resumes from its latest checkpoint. `--rebuild` only re-tabu
 import dataclasses
 import datetime
 import json
-import math
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -125,9 +125,7 @@ def aggregate(table: Table, finished: list[dict]) -> dict:
         continue
       entry = {"values": values, "n": len(values), "expected": expected}
       if values:
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-        entry.update(mean=mean, std=std)
+        entry.update(mean=statistics.mean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0)
       params = [r for r in finished if r["row"] == row and r["column"] == column.key and r["trainable_params"]]
       if params:
         entry.update(trainable_params=params[0]["trainable_params"], total_params=params[0]["total_params"])
@@ -164,7 +162,7 @@ def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_na
   header = ["", *( ["trainable"] if not per_cell_params else []), *(c.label for c in table.columns)]
   if table.average:
     header.append("average")
-  header += [label for label, _, _ in table.row_references]
+  header += [label for label, _ in table.row_references]
   lines = [f"# {table.title}", "",
            f"Regenerate: `python scripts/reproduce.py --table={table.name}` (trains the cells that have not "
            f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {results.commit()} on "
@@ -182,7 +180,7 @@ def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_na
       complete = len(means) == len(table.columns) and all(
           entries[c.label]["n"] == entries[c.label]["expected"] for c in table.columns)
       cells.append(f"{sum(means) / len(means):.1f}" if complete else "")
-    cells += [f"{values[row]:.1f}" if row in values else "" for _, _, values in table.row_references]
+    cells += [f"{values[row]:.1f}" if row in values else "" for _, values in table.row_references]
     lines.append("| " + " | ".join(cells) + " |")
   if any(c.reference is not None for c in table.columns):
     ref = [f"*{table.reference_label}*"] + ([""] if not per_cell_params else [])

@@ -34,6 +34,7 @@ from ftjax import cli, experiment, models  # noqa: E402
 from ftjax.data import pipeline  # noqa: E402
 from ftjax.errors import InputError  # noqa: E402
 from ftjax.loop import append_metrics, selection  # noqa: E402
+from ftjax.peft.lora import lora_layers  # noqa: E402
 from ftjax.tasks import datasets  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])", lock_config=True)
@@ -71,20 +72,10 @@ def build_torch_model(config, exp, num_labels: int):
         target_modules=targets, modules_to_save=["classifier"], use_rslora=config.lora.rslora))
     with torch.no_grad():  # ftjax's initial A (B starts at zero in both), so only the code differs
       for path, leaves in lora_layers(exp.tree.get("lora", {})).items():
-        module = model.base_model.model.get_submodule(torch_module_name(path))
+        module = model.base_model.model.get_submodule(torch_module_name("/".join(path)))
         module.lora_A["default"].weight.copy_(torch.from_numpy(np.asarray(leaves["a"]).T.copy()))
         module.lora_B["default"].weight.copy_(torch.from_numpy(np.asarray(leaves["b"]).T.copy()))
   return model
-
-
-def lora_layers(lora: dict) -> dict[str, dict]:
-  """ftjax LoRA leaves grouped by module path: {"encoder/layer_0/attention/self/query": {"a", "b"}}."""
-  from ftjax import trainability
-  layers: dict[str, dict] = {}
-  for path, leaf in trainability.flatten(lora).items():
-    module, _, name = path.rpartition("/")
-    layers.setdefault(module, {})[name] = leaf
-  return layers
 
 
 def torch_module_name(path: str) -> str:

@@ -58,7 +58,7 @@ def apply_lora(module: nn.Module, x: jax.Array, y: jax.Array, kernel: jax.Array,
   return (magnitude / direction_norm) * (y + delta)
 
 
-def _lora_layers(lora: dict) -> dict[tuple[str, ...], dict]:
+def lora_layers(lora: dict) -> dict[tuple[str, ...], dict]:
   """Maps each adapted module path to its {"a", "b"[, "magnitude"]} leaves."""
   layers: dict[tuple[str, ...], dict] = {}
   for path, leaf in traverse_util.flatten_dict(lora).items():
@@ -69,7 +69,7 @@ def _lora_layers(lora: dict) -> dict[tuple[str, ...], dict]:
 def merge(params: dict, lora: dict, spec: PeftSpec) -> dict:
   """Returns backbone params with every LoRA (or DoRA) update folded into its kernel."""
   flat = traverse_util.flatten_dict(params)
-  for module_path, factors in _lora_layers(lora).items():
+  for module_path, factors in lora_layers(lora).items():
     kernel_path = module_path + ("kernel",)
     if kernel_path not in flat:
       raise KeyError(f"LoRA factors at {'/'.join(module_path)} have no kernel in the backbone params")
@@ -87,7 +87,7 @@ def unmerge(params: dict, lora: dict, spec: PeftSpec) -> dict:
     raise ValueError("DoRA merges are not invertible (the merged weight has lost ‖W + sAB‖): "
                      "keep the unmerged backbone instead of unmerging")
   flat = traverse_util.flatten_dict(params)
-  for module_path, factors in _lora_layers(lora).items():
+  for module_path, factors in lora_layers(lora).items():
     kernel_path = module_path + ("kernel",)
     kernel = flat[kernel_path]
     flat[kernel_path] = (kernel - spec.lora_scale * (factors["a"] @ factors["b"])).astype(kernel.dtype)
