@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 from configs.glue import RECIPES
 
@@ -86,7 +87,8 @@ def format_value(value) -> str:
 
 
 def slug(text: str) -> str:
-  return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-").replace("--", "-")
+  """A row label as an ASCII folder name: 'full + FGM ε=0.3' → 'full-fgm-0-3'."""
+  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def glue_base(task: str) -> tuple[str, tuple]:

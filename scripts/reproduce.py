@@ -15,6 +15,7 @@ interrupted mid-run resumes from its latest checkpoint. `--rebuild` only re-tabu
 import dataclasses
 import datetime
 import json
+import os
 import re
 import shlex
 import statistics
@@ -55,11 +56,31 @@ def cell_argv(cell, workdir: Path) -> list[str]:
           + cell.flags() + shlex.split(FLAGS.extra))
 
 
+def recipe(argv: list[str]) -> list[str]:
+  """A command without its --workdir: two cells with the same recipe train the same run."""
+  return [a for a in argv if not a.startswith("--workdir=")]
+
+
 def is_stale(cell, workdir: Path) -> bool:
   """A run whose recorded command is not the cell's command now (its recipe in configs/tables.py, or
   --extra, changed since it ran): its number no longer belongs in the table."""
   recorded = workdir / "command.txt"
-  return recorded.is_file() and recorded.read_text().strip() != "python " + shlex.join(cell_argv(cell, workdir))
+  return recorded.is_file() and recipe(shlex.split(recorded.read_text().strip())[1:]) != recipe(cell_argv(cell, workdir))
+
+
+def finished_twin(cell, table: Table, runs: Path) -> Path | None:
+  """A finished, current run of another table's cell with this cell's recipe (the adversarial table's
+  `none` rows are the methods table's full and LoRA cells; the torch table's ftjax rows are too)."""
+  wanted = recipe(cell_argv(cell, runs / table.name / cell.name))
+  for name, make in TABLES.items():
+    if name == table.name:
+      continue
+    for other in make().cells:
+      workdir = runs / name / other.name
+      if (recipe(cell_argv(other, workdir)) == wanted and results.is_finished(workdir) and not workdir.is_symlink()
+          and not is_stale(other, workdir)):
+        return workdir
+  return None
 
 
 def move_aside(workdir: Path) -> Path:
@@ -107,7 +128,8 @@ def collect(table: Table, root: Path) -> list[dict]:
       continue
     record = {"cell": cell.name, "row": cell.row, "column": cell.column, **results.describe(workdir)}
     meta = json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
-    record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"))
+    record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"),
+                  same_run_as=shown_path(workdir.resolve()) if workdir.is_symlink() else None)
     found.append(record)
   return found
 
@@ -203,6 +225,7 @@ def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_na
       continue
     params = fmt_params(r["trainable_params"], r["total_params"]) if r["trainable_params"] else "?"
     flag = " (stale: ran another command than the table's now)" if is_stale(cell, root / cell.name) else ""
+    flag += f" (the run of {r['same_run_as']})" if r["same_run_as"] else ""
     lines.append(f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
                  f"{params} | {r['steps']} | {r['wall_minutes']} | {r['commit']} | `{r['command']}` |")
   return "\n".join(lines) + "\n"
@@ -294,7 +317,9 @@ def main(argv):
           and (not results.is_finished(root / c.name) or c in stale)]
   if FLAGS.dry_run:
     for cell in todo:
-      print("python " + shlex.join(cell_argv(cell, root / cell.name)))
+      twin = None if (root / cell.name).exists() else finished_twin(cell, table, root.parent)
+      print(f"{cell.name}: same command as {shown_path(twin)}, would be linked" if twin else
+            "python " + shlex.join(cell_argv(cell, root / cell.name)))
     return
   done = sum(results.is_finished(root / c.name) for c in table.cells)
   print(f"table {table.name}: {done} of {len(table.cells)} cells finished, {0 if FLAGS.rebuild else len(todo)} to run")
@@ -305,6 +330,13 @@ def main(argv):
     for cell in bar:
       bar.set_postfix_str(cell.name)
       workdir = root / cell.name
+      twin = None if workdir.exists() else finished_twin(cell, table, root.parent)
+      if twin is not None:  # the same run, already trained for another table: linked, not retrained
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        workdir.symlink_to(os.path.relpath(twin, workdir.parent))
+        tqdm.tqdm.write(f"{cell.name}: the same command as {shown_path(twin)} (finished): linked to it")
+        write_results(table, root, out)
+        continue
       try:
         code = run_cell(cell, workdir)
       except KeyboardInterrupt:

@@ -93,3 +93,30 @@ def test_a_cell_whose_command_changed_is_stale_and_runs_again(grid):
   assert (grid["runs"] / "layernorm-only.stale-1" / "summary.txt").exists()
   assert failed.returncode == 2 and "1 cells failed: layernorm-only" in failed.stderr
   assert "unknown method 'nonsense'" in (grid["runs"] / "layernorm-only" / "train.log").read_text()
+
+
+def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny_bert, tfds_dir):
+  """The adversarial table's `full + none` cells and the torch table's ftjax cells are the methods table's
+  runs: same recipe, so reproduce.py links the finished run instead of training it again."""
+  data = glue_folder(tmp_path / "data", "rte", rows=32)
+  extra = " ".join([f"--config.model={tiny_bert}", f"--config.data_dir={data}", f"--config.tfds_dir={tfds_dir}",
+                    "--config.parallel=none", "--config.batch_size=8", "--config.max_steps=2",
+                    "--config.eval_every=2", "--config.checkpoint_every=2", "--config.max_length=64"])
+  common = [f"--runs={tmp_path / 'runs'}", f"--results={tmp_path / 'results'}", f"--extra={extra}"]
+  check(script("reproduce", "--table=methods", "--cells=^rte-full-s0$", *common, timeout=600))
+  trained = tmp_path / "runs" / "methods" / "rte-full-s0"
+  dry = check(script("reproduce", "--table=torch", "--cells=^(ftjax|pytorch)-rte-full-s0$", *common, "--dry_run"))
+  assert "ftjax-rte-full-s0: same command as" in dry and "scripts/torch_reference.py" in dry  # torch's own run
+  out = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-(none|fgm-1)-s0$", *common, "--dry_run"))
+  assert "rte-full-none-s0: same command as" in out
+  assert "adversarial.method=fgm" in out  # a different recipe trains
+  linked = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-none-s0$", *common))
+  assert "linked to it" in linked and "0 of 110 cells finished, 1 to run" in linked
+  link = tmp_path / "runs" / "adversarial" / "rte-full-none-s0"
+  assert link.is_symlink() and link.resolve() == trained.resolve() and not (trained / "train.log").read_text().count(
+      "adversarial/")  # nothing trained into the link
+  record = json.loads((tmp_path / "results" / "adversarial.json").read_text())
+  cell = next(c for c in record["cells"] if c["cell"] == "rte-full-none-s0")
+  methods = json.loads((tmp_path / "results" / "methods.json").read_text())["cells"][0]
+  assert cell["dev"] == methods["dev"] and cell["same_run_as"].endswith("methods/rte-full-s0")
+  assert "(the run of " in (tmp_path / "results" / "adversarial.md").read_text()
