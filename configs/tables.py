@@ -13,6 +13,7 @@ a line here; the tables in results/ cite the exact command of every cell.
   freeze       SST-2 (8,000-sentence subset): train only the top k of the 6 layers (k = 0…6), embeddings
                frozen or trained, and LayerNorm-only; dev accuracy against trainable parameters
   torch        full and LoRA on RTE and MRPC by ftjax and by PyTorch + transformers + PEFT, 3 seeds each
+  precision    full fine-tuning on RTE and MRPC with float32 and with bfloat16 compute, 3 seeds each
   e2e          E2E NLG with LoRA on SmolLM2-135M (BLEU, NIST, METEOR, ROUGE-L, CIDEr on test MRs) beside
                the LoRA paper's GPT-2 M
 
@@ -275,5 +276,24 @@ def torch_table() -> Table:
       columns, tuple(cells))
 
 
+# --- precision -------------------------------------------------------------------------------------------
+def precision_table() -> Table:
+  """The full recipe with float32 and with bfloat16 compute (the speed issue's accuracy check)."""
+  ovr, lr, factor = METHODS["full"]
+  cells = []
+  for dtype in ("float32", "bfloat16"):
+    extra = () if dtype == "float32" else (("dtype", dtype),)  # float32: the methods table's own cells
+    for task in ("rte", "mrpc"):
+      cells += method_cells(task, dtype, ovr, lr, factor, extra=extra)
+  columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t]) for t in ("rte", "mrpc"))
+  return Table(
+      "precision", "float32 vs bfloat16 compute, full fine-tuning (all-MiniLM-L6-v2, GLUE dev)",
+      "The methods table's full recipe with `--config.dtype=bfloat16`: parameters, optimiser state, "
+      "softmax and normalisation statistics stay float32; every matmul (forward and backward) takes "
+      "bfloat16 operands and accumulates in float32. The float32 rows are the methods table's runs. "
+      "Seeds 0, 1, 2.",
+      columns, tuple(cells))
+
+
 TABLES = {"methods": methods_table, "adversarial": adversarial_table, "ner": ner_table, "freeze": freeze_table,
-          "e2e": e2e_table, "torch": torch_table}
+          "e2e": e2e_table, "torch": torch_table, "precision": precision_table}
