@@ -118,6 +118,25 @@ def test_minilm_bfloat16_training_gradients_run_bf16_matmuls_and_match_float32(m
       assert cosine > 0.99, (jax.tree_util.keystr(path), cosine)
 
 
+def test_bfloat16_weight_gradient_compiles_to_a_bf16_matmul():
+  """XLA:CPU upcasts a bf16 matmul whose left operand contracts a non-minor dimension (the weight
+  gradient Σ_N aᵀ g) to float32, at ~1/4 of the bf16 rate here; layers.low_precision_matmul hands it a
+  transposed copy instead. Checked on the compiled HLO: the product that makes the (k, n) weight gradient
+  takes bf16 operands."""
+  import re
+  import jax
+  from ftjax.models.layers import matmul
+  x, w = jnp.ones((256, 32)), jnp.ones((32, 48))
+  hlo = jax.jit(jax.grad(lambda x, w: matmul(x, w, jnp.bfloat16).sum(), 1)).lower(x, w).compile().as_text()
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+  products = [m for m in re.finditer(r"= f32\[32,48\]\S* (?:fusion|dot)\(([^)]*)\)(.*)", hlo)
+              if "dot" in m.group(0) or "ynn" in m.group(2) or "xnn" in m.group(2) or "onednn" in m.group(2)]
+  assert products, hlo
+  for m in products:
+    operands = [name.strip().lstrip("%") for name in m.group(1).split(",")]
+    assert [types.get(name) for name in operands] == ["bf16", "bf16"], m.group(0)
+
+
 # --- tiny random checkpoints written by transformers ---------------------------------------------------
 
 BERT = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
