@@ -35,7 +35,8 @@ flags.DEFINE_enum("table", None, sorted(TABLES), "which table of configs/tables.
 flags.DEFINE_string("runs", "runs/tables", "runs land in <runs>/<table>/<cell>/")
 flags.DEFINE_string("results", "results", "folder of <table>.md, .json, .png")
 flags.DEFINE_string("cells", "", "regex over cell names: run only the cells it matches (the table shows all)")
-flags.DEFINE_bool("rebuild", False, "train nothing: tabulate and plot the finished cells")
+flags.DEFINE_bool("rebuild", False, "train nothing: link cells that another table has run, then tabulate "
+                  "and plot the finished cells")
 flags.DEFINE_bool("dry_run", False, "print the commands of the cells that would run, run nothing")
 flags.DEFINE_string("extra", "", "flags appended to every cell's command, e.g. '--config.max_steps=2' "
                     "(smoke tests; they are part of each cell's recorded command)")
@@ -89,6 +90,19 @@ def move_aside(workdir: Path) -> Path:
   while workdir.with_name(f"{workdir.name}.stale-{n}").exists():
     n += 1
   return workdir.rename(workdir.with_name(f"{workdir.name}.stale-{n}"))
+
+
+def link_twin(cell, table: Table, root: Path, say=print) -> bool:
+  """Links <root>/<cell> to another table's finished run of the same recipe, if there is one (and the
+  cell has no folder of its own yet): the same run, not trained twice."""
+  workdir = root / cell.name
+  twin = None if workdir.exists() or workdir.is_symlink() else finished_twin(cell, table, root.parent)
+  if twin is None:
+    return False
+  workdir.parent.mkdir(parents=True, exist_ok=True)
+  workdir.symlink_to(os.path.relpath(twin, workdir.parent))
+  say(f"{cell.name}: the same command as {shown_path(twin)} (finished): linked to it")
+  return True
 
 
 def run_cell(cell, workdir: Path) -> int:
@@ -324,17 +338,16 @@ def main(argv):
   done = sum(results.is_finished(root / c.name) for c in table.cells)
   print(f"table {table.name}: {done} of {len(table.cells)} cells finished, {0 if FLAGS.rebuild else len(todo)} to run")
   failed = []
-  if not FLAGS.rebuild and todo:
+  if FLAGS.rebuild:  # trains nothing, but a cell another table already ran is linked
+    for cell in todo:
+      link_twin(cell, table, root)
+  elif todo:
     import tqdm
     bar = tqdm.tqdm(todo, desc=table.name, unit="cell", dynamic_ncols=True)
     for cell in bar:
       bar.set_postfix_str(cell.name)
       workdir = root / cell.name
-      twin = None if workdir.exists() else finished_twin(cell, table, root.parent)
-      if twin is not None:  # the same run, already trained for another table: linked, not retrained
-        workdir.parent.mkdir(parents=True, exist_ok=True)
-        workdir.symlink_to(os.path.relpath(twin, workdir.parent))
-        tqdm.tqdm.write(f"{cell.name}: the same command as {shown_path(twin)} (finished): linked to it")
+      if link_twin(cell, table, root, tqdm.tqdm.write):
         write_results(table, root, out)
         continue
       try:

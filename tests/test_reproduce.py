@@ -107,6 +107,10 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   trained = tmp_path / "runs" / "methods" / "rte-full-s0"
   dry = check(script("reproduce", "--table=torch", "--cells=^(ftjax|pytorch)-rte-full-s0$", *common, "--dry_run"))
   assert "ftjax-rte-full-s0: same command as" in dry and "scripts/torch_reference.py" in dry  # torch's own run
+  check(script("reproduce", "--table=torch", "--cells=^(ftjax|pytorch)-rte-full-s0$", *common, "--rebuild"))
+  torch_runs = tmp_path / "runs" / "torch"  # --rebuild trains nothing but links what another table ran
+  assert (torch_runs / "ftjax-rte-full-s0").resolve() == trained.resolve()
+  assert not (torch_runs / "pytorch-rte-full-s0").exists()
   out = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-(none|fgm-1)-s0$", *common, "--dry_run"))
   assert "rte-full-none-s0: same command as" in out
   assert "adversarial.method=fgm" in out  # a different recipe trains
