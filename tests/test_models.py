@@ -125,16 +125,18 @@ def test_bfloat16_weight_gradient_compiles_to_a_bf16_matmul():
   takes bf16 operands."""
   import re
   import jax
-  from ftjax.models.layers import matmul
-  x, w = jnp.ones((256, 32)), jnp.ones((32, 48))
-  hlo = jax.jit(jax.grad(lambda x, w: matmul(x, w, jnp.bfloat16).sum(), 1)).lower(x, w).compile().as_text()
-  types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
-  products = [m for m in re.finditer(r"= f32\[32,48\]\S* (?:fusion|dot)\(([^)]*)\)(.*)", hlo)
-              if "dot" in m.group(0) or "ynn" in m.group(2) or "xnn" in m.group(2) or "onednn" in m.group(2)]
-  assert products, hlo
-  for m in products:
-    operands = [name.strip().lstrip("%") for name in m.group(1).split(",")]
-    assert [types.get(name) for name in operands] == ["bf16", "bf16"], m.group(0)
+  from ftjax.models.layers import batched_matmul, matmul
+  cases = {"[32,48]": (matmul, jnp.ones((2, 128, 32)), jnp.ones((32, 48))),                    # dense layer
+           "[4,3,8,16]": (batched_matmul, jnp.ones((4, 3, 16, 8)), jnp.ones((4, 3, 8, 16)))}  # attention
+  for shape, (product, x, w) in cases.items():
+    hlo = jax.jit(jax.grad(lambda x, w: product(x, w, jnp.bfloat16).sum(), 1)).lower(x, w).compile().as_text()
+    types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+    products = [m for m in re.finditer(r"= f32" + re.escape(shape) + r"\S* (?:fusion|dot)\(([^)]*)\)(.*)", hlo)
+                if "dot" in m.group(0) or "ynn" in m.group(2) or "xnn" in m.group(2) or "onednn" in m.group(2)]
+    assert products, hlo
+    for m in products:
+      operands = [name.strip().lstrip("%") for name in m.group(1).split(",")]
+      assert [types.get(name) for name in operands] == ["bf16", "bf16"], m.group(0)
 
 
 # --- tiny random checkpoints written by transformers ---------------------------------------------------

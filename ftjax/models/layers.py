@@ -84,21 +84,22 @@ def _low_precision_bwd(dtype, a_dtype, b_dtype, saved, g):
     db = _dot(_transposed_copy(a), g, ((1,), (0,)))  # (a transposed result, gᵀa then .T, crashes XLA:CPU)
   else:
     batch = tuple(range(a.ndim - 2))
-    da = _dot(g, b, ((last,), (last,)), batch)          # (..., m, n) · (..., k, n) → (..., m, k)
-    db = _dot(a, g, ((last - 1,), (last - 1,)), batch)  # (..., m, k) · (..., m, n) → (..., k, n)
+    da = _dot(g, b, ((last,), (last,)), batch)                     # (..., m, n) · (..., k, n) → (..., m, k)
+    db = _dot(_transposed_copy(a), g, ((last,), (last - 1,)), batch)  # (..., k, m) · (..., m, n) → (..., k, n)
   return da.astype(a_dtype), db.astype(b_dtype)
 
 
 def _transposed_copy(x: jax.Array) -> jax.Array:
-  """xᵀ (2-D) in row-major memory. XLA:CPU's bf16 matmul (YNNPACK, on AMX here) needs the left operand's
-  contracted dimension minor; for a weight gradient Σ_N aᵀ g it is not, and XLA then upcasts both
-  operands to float32 and runs the product at float32's rate (measured ~100 vs ~400 GFLOP/s for the
-  (N=4096) MiniLM shapes). A plain transpose would be folded back into the matmul's dimension numbers;
-  the concatenation of two transposed halves is not, so this costs one copy of x."""
-  if x.shape[0] < 2:
-    return x.T
-  half = x.shape[0] // 2
-  return jnp.concatenate([x[:half].T, x[half:].T], axis=1)
+  """x with its last two axes swapped, in row-major memory. XLA:CPU's bf16 matmul (YNNPACK, on AMX here)
+  needs the left operand's contracted dimension minor; for a weight gradient Σ_N aᵀ g it is not, and XLA
+  then upcasts both operands to float32 and runs the product at float32's rate (measured ~100 vs ~400
+  GFLOP/s for the (N=4096) MiniLM shapes). A plain transpose would be folded back into the matmul's
+  dimension numbers; the concatenation of two transposed halves is not, so this costs one copy of x."""
+  swap = lambda y: jnp.swapaxes(y, -1, -2)
+  rows = x.shape[-2]
+  if rows < 2:
+    return swap(x)
+  return jnp.concatenate([swap(x[..., :rows // 2, :]), swap(x[..., rows // 2:, :])], axis=-1)
 
 
 low_precision_matmul.defvjp(_low_precision_fwd, _low_precision_bwd)
