@@ -111,7 +111,7 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   torch_runs = tmp_path / "runs" / "torch"  # --rebuild trains nothing but links what another table ran
   assert (torch_runs / "ftjax-rte-full-s0").resolve() == trained.resolve()
   assert not (torch_runs / "pytorch-rte-full-s0").exists()
-  out = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-(none|fgm-1)-s0$", *common, "--dry_run"))
+  out = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-(none|fgm-0-1)-s0$", *common, "--dry_run"))
   assert "rte-full-none-s0: same command as" in out
   assert "adversarial.method=fgm" in out  # a different recipe trains
   linked = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-none-s0$", *common))
