@@ -62,9 +62,7 @@ def low_precision_matmul(a, b, dtype, a_dtype, b_dtype):
 
 
 def _low_precision_forward(a, b):
-  if b.ndim == 2:
-    return _dot(a, b, ((a.ndim - 1,), (0,)))
-  batch = tuple(range(a.ndim - 2))
+  batch = tuple(range(b.ndim - 2))  # none for a (k, n) weight; a's batch dimensions otherwise
   return _dot(a, b, ((a.ndim - 1,), (b.ndim - 2,)), batch)
 
 
@@ -77,15 +75,11 @@ def _low_precision_fwd(a, b, dtype, a_dtype, b_dtype):
 def _low_precision_bwd(dtype, a_dtype, b_dtype, saved, g):
   a, b = saved
   g = g.astype(dtype)
-  last = g.ndim - 1
-  if b.ndim == 2:  # a (..., k) · w (k, n): da = g wᵀ; dw = Σ over every leading position of aᵀ g
-    da = _dot(g, b, ((last,), (1,)))
-    a, g = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])  # (N, k), (N, n): N = batch × tokens
-    db = _dot(_transposed_copy(a), g, ((1,), (0,)))  # (a transposed result, gᵀa then .T, crashes XLA:CPU)
-  else:
-    batch = tuple(range(a.ndim - 2))
-    da = _dot(g, b, ((last,), (last,)), batch)                     # (..., m, n) · (..., k, n) → (..., m, k)
-    db = _dot(_transposed_copy(a), g, ((last,), (last - 1,)), batch)  # (..., k, m) · (..., m, n) → (..., k, n)
+  da = _dot(g, b, ((g.ndim - 1,), (b.ndim - 1,)), tuple(range(b.ndim - 2)))  # g bᵀ: (..., m, n)·(..., k, n)
+  if b.ndim == 2:  # a (k, n) weight: its gradient sums over every leading position of a, N = batch × tokens
+    a, g = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+  # aᵀ g, the left operand copied transposed (writing it (gᵀa)ᵀ instead crashes XLA:CPU's bf16 dot)
+  db = _dot(_transposed_copy(a), g, ((a.ndim - 1,), (g.ndim - 2,)), tuple(range(a.ndim - 2)))
   return da.astype(a_dtype), db.astype(b_dtype)
 
 
