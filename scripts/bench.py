@@ -133,11 +133,20 @@ def synthetic_batch(vocab: int, batch: int, length: int, seed: int = 0) -> dict[
           "weights": np.ones((batch,), np.float32)}
 
 
+def classifier_params(hf_config: dict):
+  """A seed-0 two-class head, shared by every contestant (PyTorch copies it into its classifier)."""
+  from ftjax.models.outputs import EncoderOutput
+  width = hf_config["hidden_size"]
+  dummy = EncoderOutput(last_hidden_state=jnp.zeros((1, 1, width)), pooler_output=jnp.zeros((1, width)))
+  return jax.device_get(make_task("classification", 2).head.init(jax.random.key(0), dummy, jnp.ones((1, 1)))["params"])
+
+
 class Contestant:
   """One framework's step for one mode: `run()` takes one step and waits for it."""
 
-  def __init__(self, name, run, compile_s=float("nan"), xla_flops=float("nan")):
+  def __init__(self, name, run, compile_s=float("nan"), xla_flops=float("nan"), compiled=None):
     self.name, self.run, self.compile_s, self.xla_flops = name, run, compile_s, xla_flops
+    self.compiled = compiled  # ftjax: the XLA executable (scripts/profile_step.py reads its HLO)
     self.times: list[float] = []
     self.rss_mb = float("nan")
 
@@ -179,7 +188,7 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
     compiled = fn.lower(trainable, frozen, dev_batch).compile()
     compile_s = time.perf_counter() - t
     return Contestant("ftjax", lambda: jax.block_until_ready(compiled(trainable, frozen, dev_batch)[0]),
-                      compile_s, xla_flops(compiled))
+                      compile_s, xla_flops(compiled), compiled)
   num_layers = model.config.num_hidden_layers
   tx, _ = optim.make_optimizer(optimizer_config(), trainable, 1000, num_layers)
   adversarial = ml_collections.ConfigDict(dict(method="fgm" if mode == "fgm" else "none", epsilon=FGM_EPSILON,
@@ -194,7 +203,7 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   def run():
     holder["state"], metrics = compiled(holder["state"], dev_batch)
     metrics["loss_sum"].block_until_ready()
-  return Contestant("ftjax", run, compile_s, xla_flops(compiled))
+  return Contestant("ftjax", run, compile_s, xla_flops(compiled), compiled)
 
 
 # --- PyTorch ---------------------------------------------------------------------------------------
@@ -263,11 +272,7 @@ def tiny_bert_folder() -> Path:
 def bench_shape(folder, hf_config, modes, batch_size, length, args) -> dict:
   """{mode: {"ftjax": Contestant, "torch": Contestant}} for one batch shape; modes are timed in turn."""
   batch = synthetic_batch(hf_config["vocab_size"], batch_size, length)
-  head = make_task("classification", 2).head
-  out_dim = hf_config["hidden_size"]
-  from ftjax.models.outputs import EncoderOutput
-  dummy = EncoderOutput(last_hidden_state=jnp.zeros((1, 1, out_dim)), pooler_output=jnp.zeros((1, out_dim)))
-  head_params = jax.device_get(head.init(jax.random.key(0), dummy, jnp.ones((1, 1)))["params"])
+  head_params = classifier_params(hf_config)
   # bf16_full is timed together with full (against the same PyTorch float32 steps).
   groups = [m for m in modes if m != "bf16_full"]
   if "bf16_full" in modes and "full" not in groups:

@@ -25,3 +25,35 @@ def test_bench_quick(tmp_path):
   for mode in ("full", "lora", "bitfit", "head", "fgm", "infer", "bf16_full"):
     assert re.search(rf"^\| {mode} \|", report, re.M), mode
   assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_profile_kinds_of_ops_from_a_compiled_module():
+  """scripts/profile_step.py puts a dot, a dropout draw and an embedding-gradient scatter each in its kind."""
+  import jax
+  import jax.numpy as jnp
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import profile_step
+
+  def step(w, x, ids, key):
+    keep = jax.random.bernoulli(key, 0.9, x.shape)
+    y = jnp.where(keep, x, 0.0) @ w
+    table_grad = jnp.zeros((50, 8)).at[ids].add(y[:, :8])
+    return y.sum(), table_grad
+  args = (jnp.ones((16, 16)), jnp.ones((32, 16)), jnp.arange(32) % 50, jax.random.key(0))
+  kinds = profile_step.hlo_ops(jax.jit(step).lower(*args).compile().as_text())
+  found = set(kinds.values())
+  assert {"matmul", "dropout RNG", "scatter"} <= found, kinds
+  assert found <= set(profile_step.KINDS), found
+
+
+def test_profile_quick(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_step.py"), "--quick", "--modes=full",
+                         "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = (tmp_path / "profile.md").read_text()
+  assert "## full" in report and "| matmul |" in report
+  shares = [float(m) for m in re.findall(r"\| ([\d.]+)% \|", report)]
+  assert len(shares) == 7 and abs(sum(shares) - 100) < 0.5, shares
+  matmul_ms = float(re.search(r"^\| matmul \| ([\d.]+) \|", report, re.M).group(1))
+  assert matmul_ms > 0, report
