@@ -1,4 +1,7 @@
 """ftjax: fine-tune pretrained BERT- and GPT-style language models in JAX."""
+from ftjax import xla_cpu
 from ftjax.models import from_pretrained, load_tokenizer
+
+xla_cpu.use_unrolled_threefry()  # dropout masks: the same bits, several times faster on CPU (ftjax/xla_cpu.py)
 
 __all__ = ["from_pretrained", "load_tokenizer"]

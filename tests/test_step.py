@@ -4,6 +4,11 @@ guard, tracing.
 FGM's direction is checked on the real MiniLM with real sentences (the property is about a real loss
 surface); the mechanics use a tiny random BERT (tests/tiny_run.py).
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,3 +165,17 @@ def test_step_is_traced_once_per_input_shape():
     state, metrics = train_step(state, par.put_batch(random_batch(seed, length=length)))
   assert traces == [(16, 12), (16, 16)]
   assert int(par.get_state(state).step) == 5 and np.isfinite(float(metrics["loss_sum"]))
+
+
+def test_unrolled_threefry_lowering_changes_no_number():
+  """ftjax/xla_cpu.py lowers dropout's threefry hash unrolled on CPU: same masks, so bit-identical training."""
+  script = str(Path(__file__).resolve().parent / "threefry_check.py")
+  runs = {}
+  for rolled in ("1", "0"):
+    env = {**os.environ, "FTJAX_ROLLED_THREEFRY": rolled, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs[rolled] = dict(kv.split("=") for kv in proc.stdout.split())
+  assert runs["1"]["unrolled"] == "False" and runs["0"]["unrolled"] == "True", runs
+  assert int(runs["1"]["while_loops"]) > 0 and int(runs["0"]["while_loops"]) == 0, runs  # the lowering did change
+  assert runs["1"]["digest"] == runs["0"]["digest"], runs
