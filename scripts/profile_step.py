@@ -22,7 +22,7 @@ that matches):
 
 Reported per mode: the step's wall time (median of the traced steps), the ops' summed time per step
 (both threads of XLA's pool, so up to 2× the wall time on 2 cores), and per kind its time, share of
-op time and op count; for `matmul`, the throughput it reaches on the model's matmul FLOPs (as
+op time and op count, and the slowest ops with what they fuse; for `matmul`, the throughput it reaches on the model's matmul FLOPs (as
 scripts/bench.py counts them). Writes `<out>/profile.md`; traces go to a temporary folder.
 """
 from __future__ import annotations
@@ -48,6 +48,10 @@ import bench  # noqa: E402
 from ftjax.models import resolve  # noqa: E402
 
 PROFILED_MODES = ("full", "bf16_full", "lora", "bitfit", "head", "fgm", "infer")
+# ops that move or name data without computing: they do not decide an op's kind
+STRUCTURAL = {"parameter", "bitcast", "tuple", "get-tuple-element", "constant", "broadcast", "slice", "reshape",
+              "concatenate", "iota"}
+TOP_OPS = 12  # the slowest ops listed per mode
 KINDS = ("matmul", "dropout RNG", "scatter", "reduction", "layout copy", "convert", "elementwise")
 
 
@@ -94,8 +98,8 @@ def _opcode(rhs: str) -> str:
   return match.group(1) if match else ""
 
 
-def hlo_ops(hlo_text: str) -> dict[str, str]:
-  """{instruction name: kind} for every instruction of the module, fusions judged by what they contain."""
+def hlo_ops(hlo_text: str) -> dict[str, "Op"]:
+  """{instruction name: Op(kind, description)} for every instruction of the module, fusions judged by what they contain."""
   computations: dict[str, list[tuple[str, str, str]]] = {}  # computation → [(name, opcode, rhs)]
   current = None
   for line in hlo_text.splitlines():
@@ -126,7 +130,7 @@ def hlo_ops(hlo_text: str) -> dict[str, str]:
         text.append(inner_text)
     return opcodes, "\n".join(text)
 
-  kinds = {}
+  ops = {}
   for instructions in computations.values():
     for name, opcode, rhs in instructions:
       opcodes, text = {opcode}, rhs
@@ -134,8 +138,14 @@ def hlo_ops(hlo_text: str) -> dict[str, str]:
         inner, inner_text = contents(called)
         opcodes |= inner
         text += "\n" + inner_text
-      kinds[name] = classify(opcodes, text)
-  return kinds
+      shape = rhs.split(" ", 1)[0] if not rhs.startswith("(") else "(tuple)"
+      inside = ", ".join(sorted(opcodes - STRUCTURAL - {"fusion"}))
+      ops[name] = Op(classify(opcodes, text), f"{shape} {opcode}" + (f" [{inside}]" if opcode == "fusion" else ""))
+  return ops
+
+
+class Op(collections.namedtuple("Op", "kind description")):
+  """One instruction of the compiled module: its kind and `shape opcode [fused opcodes]`."""
 
 
 def classify(opcodes: set[str], text: str) -> str:
@@ -148,11 +158,9 @@ def classify(opcodes: set[str], text: str) -> str:
     return "scatter"
   if opcodes & {"reduce", "reduce-window"}:
     return "reduction"
-  structural = {"parameter", "bitcast", "tuple", "get-tuple-element", "constant", "broadcast", "slice",
-                "reshape", "concatenate"}
-  if opcodes - structural <= {"copy", "transpose"} and opcodes & {"copy", "transpose"}:
+  if opcodes - STRUCTURAL <= {"copy", "transpose"} and opcodes & {"copy", "transpose"}:
     return "layout copy"
-  if opcodes - structural == {"convert"}:
+  if opcodes - STRUCTURAL == {"convert"}:
     return "convert"
   return "elementwise"
 
@@ -180,7 +188,7 @@ def profile_mode(folder, hf_config, mode: str, args) -> dict:
   contestant = bench.ftjax_contestant(folder, mode, batch, bench.classifier_params(hf_config))
   for _ in range(2):
     contestant.run()
-  kinds = hlo_ops(contestant.compiled.as_text())
+  ops = hlo_ops(contestant.compiled.as_text())
   walls = []
   with tempfile.TemporaryDirectory(prefix="ftjax-profile-") as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
@@ -191,16 +199,16 @@ def profile_mode(folder, hf_config, mode: str, args) -> dict:
     times = op_times(trace_dir)
   per_kind = {kind: [0.0, 0] for kind in KINDS}
   unknown = 0.0
-  for op, ms in times.items():
-    kind = kinds.get(op)
-    if kind is None:  # an op the module text does not name (runtime bookkeeping): counted apart
+  for name, ms in times.items():
+    if name not in ops:  # an op the module text does not name (runtime bookkeeping): counted apart
       unknown += ms
       continue
-    per_kind[kind][0] += ms / args.steps
-    per_kind[kind][1] += 1
+    per_kind[ops[name].kind][0] += ms / args.steps
+    per_kind[ops[name].kind][1] += 1
+  top = sorted(((ms / args.steps, name, *ops[name]) for name, ms in times.items() if name in ops), reverse=True)
   flops = bench.FORWARDS[mode] * bench.forward_flops(hf_config, args.batch, args.length)
   return {"wall_ms": 1e3 * statistics.median(walls), "kinds": per_kind, "unnamed_ms": unknown / args.steps,
-          "model_gflop": flops / 1e9}
+          "model_gflop": flops / 1e9, "top": top[:TOP_OPS]}
 
 
 def report(args, results: dict, elapsed: float) -> str:
@@ -224,6 +232,9 @@ def report(args, results: dict, elapsed: float) -> str:
     for kind in KINDS:
       ms, count = r["kinds"][kind]
       lines.append(f"| {kind} | {ms:.1f} | {100 * ms / max(total, 1e-9):.1f}% | {count} |")
+    lines += ["", f"The {TOP_OPS} slowest ops:", "", "| op | kind | ms/step | what (output, opcode, fused opcodes) |",
+              "|---|---|---:|---|"]
+    lines += [f"| {name} | {kind} | {ms:.1f} | `{what}` |" for ms, name, kind, what in r["top"]]
     lines.append("")
   return "\n".join(lines)
 

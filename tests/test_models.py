@@ -119,24 +119,27 @@ def test_minilm_bfloat16_training_gradients_run_bf16_matmuls_and_match_float32(m
 
 
 def test_bfloat16_weight_gradient_compiles_to_a_bf16_matmul():
-  """XLA:CPU upcasts a bf16 matmul whose left operand contracts a non-minor dimension (the weight
-  gradient Σ_N aᵀ g) to float32, at ~1/4 of the bf16 rate here; layers.low_precision_matmul hands it a
-  transposed copy instead. Checked on the compiled HLO: the product that makes the (k, n) weight gradient
-  takes bf16 operands."""
+  """XLA:CPU upcasts a bf16 matmul whose operands contract their major dimension (the weight gradient
+  Σ_N aᵀ g) to float32, at ~1/4 of the bf16 rate here; layers.low_precision_matmul hands it a transposed
+  copy of the narrower operand instead. Checked on the compiled HLO of the gradient, for a narrow and a
+  wide input of a dense layer and of an attention product: every matmul takes bf16 operands."""
   import re
   import jax
   from ftjax.models.layers import batched_matmul, matmul
-  cases = {"[32,48]": (matmul, jnp.ones((2, 128, 32)), jnp.ones((32, 48))),                    # dense layer
-           "[4,3,8,16]": (batched_matmul, jnp.ones((4, 3, 16, 8)), jnp.ones((4, 3, 8, 16)))}  # attention
-  for shape, (product, x, w) in cases.items():
-    hlo = jax.jit(jax.grad(lambda x, w: product(x, w, jnp.bfloat16).sum(), 1)).lower(x, w).compile().as_text()
+  cases = {"dense 32 → 48": (matmul, jnp.ones((2, 128, 32)), jnp.ones((32, 48))),
+           "dense 48 → 32": (matmul, jnp.ones((2, 128, 48)), jnp.ones((48, 32))),
+           "attention q·kᵀ": (batched_matmul, jnp.ones((4, 3, 16, 8)), jnp.ones((4, 3, 8, 16))),
+           "attention p·v": (batched_matmul, jnp.ones((4, 3, 16, 16)), jnp.ones((4, 3, 16, 8)))}
+  for case, (product, x, w) in cases.items():
+    hlo = jax.jit(jax.grad(lambda x, w: product(x, w, jnp.bfloat16).sum(), (0, 1))).lower(x, w).compile().as_text()
     types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
-    products = [m for m in re.finditer(r"= f32" + re.escape(shape) + r"\S* (?:fusion|dot)\(([^)]*)\)(.*)", hlo)
-                if "dot" in m.group(0) or "ynn" in m.group(2) or "xnn" in m.group(2) or "onednn" in m.group(2)]
-    assert products, hlo
+    products = [m for m in re.finditer(r"= f32\[[\d,]*\]\S* (?:fusion|dot)\(([^)]*)\)(.*)", hlo)
+                if m.group(0).split("(")[0].endswith(" dot") or "ynn" in m.group(2) or "xnn" in m.group(2)
+                or "onednn" in m.group(2)]
+    assert len(products) >= 3, (case, hlo)  # forward, input gradient, weight gradient
     for m in products:
       operands = [name.strip().lstrip("%") for name in m.group(1).split(",")]
-      assert [types.get(name) for name in operands] == ["bf16", "bf16"], m.group(0)
+      assert [types.get(name) for name in operands] == ["bf16", "bf16"], (case, m.group(0))
 
 
 # --- tiny random checkpoints written by transformers ---------------------------------------------------

@@ -78,22 +78,35 @@ def _low_precision_bwd(dtype, a_dtype, b_dtype, saved, g):
   da = _dot(g, b, ((g.ndim - 1,), (b.ndim - 1,)), tuple(range(b.ndim - 2)))  # g bᵀ: (..., m, n)·(..., k, n)
   if b.ndim == 2:  # a (k, n) weight: its gradient sums over every leading position of a, N = batch × tokens
     a, g = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
-  # aᵀ g, the left operand copied transposed (writing it (gᵀa)ᵀ instead crashes XLA:CPU's bf16 dot)
-  db = _dot(_transposed_copy(a), g, ((a.ndim - 1,), (g.ndim - 2,)), tuple(range(a.ndim - 2)))
-  return da.astype(a_dtype), db.astype(b_dtype)
+  return da.astype(a_dtype), _weight_gradient(a, g).astype(b_dtype)
+
+
+def _weight_gradient(a: jax.Array, g: jax.Array) -> jax.Array:
+  """aᵀ g for a (..., N, k), g (..., N, n), in float32, as a bf16 matmul that XLA:CPU runs on AMX.
+
+  XLA:CPU's bf16 matmul (YNNPACK) needs each operand's contracted dimension where a plain row-major
+  product has it: minor for the left operand. Here N, the contracted dimension, is major in both, and
+  XLA then upcasts both operands to float32 and runs the product at float32's rate (~200 vs ~750 GFLOP/s
+  for MiniLM's N = 4096 shapes). So one operand is copied transposed first, the narrower one (k or n
+  columns): transposing the (4096, 1536) FFN activation costs ~20 ms against ~1 ms for the (4096, 384)
+  gradient beside it. With g transposed the product is (gᵀ a)ᵀ; the barrier keeps XLA from folding the
+  outer transpose back into the matmul, which XLA:CPU cannot run in bf16 (DotThunk: BF16 x BF16 = F32)."""
+  batch = tuple(range(a.ndim - 2))
+  if a.shape[-1] <= g.shape[-1]:
+    return _dot(_transposed_copy(a), g, ((a.ndim - 1,), (g.ndim - 2,)), batch)
+  g_t_a = _dot(_transposed_copy(g), a, ((g.ndim - 1,), (a.ndim - 2,)), batch)
+  return jnp.swapaxes(jax.lax.optimization_barrier(g_t_a), -1, -2)
 
 
 def _transposed_copy(x: jax.Array) -> jax.Array:
-  """x with its last two axes swapped, in row-major memory. XLA:CPU's bf16 matmul (YNNPACK, on AMX here)
-  needs the left operand's contracted dimension minor; for a weight gradient Σ_N aᵀ g it is not, and XLA
-  then upcasts both operands to float32 and runs the product at float32's rate (measured ~100 vs ~400
-  GFLOP/s for the (N=4096) MiniLM shapes). A plain transpose would be folded back into the matmul's
-  dimension numbers; the concatenation of two transposed halves is not, so this costs one copy of x."""
+  """x (..., N, k) as (..., k, N) in row-major memory. A plain transpose would be folded back into the
+  matmul's dimension numbers; a concatenation of transposed column blocks is not (the rows of the
+  result are contiguous blocks, so it costs one copy of x)."""
   swap = lambda y: jnp.swapaxes(y, -1, -2)
-  rows = x.shape[-2]
-  if rows < 2:
+  cols = x.shape[-1]
+  if cols < 2:
     return swap(x)
-  return jnp.concatenate([swap(x[..., :rows // 2, :]), swap(x[..., rows // 2:, :])], axis=-1)
+  return jnp.concatenate([swap(x[..., :cols // 2]), swap(x[..., cols // 2:])], axis=-2)
 
 
 low_precision_matmul.defvjp(_low_precision_fwd, _low_precision_bwd)
