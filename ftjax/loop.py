@@ -152,13 +152,15 @@ def train_and_evaluate(config, workdir) -> dict:
   metric_name, mode = selection(config, exp.task.kind)
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
   loop_state = {"best_value": None, "best_step": None, "best_metrics": None, "evals_without_improvement": 0,
-                "stopped_early": False}
+                "stopped_early": False, "wall_seconds": 0.0}  # wall_seconds: up to the latest checkpoint
 
   # --- resume, or start from a finished run ------------------------------------------------------
   checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
   if checkpoints.latest_step() is not None:
     state, loop_state = checkpoints.restore(state)
     print(f"resuming {workdir} at step {int(state.step)}")
+    # the time earlier processes spent reaching this checkpoint (work after it is redone, so not counted)
+    started -= loop_state.setdefault("wall_seconds", 0.0)
     _truncate_metrics(workdir, int(state.step))
   elif config.init_from:
     state = state.replace(trainable=load_trained(config.init_from, state.trainable))
@@ -247,6 +249,7 @@ def train_and_evaluate(config, workdir) -> dict:
             print(f"early stopping at step {step}: {metric_name} has not improved for {patience} evaluations")
       if step % config.checkpoint_every == 0 or last or loop_state["stopped_early"]:
         flush()  # raises before saving if a step was non-finite: the last checkpoint stays good
+        loop_state["wall_seconds"] = time.time() - started
         checkpoints.save(saved_part(), loop_state)
       if last or loop_state["stopped_early"]:
         break
