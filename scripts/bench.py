@@ -70,6 +70,15 @@ LORA = dict(rank=8, alpha=16, targets_jax=r"attention/self/(query|value)$", targ
 FORWARDS = {"full": 3, "lora": 2, "bitfit": 2, "head": 1, "fgm": 6, "infer": 1, "bf16_full": 3}
 
 
+def mode_list(parser: argparse.ArgumentParser, text: str) -> list[str]:
+  """--modes=a,b,c as a list, each one of MODES (else the parser's usage error)."""
+  modes = [m for m in text.split(",") if m]
+  unknown = set(modes) - set(MODES)
+  if unknown:
+    parser.error(f"--modes: unknown {sorted(unknown)}; known: {','.join(MODES)}")
+  return modes
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="minilm", help="HF BERT folder or ftjax id (default: the packaged MiniLM-L6)")
@@ -81,10 +90,7 @@ def parse_args(argv=None):
   p.add_argument("--matmul", type=int, default=2048, help="N of the N × N float32 matmul throughput probe")
   p.add_argument("--out", default="results", help="folder for bench.md and bench.png")
   args = p.parse_args(argv)
-  args.modes = [m for m in args.modes.split(",") if m]
-  unknown = set(args.modes) - set(MODES)
-  if unknown:
-    p.error(f"unknown --modes {sorted(unknown)}; known: {MODES}")
+  args.modes = mode_list(p, args.modes)
   args.shape_list = [(32, 128)] + ([(8, 64)] if args.shapes else [])
   if args.quick:
     args.reps, args.warmup, args.matmul, args.shape_list = 1, 1, 256, [(4, 16)]

@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 from ftjax.models import resolve  # noqa: E402
 
-PROFILED_MODES = ("full", "bf16_full", "lora", "bitfit", "head", "fgm", "infer")
 # ops that move or name data without computing: they do not decide an op's kind
 STRUCTURAL = {"parameter", "bitcast", "tuple", "get-tuple-element", "constant", "broadcast", "slice", "reshape",
               "concatenate", "iota"}
@@ -59,17 +58,14 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="minilm", help="HF BERT folder or ftjax id (default: the packaged MiniLM-L6)")
   p.add_argument("--modes", default="full,bf16_full,lora,head,fgm", help="comma-separated subset of "
-                 + ",".join(PROFILED_MODES))
+                 + ",".join(bench.MODES))
   p.add_argument("--batch", type=int, default=32, help="sequences per step")
   p.add_argument("--length", type=int, default=128, help="tokens per sequence")
   p.add_argument("--steps", type=int, default=3, help="traced steps per mode (after 2 untraced warm-up steps)")
   p.add_argument("--quick", action="store_true", help="tiny random BERT, batch 4 × 16, 1 traced step")
   p.add_argument("--out", default="results", help="folder for profile.md")
   args = p.parse_args(argv)
-  args.modes = [m for m in args.modes.split(",") if m]
-  unknown = set(args.modes) - set(PROFILED_MODES)
-  if unknown:
-    p.error(f"--modes: unknown {sorted(unknown)}; known: {PROFILED_MODES}")
+  args.modes = bench.mode_list(p, args.modes)
   if args.quick:
     args.batch, args.length, args.steps = 4, 16, 1
   return args
