@@ -20,6 +20,12 @@ that matches):
   convert         convert alone: bfloat16 ↔ float32 casts
   elementwise     everything else fused (GELU, residual adds, the AdamW update, masks)
 
+Caveat: XLA:CPU runs a plain `dot` (Eigen) asynchronously on its thread pool, and the trace event of
+such an op can end when the work is queued rather than done; the rest of its time then shows up in
+the ops that run next (a float32 (384 × 4096)·(4096 × 384) weight gradient appears as ~0.5 ms for 1.2
+GFLOP). YNNPACK fusions (`ynn_fusion`, most matmuls here) are timed whole. So per-kind times are close
+but not exact, and the matmul throughput below can read high.
+
 Reported per mode: the step's wall time (median of the traced steps), the ops' summed time per step
 (both threads of XLA's pool, so up to 2× the wall time on 2 cores), and per kind its time, share of
 op time and op count, and the slowest ops with what they fuse; for `matmul`, the throughput it reaches on the model's matmul FLOPs (as
