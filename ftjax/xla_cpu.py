@@ -6,7 +6,7 @@ and writes the whole uint32 state, so a mask over MiniLM's attention probabiliti
 costs ~200 ms, six times per forward pass. The unrolled lowering, which JAX uses on every other platform,
 fuses the hash into one loop over the elements: ~30 ms for the same mask (measured on this 2-core
 machine), the same bits, hence the same masks, losses and trained weights. It costs compile time (the
-MiniLM train step: ~1.5×).
+MiniLM train step: 5.0 → 7.0 s, with FGM 5.9 → 11.3 s; scripts/bench.py).
 
 `use_unrolled_threefry()` registers the unrolled rule for the CPU platform; `import ftjax` calls it.
 Set FTJAX_ROLLED_THREEFRY=1 to keep JAX's own rule (e.g. when compile time matters more than steps).
