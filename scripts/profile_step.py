@@ -100,54 +100,44 @@ def _opcode(rhs: str) -> str:
   return match.group(1) if match else ""
 
 
-def hlo_ops(hlo_text: str) -> dict[str, "Op"]:
-  """{instruction name: Op(kind, description)} for every instruction of the module, fusions judged by what they contain."""
+class Op(collections.namedtuple("Op", "kind description")):
+  """One instruction of the compiled module: its kind and `shape opcode [fused opcodes]`."""
+
+
+def hlo_ops(hlo_text: str) -> dict[str, Op]:
+  """{instruction name: Op} for every instruction of the module, a fusion judged by what it contains."""
   computations: dict[str, list[tuple[str, str, str]]] = {}  # computation → [(name, opcode, rhs)]
   current = None
   for line in hlo_text.splitlines():
-    if current is None or line.startswith(("ENTRY", "%")) or (line and not line[0].isspace() and "{" in line):
+    if line[:1].strip() and line.rstrip().endswith("{"):  # an unindented `[ENTRY] %name (...) -> ... {`
       header = _COMPUTATION.match(line)
-      if header and "=" not in line.split("(", 1)[0]:
-        current = header.group(1)
+      current = header.group(1) if header else None
+      if current:
         computations[current] = []
-        continue
-    instruction = _INSTRUCTION.match(line)
-    if current is not None and instruction:
+    elif current and (instruction := _INSTRUCTION.match(line)):
       name, rhs = instruction.groups()
       computations[current].append((name, _opcode(rhs), rhs))
 
-  def contents(computation: str, seen=None) -> tuple[set[str], str]:
-    """Opcodes (and the text, for element types) of a computation and everything it calls."""
-    seen = seen if seen is not None else set()
-    if computation in seen or computation not in computations:
-      return set(), ""
-    seen.add(computation)
-    opcodes, text = set(), []
-    for _, opcode, rhs in computations[computation]:
-      opcodes.add(opcode)
-      text.append(rhs)
-      for called in _CALLED.findall(rhs):
-        inner, inner_text = contents(called, seen)
-        opcodes |= inner
-        text.append(inner_text)
+  def reach(opcode: str, rhs: str, seen: set[str]) -> tuple[set[str], str]:
+    """The opcodes (and HLO text, for element types) an instruction runs, through what it calls."""
+    opcodes, text = {opcode}, [rhs]
+    for called in _CALLED.findall(rhs):
+      if called in computations and called not in seen:
+        seen.add(called)
+        for _, inner_opcode, inner_rhs in computations[called]:
+          inner, inner_text = reach(inner_opcode, inner_rhs, seen)
+          opcodes |= inner
+          text.append(inner_text)
     return opcodes, "\n".join(text)
 
   ops = {}
   for instructions in computations.values():
     for name, opcode, rhs in instructions:
-      opcodes, text = {opcode}, rhs
-      for called in _CALLED.findall(rhs):
-        inner, inner_text = contents(called)
-        opcodes |= inner
-        text += "\n" + inner_text
-      shape = rhs.split(" ", 1)[0] if not rhs.startswith("(") else "(tuple)"
+      opcodes, text = reach(opcode, rhs, set())
+      shape = "(tuple)" if rhs.startswith("(") else rhs.split(" ", 1)[0]
       inside = ", ".join(sorted(opcodes - STRUCTURAL - {"fusion"}))
       ops[name] = Op(classify(opcodes, text), f"{shape} {opcode}" + (f" [{inside}]" if opcode == "fusion" else ""))
   return ops
-
-
-class Op(collections.namedtuple("Op", "kind description")):
-  """One instruction of the compiled module: its kind and `shape opcode [fused opcodes]`."""
 
 
 def classify(opcodes: set[str], text: str) -> str:

@@ -21,15 +21,15 @@ import tiny_run as tiny  # noqa: E402
 def main():
   model, task, tx, state = tiny.tiny_run(total_steps=3)
   train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=tiny.adversarial_config(), dropout=True))
+  batches = [jax.device_put({k: v for k, v in tiny.random_batch(seed).items() if k != "example_index"})
+             for seed in range(3)]
+  hlo = train_step.lower(state, batches[0]).as_text()
   digest = hashlib.sha256()
-  for seed in range(3):
-    state, metrics = train_step(state, jax.device_put(
-        {k: v for k, v in tiny.random_batch(seed).items() if k != "example_index"}))
+  for batch in batches:
+    state, metrics = train_step(state, batch)
     digest.update(np.asarray(metrics["loss_sum"]).tobytes())
   for leaf in jax.tree.leaves(tiny.host(state.trainable)):
     digest.update(np.ascontiguousarray(leaf).tobytes())
-  hlo = train_step.lower(state, jax.device_put(
-      {k: v for k, v in tiny.random_batch(0).items() if k != "example_index"})).as_text()
   print(f"unrolled={xla_cpu.use_unrolled_threefry()} while_loops={hlo.count('stablehlo.while')} digest={digest.hexdigest()}")
 
 
