@@ -11,6 +11,12 @@ interrupted mid-run resumes from its latest checkpoint. `--rebuild` only re-tabu
   python scripts/reproduce.py --table=methods --cells='^rte-' # only the RTE cells
   python scripts/reproduce.py --table=methods --rebuild      # tables and plot from finished runs only
   python scripts/reproduce.py --table=ner --dry_run          # print the commands of the missing cells
+  python scripts/reproduce.py --table=methods --cells='^sst2-bitfit-s0$' --rerun
+      # re-run a finished cell's command into <runs>/methods.rerun/ and show how far it lands from the table
+
+`--rerun` is the check that a printed command reproduces its number: each selected finished cell runs
+again from scratch into `<runs>/NAME.rerun/<cell>/`, and the table gains a *Re-runs* section (recorded
+number, re-run number, difference, both commits) that `--rebuild` keeps.
 """
 import dataclasses
 import datetime
@@ -38,6 +44,8 @@ flags.DEFINE_string("cells", "", "regex over cell names: run only the cells it m
 flags.DEFINE_bool("rebuild", False, "train nothing: link cells that another table has run, then tabulate "
                   "and plot the finished cells")
 flags.DEFINE_bool("dry_run", False, "print the commands of the cells that would run, run nothing")
+flags.DEFINE_bool("rerun", False, "re-run the selected finished cells from scratch into <runs>/<table>.rerun/"
+                  "<cell>/ and tabulate how far each lands from its recorded number")
 flags.DEFINE_string("extra", "", "flags appended to every cell's command, e.g. '--config.max_steps=2' "
                     "(smoke tests; they are part of each cell's recorded command)")
 flags.mark_flags_as_required(["table"])
@@ -148,6 +156,36 @@ def collect(table: Table, root: Path) -> list[dict]:
   return found
 
 
+REPRODUCE_WITHIN = 0.5  # points: a re-run of a cell's command must land this close to its number (the issue)
+
+
+def rerun_root(root: Path) -> Path:
+  """Re-runs of <runs>/<table>/<cell> land in <runs>/<table>.rerun/<cell>: fresh folders, same command."""
+  return root.with_name(root.name + ".rerun")
+
+
+def collect_reruns(table: Table, finished: list[dict], root: Path) -> list[dict]:
+  """Every finished re-run beside the recorded run of its cell, one entry per column the cell feeds."""
+  by_name = {r["cell"]: r for r in finished}
+  found = []
+  for cell in table.cells:
+    workdir = rerun_root(root) / cell.name
+    if cell.name not in by_name or not results.is_finished(workdir):
+      continue
+    again = results.describe(workdir)
+    meta = json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
+    for column in (c for c in table.columns if c.key == cell.column):
+      recorded = by_name[cell.name][column.split].get(column.metric)
+      measured = again[column.split].get(column.metric)
+      if recorded is None or measured is None:
+        continue
+      found.append({"cell": cell.name, "column": column.label, "recorded": recorded, "rerun": measured,
+                    "difference": measured - recorded, "recorded_commit": by_name[cell.name]["commit"],
+                    "rerun_commit": meta.get("commit", "?"), "rerun_wall_minutes": again["wall_minutes"],
+                    "rerun_command": again["command"]})
+  return found
+
+
 def aggregate(table: Table, finished: list[dict]) -> dict:
   """row → column label → {mean, std, n, values} (std: sample std over seeds; 0 for one seed)."""
   grid = {}
@@ -193,7 +231,8 @@ def fmt_params(trainable: int, total: int) -> str:
   return f"{count} ({100 * trainable / total:.2f}%)"
 
 
-def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_name: str | None) -> str:
+def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict], root: Path,
+             plot_name: str | None) -> str:
   per_cell_params = table.plot == "params"
   header = ["", *( ["trainable"] if not per_cell_params else []), *(c.label for c in table.columns)]
   if table.average:
@@ -242,6 +281,17 @@ def markdown(table: Table, grid: dict, finished: list[dict], root: Path, plot_na
     flag += f" (the run of {r['same_run_as']})" if r["same_run_as"] else ""
     lines.append(f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
                  f"{params} | {r['steps']} | {r['wall_minutes']} | {r['commit']} | `{r['command']}` |")
+  if reruns:
+    within = sum(abs(r["difference"]) <= REPRODUCE_WITHIN for r in reruns)
+    lines += ["", "## Re-runs", "",
+              f"`python scripts/reproduce.py --table={table.name} --cells=REGEX --rerun` ran these cells' commands "
+              f"again from scratch (into `{shown_path(rerun_root(root))}/`): {within} of {len(reruns)} numbers "
+              f"within {REPRODUCE_WITHIN} points of the table's.", "",
+              "| cell | column | table | re-run | difference | commits (table → re-run) | re-run wall (min) |",
+              "|---|---|---:|---:|---:|---|---:|"]
+    lines += [f"| {r['cell']} | {r['column']} | {fmt_number(r['recorded'])} | {fmt_number(r['rerun'])} | "
+              f"{r['difference']:+.2f} | {r['recorded_commit']} → {r['rerun_commit']} | {r['rerun_wall_minutes']} |"
+              for r in reruns]
   return "\n".join(lines) + "\n"
 
 
@@ -297,15 +347,40 @@ def plot(table: Table, grid: dict, path: Path) -> bool:
 def write_results(table: Table, root: Path, out: Path) -> list[dict]:
   finished = collect(table, root)
   grid = aggregate(table, finished)
+  reruns = collect_reruns(table, finished, root)
   out.mkdir(parents=True, exist_ok=True)
   png = out / f"{table.name}.png"
   has_plot = plot(table, grid, png)
-  (out / f"{table.name}.md").write_text(markdown(table, grid, finished, root, png.name if has_plot else None))
+  (out / f"{table.name}.md").write_text(markdown(table, grid, finished, reruns, root, png.name if has_plot else None))
   (out / f"{table.name}.json").write_text(json.dumps(
       {"table": table.name, "title": table.title, "notes": table.notes, "commit": results.commit(),
        "date": str(datetime.date.today()), "columns": [dataclasses.asdict(c) for c in table.columns],
-       "grid": grid, "cells": finished}, indent=2) + "\n")
+       "grid": grid, "cells": finished, "reruns": reruns}, indent=2) + "\n")
   return finished
+
+
+def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
+  """--rerun: each selected cell with a finished, current run trains again from scratch into a fresh
+  folder (a finished re-run is kept), then the table is rewritten with its Re-runs section."""
+  chosen = [c for c in table.cells if selected.search(c.name)]
+  ready = [c for c in chosen if results.is_finished(root / c.name) and not is_stale(c, root / c.name)]
+  if not ready:
+    raise InputError(f"--rerun: none of the {len(chosen)} cells --cells={FLAGS.cells!r} selects has a finished, "
+                     f"current run in {root} to compare with (run them first)")
+  todo = [c for c in ready if not results.is_finished(rerun_root(root) / c.name)]
+  print(f"table {table.name}: {len(ready)} finished cells selected, {len(todo)} to re-run into {rerun_root(root)}")
+  for cell in todo:
+    if FLAGS.dry_run:
+      print("python " + shlex.join(cell_argv(cell, rerun_root(root) / cell.name)))
+    elif run_cell(cell, rerun_root(root) / cell.name):
+      raise InputError(f"re-run of {cell.name} failed; its log: {rerun_root(root) / cell.name / 'train.log'}")
+  if FLAGS.dry_run:
+    return
+  write_results(table, root, out)
+  for r in collect_reruns(table, collect(table, root), root):
+    if selected.search(r["cell"]):
+      print(f"{r['cell']} {r['column']}: table {fmt_number(r['recorded'])}, re-run {fmt_number(r['rerun'])} "
+            f"({r['difference']:+.2f}{'' if abs(r['difference']) <= REPRODUCE_WITHIN else ', beyond 0.5 points'})")
 
 
 def main(argv):
@@ -320,6 +395,8 @@ def main(argv):
   if FLAGS.cells and not any(selected.search(c.name) for c in table.cells):
     raise InputError(f"--cells={FLAGS.cells!r} matches none of the {len(table.cells)} cells of table "
                      f"{table.name!r} (e.g. {table.cells[0].name})")
+  if FLAGS.rerun:
+    return rerun(table, selected, root, out)
   stale = [c for c in table.cells if selected.search(c.name) and is_stale(c, root / c.name)]
   for cell in stale:
     if FLAGS.rebuild or FLAGS.dry_run:

@@ -61,16 +61,29 @@ def test_finished_cells_are_kept_and_rebuild_trains_nothing(grid):
   assert marker.stat().st_mtime_ns == before
 
 
-def test_a_cells_printed_command_reproduces_its_number(grid, tmp_path):
+def test_a_cells_printed_command_reproduces_its_number(grid):
+  """--rerun trains the cell's printed command again into a fresh folder and tabulates the difference."""
   record = json.loads((grid["results"] / "freeze.json").read_text())
   cell = next(c for c in record["cells"] if c["cell"] == "layernorm-only")
   argv = shlex.split(cell["command"])
   assert argv[:2] == ["python", "scripts/train.py"]
   assert '--config.trainable=("train:^backbone/.*LayerNorm/", "freeze:^backbone/")' in argv
-  rerun = tmp_path / "rerun"
-  check(script("train", *[a if not a.startswith("--workdir=") else f"--workdir={rerun}" for a in argv[2:]]))
+  args = [a if not a.startswith("--cells=") else "--cells=^layernorm-only$" for a in grid["args"]]
+  out = check(script("reproduce", *args, "--rerun", timeout=600))
+  rerun = grid["runs"].with_name("freeze.rerun") / "layernorm-only"
+  again = shlex.split((rerun / "command.txt").read_text())
+  assert [a for a in again if not a.startswith("--workdir=")] == [a for a in argv if not a.startswith("--workdir=")]
   dev = max(l["accuracy"] for l in metric_lines(rerun) if l["split"] == "dev")
   assert dev == pytest.approx(cell["dev"]["accuracy"], abs=0.5)
+  assert f"layernorm-only SST-2 acc, embeddings frozen: table {cell['dev']['accuracy']:.1f}, re-run {dev:.1f}" in out
+  md = (grid["results"] / "freeze.md").read_text()
+  assert "## Re-runs" in md and "1 of 1 numbers within 0.5 points" in md
+  assert json.loads((grid["results"] / "freeze.json").read_text())["reruns"][0]["rerun"] == dev
+  again = check(script("reproduce", *args, "--rerun"))  # a finished re-run is kept, not trained again
+  assert "1 finished cells selected, 0 to re-run" in again
+  unfinished = script("reproduce", *[a if not a.startswith("--cells=") else "--cells=^top3-" for a in args],
+                      "--rerun", check=False)
+  assert unfinished.returncode == 2 and "has a finished, current run" in unfinished.stderr
 
 
 def test_a_regex_that_matches_no_cell_is_one_line_error(grid):
