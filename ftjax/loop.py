@@ -123,6 +123,7 @@ def train_and_evaluate(config, workdir) -> dict:
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.time()
+  cpu_started = time.process_time()  # CPU seconds of all this process's threads: what a grid's budget counts
 
   # --- model, method, task and the run record ---------------------------------------------------
   exp = experiment.build(config)
@@ -152,7 +153,7 @@ def train_and_evaluate(config, workdir) -> dict:
   metric_name, mode = selection(config, exp.task.kind)
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
   loop_state = {"best_value": None, "best_step": None, "best_metrics": None, "evals_without_improvement": 0,
-                "stopped_early": False, "wall_seconds": 0.0}  # wall_seconds: up to the latest checkpoint
+                "stopped_early": False, "wall_seconds": 0.0, "cpu_seconds": 0.0}  # times: to the latest checkpoint
 
   # --- resume, or start from a finished run ------------------------------------------------------
   checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
@@ -161,6 +162,7 @@ def train_and_evaluate(config, workdir) -> dict:
     print(f"resuming {workdir} at step {int(state.step)}")
     # the time earlier processes spent reaching this checkpoint (work after it is redone, so not counted)
     started -= loop_state.setdefault("wall_seconds", 0.0)
+    cpu_started -= loop_state.setdefault("cpu_seconds", 0.0)
     _truncate_metrics(workdir, int(state.step))
   elif config.init_from:
     state = state.replace(trainable=load_trained(config.init_from, state.trainable))
@@ -250,6 +252,7 @@ def train_and_evaluate(config, workdir) -> dict:
       if step % config.checkpoint_every == 0 or last or loop_state["stopped_early"]:
         flush()  # raises before saving if a step was non-finite: the last checkpoint stays good
         loop_state["wall_seconds"] = time.time() - started
+        loop_state["cpu_seconds"] = time.process_time() - cpu_started
         checkpoints.save(saved_part(), loop_state)
       if last or loop_state["stopped_early"]:
         break
@@ -287,7 +290,7 @@ def train_and_evaluate(config, workdir) -> dict:
   checkpoints.close()
   writer.close()
   summary = _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final,
-                     time.time() - started)
+                     time.time() - started, time.process_time() - cpu_started)
   (workdir / "summary.txt").write_text(summary)
   print(summary)
   return final
@@ -322,12 +325,13 @@ def load_trained(workdir, trainable_template):
       {p: v for p, v in template.items() if p in skipped}))
 
 
-def _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final, seconds):
+def _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final, seconds,
+             cpu_seconds):
   lines = ["=" * 72, f"ftjax run  {workdir}",
            f"model {config.model}  task {config.task.source}  method {config.method}  "
            f"adversarial {config.adversarial.method}",
            trainability.summary(trainable, frozen).splitlines()[0],
-           f"steps {step}/{total_steps}  wall time {seconds / 60:.1f} min"
+           f"steps {step}/{total_steps}  wall time {seconds / 60:.1f} min  CPU time {cpu_seconds / 60:.1f} min"
            + ("  (stopped early)" if loop_state["stopped_early"] else "")]
   if loop_state["best_step"] is not None:
     lines.append(f"best dev {metric_name} = {loop_state['best_value']:.3f} at step {loop_state['best_step']}")

@@ -26,7 +26,7 @@ def is_finished(workdir: Path) -> bool:
 
 def describe(workdir: Path) -> dict:
   """The dev metrics of the parameters the run ended with (its best dev evaluation), its last test
-  metrics, trainable parameter count, steps, wall time and the command that produced it."""
+  metrics, trainable parameter count, steps, wall and CPU time and the command that produced it."""
   workdir = Path(workdir)
   config = experiment.load_config(workdir)
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
@@ -37,6 +37,7 @@ def describe(workdir: Path) -> dict:
   test = [l for l in lines if l["split"] == "test"]
   summary = (workdir / "summary.txt").read_text() if (workdir / "summary.txt").exists() else ""
   wall = re.search(r"wall time ([\d.]+) min", summary)
+  cpu = re.search(r"CPU time ([\d.]+) min", summary)  # runs before 2026-11-30 did not record it
   steps = re.search(r"^steps (\d+)/(\d+)", summary, re.M)
   params = re.search(r"trainable parameters: ([\d,]+) of ([\d,]+)", summary)
   command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else "?"
@@ -47,6 +48,7 @@ def describe(workdir: Path) -> dict:
           "test": {k: test[-1][k] for k in SHOWN if k in test[-1]} if test else {},
           "steps": f"{steps.group(1)}/{steps.group(2)}" if steps else "?",
           "wall_minutes": float(wall.group(1)) if wall else None,
+          "cpu_minutes": float(cpu.group(1)) if cpu else None,
           "trainable_params": int(params.group(1).replace(",", "")) if params else None,
           "total_params": int(params.group(2).replace(",", "")) if params else None,
           "command": command}

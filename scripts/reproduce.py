@@ -231,6 +231,18 @@ def fmt_params(trainable: int, total: int) -> str:
   return f"{count} ({100 * trainable / total:.2f}%)"
 
 
+def compute_line(finished: list[dict]) -> str:
+  """What the finished cells cost in CPU time (all threads; a cell sharing the cores with another runs
+  longer in wall time, not in CPU time). Runs before 2026-11-30 did not record it."""
+  own = [r for r in finished if not r["same_run_as"]]  # a run linked from another table is counted there
+  cpu = [r["cpu_minutes"] for r in own if r["cpu_minutes"] is not None]
+  wall = sum(r["wall_minutes"] or 0 for r in own)
+  text = f" Compute: {wall / 60:.1f} wall-hours over the {len(own)} runs this table trained itself"
+  if cpu:
+    text += f"; {sum(cpu) / 60:.1f} CPU-hours over the {len(cpu)} that recorded CPU time"
+  return text + "."
+
+
 def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict], root: Path,
              plot_name: str | None) -> str:
   per_cell_params = table.plot == "params"
@@ -242,7 +254,8 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
            f"Regenerate: `python scripts/reproduce.py --table={table.name}` (trains the cells that have not "
            f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {results.commit()} on "
            f"{datetime.date.today()}; {len(finished)} of {len(table.cells)} cells finished; the cells ran "
-           f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.", "", table.notes, "",
+           f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.{compute_line(finished)}", "",
+           table.notes, "",
            "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
   for row, entries in grid.items():
     cells = [row]
@@ -266,21 +279,22 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
     lines += ["", f"![{table.name}]({plot_name})"]
   lines += ["", "## Cells", "", "Each number above comes from these runs; the command re-runs the cell "
             "(same seed, same kind of machine) into a fresh folder.", "",
-            "| cell | seed | dev | test | trainable | steps | wall (min) | commit | command |",
-            "|---|---:|---|---|---:|---:|---:|---|---|"]
+            "| cell | seed | dev | test | trainable | steps | wall (min) | CPU (min) | commit | command |",
+            "|---|---:|---|---|---:|---:|---:|---:|---|---|"]
   by_name = {r["cell"]: r for r in finished}
   fmt = lambda d: ", ".join(f"{k} {fmt_number(v)}" for k, v in d.items()) or "—"
   for cell in table.cells:
     r = by_name.get(cell.name)
     if r is None:
       command = "python " + shlex.join(cell_argv(cell, root / cell.name))
-      lines.append(f"| {cell.name} | {cell.seed} | not run | | | | | | `{command}` |")
+      lines.append(f"| {cell.name} | {cell.seed} | not run | | | | | | | `{command}` |")
       continue
     params = fmt_params(r["trainable_params"], r["total_params"]) if r["trainable_params"] else "?"
     flag = " (stale: ran another command than the table's now)" if is_stale(cell, root / cell.name) else ""
     flag += f" (the run of {r['same_run_as']})" if r["same_run_as"] else ""
     lines.append(f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
-                 f"{params} | {r['steps']} | {r['wall_minutes']} | {r['commit']} | `{r['command']}` |")
+                 f"{params} | {r['steps']} | {r['wall_minutes']} | {'—' if r['cpu_minutes'] is None else r['cpu_minutes']} | {r['commit']} | "
+                 f"`{r['command']}` |")
   if reruns:
     within = sum(abs(r["difference"]) <= REPRODUCE_WITHIN for r in reruns)
     lines += ["", "## Re-runs", "",

@@ -144,7 +144,7 @@ def main(argv):
     raise InputError("config key head_pooling: the torch reference is BertForSequenceClassification (pooler)")
   if config.dtype != "float32" or config.grad_accum_steps != 1 or config.adversarial.method != "none":
     raise InputError("the torch reference runs float32, one micro-batch, no adversarial training")
-  started = time.time()
+  started, cpu_started = time.time(), time.process_time()  # CPU: every thread of this process
   exp = experiment.build(config)  # tokenizer, task, label names and ftjax's initial head for this seed
   kind = exp.task.kind
   if kind not in ("classification", "regression"):
@@ -203,7 +203,8 @@ def main(argv):
       "=" * 72, f"torch reference run  {workdir}",
       f"model {config.model}  task {config.task.source}  method {config.method}  adversarial none",
       f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)",
-      f"steps {step}/{total_steps}  wall time {(time.time() - started) / 60:.1f} min",
+      f"steps {step}/{total_steps}  wall time {(time.time() - started) / 60:.1f} min  "
+      f"CPU time {(time.process_time() - cpu_started) / 60:.1f} min",
       f"best dev {metric} = {best:.3f} at step {best_step}", "=" * 72]) + "\n"
   (workdir / "summary.txt").write_text(summary)
   print(summary)

@@ -111,16 +111,17 @@ def test_resume_truncates_metric_lines_after_the_checkpoint(rte_run, tmp_path):
   shutil.rmtree(workdir / "checkpoints" / "latest" / "6")  # as if killed between steps 3 and 6
   with open(workdir / "metrics.jsonl", "a") as f:  # a line the killed run wrote after its checkpoint
     f.write(json.dumps({"step": 5, "split": "train", "loss": 123.0}) + "\n")
-  # The killed process had spent an hour reaching step 3: the resumed run's wall time counts it.
+  # The killed process had spent an hour (two CPU-hours) reaching step 3: the resumed run counts them.
   loop_file = workdir / "checkpoints" / "latest" / "3" / "loop" / "metadata"
-  loop_file.write_text(json.dumps({**json.loads(loop_file.read_text()), "wall_seconds": 3600.0}))
+  loop_file.write_text(json.dumps({**json.loads(loop_file.read_text()), "wall_seconds": 3600.0, "cpu_seconds": 7200.0}))
   loop.train_and_evaluate(config, workdir)
   assert without_timing(metric_lines(workdir)) == without_timing(metric_lines(original))
   (state, loop_resumed), (state_original, loop_original) = latest_tree(workdir), latest_tree(original)
   assert_trees_equal(state, state_original)
   assert 3600 < loop_resumed.pop("wall_seconds") < 3600 + 600
-  assert loop_resumed == {k: v for k, v in loop_original.items() if k != "wall_seconds"}
-  assert re.search(r"wall time 6\d\.\d min", (workdir / "summary.txt").read_text())
+  assert 7200 < loop_resumed.pop("cpu_seconds") < 7200 + 1200
+  assert loop_resumed == {k: v for k, v in loop_original.items() if k not in ("wall_seconds", "cpu_seconds")}
+  assert re.search(r"wall time 6\d\.\d min  CPU time 1[23]\d\.\d min", (workdir / "summary.txt").read_text())
 
 
 # --- resume after SIGKILL -----------------------------------------------------------------------------
@@ -160,7 +161,8 @@ def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path, ti
   state_b, loop_b = latest_tree(b)
   assert int(state_a["step"]) == int(state_b["step"]) == 24
   assert_trees_equal(state_a, state_b)  # trainable, optimiser state, step, rng: bit for bit
-  assert loop_b.pop("wall_seconds") > 0 and loop_a.pop("wall_seconds") > 0  # the rest must match exactly
+  for key in ("wall_seconds", "cpu_seconds"):  # times differ; the rest must match exactly
+    assert loop_b.pop(key) > 0 and loop_a.pop(key) > 0
   assert loop_a == loop_b
   assert_trees_equal(best_tree(a), best_tree(b))
   assert without_timing(metric_lines(a)) == without_timing(metric_lines(b))

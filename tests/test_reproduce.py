@@ -34,6 +34,7 @@ def test_grid_runs_the_selected_cells_and_writes_table_json_and_plot(grid):
   assert "0 of 15 cells finished, 2 to run" in grid["first"].stdout
   md = (out / "freeze.md").read_text()
   assert "2 of 15 cells finished" in md and "![freeze](freeze.png)" in md
+  assert "over the 2 runs this table trained itself" in md and "CPU-hours over the 2 that recorded CPU time" in md
   assert (out / "freeze.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   record = json.loads((out / "freeze.json").read_text())
   cells = {c["cell"]: c for c in record["cells"]}
