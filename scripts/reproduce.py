@@ -331,7 +331,7 @@ def plot(table: Table, grid: dict, path: Path) -> bool:
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(table.columns[0].metric)
   else:
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(table.columns)), 5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(table.columns)), 6))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
       xs, ys, errs = [], [], []
@@ -351,7 +351,10 @@ def plot(table: Table, grid: dict, path: Path) -> bool:
     ax.set_ylabel(f"{' / '.join(splits)} score (mean ± std over seeds)")
   ax.set_title(table.title, fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  if table.plot == "params":
+    ax.legend(fontsize=7)
+  else:  # below the axes: inside, a legend of many rows hides the bars of the last column
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(4, len(rows) + 1))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
