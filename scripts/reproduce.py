@@ -170,8 +170,8 @@ def collect_reruns(table: Table, finished: list[dict], root: Path) -> list[dict]
   found = []
   for cell in table.cells:
     workdir = rerun_root(root) / cell.name
-    if cell.name not in by_name or not results.is_finished(workdir):
-      continue
+    if cell.name not in by_name or not results.is_finished(workdir) or is_stale(cell, workdir):
+      continue  # (a re-run of an older recipe of the cell is no check of the table's number)
     again = results.describe(workdir)
     meta = json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
     for column in (c for c in table.columns if c.key == cell.column):
@@ -290,11 +290,11 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
       lines.append(f"| {cell.name} | {cell.seed} | not run | | | | | | | `{command}` |")
       continue
     params = fmt_params(r["trainable_params"], r["total_params"]) if r["trainable_params"] else "?"
+    cpu = "—" if r["cpu_minutes"] is None else r["cpu_minutes"]
     flag = " (stale: ran another command than the table's now)" if is_stale(cell, root / cell.name) else ""
     flag += f" (the run of {r['same_run_as']})" if r["same_run_as"] else ""
     lines.append(f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
-                 f"{params} | {r['steps']} | {r['wall_minutes']} | {'—' if r['cpu_minutes'] is None else r['cpu_minutes']} | {r['commit']} | "
-                 f"`{r['command']}` |")
+                 f"{params} | {r['steps']} | {r['wall_minutes']} | {cpu} | {r['commit']} | `{r['command']}` |")
   if reruns:
     within = sum(abs(r["difference"]) <= REPRODUCE_WITHIN for r in reruns)
     lines += ["", "## Re-runs", "",
@@ -384,7 +384,11 @@ def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
   if not ready:
     raise InputError(f"--rerun: none of the {len(chosen)} cells --cells={FLAGS.cells!r} selects has a finished, "
                      f"current run in {root} to compare with (run them first)")
-  todo = [c for c in ready if not results.is_finished(rerun_root(root) / c.name)]
+  for cell in ready:
+    if is_stale(cell, rerun_root(root) / cell.name) and not FLAGS.dry_run:
+      print(f"stale re-run of {cell.name} kept as {move_aside(rerun_root(root) / cell.name).name}")
+  todo = [c for c in ready if not results.is_finished(rerun_root(root) / c.name)
+          or is_stale(c, rerun_root(root) / c.name)]
   print(f"table {table.name}: {len(ready)} finished cells selected, {len(todo)} to re-run into {rerun_root(root)}")
   for cell in todo:
     if FLAGS.dry_run:
@@ -396,8 +400,9 @@ def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
   write_results(table, root, out)
   for r in collect_reruns(table, collect(table, root), root):
     if selected.search(r["cell"]):
+      beyond = "" if abs(r["difference"]) <= REPRODUCE_WITHIN else f", beyond {REPRODUCE_WITHIN} points"
       print(f"{r['cell']} {r['column']}: table {fmt_number(r['recorded'])}, re-run {fmt_number(r['rerun'])} "
-            f"({r['difference']:+.2f}{'' if abs(r['difference']) <= REPRODUCE_WITHIN else ', beyond 0.5 points'})")
+            f"({r['difference']:+.2f}{beyond})")
 
 
 def main(argv):
