@@ -14,6 +14,8 @@ a line here; the tables in results/ cite the exact command of every cell.
                frozen or trained, and LayerNorm-only; dev accuracy against trainable parameters
   torch        full and LoRA on RTE and MRPC by ftjax and by PyTorch + transformers + PEFT, 3 seeds each
   precision    full fine-tuning on RTE and MRPC with float32 and with bfloat16 compute, 3 seeds each
+  pooling      what the sequence head reads (BERT's pooler, the [CLS] state, the mean of the tokens as
+               sentence-transformers pools) for head-only and full fine-tuning on SST-2, RTE and STS-B
   e2e          E2E NLG with LoRA on SmolLM2-135M (BLEU, NIST, METEOR, ROUGE-L, CIDEr on test MRs) beside
                the LoRA paper's GPT-2 M
 
@@ -302,5 +304,34 @@ def precision_table() -> Table:
       columns, tuple(cells))
 
 
+# --- pooling -------------------------------------------------------------------------------------------
+# all-MiniLM-L6-v2 was trained (sentence-transformers) on the mean of its token states; its [CLS] state and
+# pooler were never trained for anything downstream. The methods table reads the pooler, as transformers'
+# BertForSequenceClassification (and the torch reference) does; this table measures what that costs.
+POOLINGS = (("pooler (BERT, transformers)", "pooler"), ("[CLS] state", "cls"),
+            ("mean of tokens (sentence-transformers)", "mean"))
+POOLING_COLUMNS = (("sst2", "head only"), ("sst2", "full"), ("rte", "full"), ("stsb", "head only"))
+
+
+def pooling_table() -> Table:
+  cells = []
+  for label, pooling in POOLINGS:
+    extra = () if pooling == "pooler" else (("head_pooling", pooling),)  # pooler: the methods table's runs
+    for task, method in POOLING_COLUMNS:
+      ovr, lr, factor = METHODS[method]
+      cells += [dataclasses.replace(c, name=f"{task}-{slug(method)}-{pooling}-s{c.seed}")
+                for c in method_cells(task, label, ovr, lr, factor, column=f"{task}-{slug(method)}", extra=extra)]
+  columns = tuple(Column(f"{GLUE_LABEL[task]}, {method}", f"{task}-{slug(method)}", "dev", GLUE_METRIC[task])
+                  for task, method in POOLING_COLUMNS)
+  return Table(
+      "pooling", "What the sequence head reads: pooler, [CLS] or mean of tokens (all-MiniLM-L6-v2, GLUE dev)",
+      "`--config.head_pooling`: `pooler` is BERT's tanh(W·[CLS]) (what transformers' "
+      "BertForSequenceClassification reads; the methods table's runs), `cls` the [CLS] hidden state, `mean` "
+      "the mean of the real tokens' hidden states, which is what all-MiniLM-L6-v2 was trained to produce "
+      "(sentence-transformers mean pooling). Recipes of the methods table (head only: lr 1e-3, twice the "
+      "epochs); 3 seeds on RTE.",
+      columns, tuple(cells))
+
+
 TABLES = {"methods": methods_table, "adversarial": adversarial_table, "ner": ner_table, "freeze": freeze_table,
-          "e2e": e2e_table, "torch": torch_table, "precision": precision_table}
+          "e2e": e2e_table, "torch": torch_table, "precision": precision_table, "pooling": pooling_table}
