@@ -2,10 +2,11 @@
 
 Runs every cell of the table (configs/tables.py: methods, adversarial, ner, freeze, torch, precision,
 pooling, e2e) that has not finished, one `scripts/train.py` (or `scripts/torch_reference.py`) command
-each (so the command printed beside a number is exactly the one that produced it), into `<runs>/NAME/<cell>/`, and after every cell rewrites `results/NAME.md` (the
-table, the command, commit, wall time and machine of every cell), `results/NAME.json` and
-`results/NAME.png`. Finished cells are kept: an interrupted grid resumes where it stopped, and a cell
-interrupted mid-run resumes from its latest checkpoint. `--rebuild` only re-tabulates finished runs.
+each (so the command printed beside a number is exactly the one that produced it), into
+`<runs>/NAME/<cell>/`, and after every cell rewrites `results/NAME.md` (the table, the command, commit,
+wall time and machine of every cell), `results/NAME.json` and `results/NAME.png`. Finished cells are
+kept: an interrupted grid resumes where it stopped, and a cell interrupted mid-run resumes from its
+latest checkpoint. `--rebuild` only re-tabulates finished runs.
 
   python scripts/reproduce.py --table=freeze                 # train what is missing, then tabulate
   python scripts/reproduce.py --table=methods --cells='^rte-' # only the RTE cells
