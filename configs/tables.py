@@ -76,6 +76,7 @@ class Table:
   reference_label: str = ""  # label of the row of Column.reference values
   row_references: tuple[tuple[str, dict], ...] = ()  # (column header, {row: value}): published numbers per row
   plot: str = "bars"        # bars: grouped bars per column | params: metric against trainable parameters
+  params_per_cell: bool = False  # trainable parameters beside each number (a row mixes methods), not per row
   average: bool = False     # add an average column over the table's columns
 
 
@@ -330,7 +331,7 @@ def pooling_table() -> Table:
       "the mean of the real tokens' hidden states, which is what all-MiniLM-L6-v2 was trained to produce "
       "(sentence-transformers mean pooling). Recipes of the methods table (head only: lr 1e-3, twice the "
       "epochs); 3 seeds on RTE.",
-      columns, tuple(cells))
+      columns, tuple(cells), params_per_cell=True)
 
 
 TABLES = {"methods": methods_table, "adversarial": adversarial_table, "ner": ner_table, "freeze": freeze_table,
