@@ -142,6 +142,11 @@ def log_tail(workdir: Path, lines: int = 5) -> str:
 
 
 # --- tabulation ------------------------------------------------------------------------------------------
+def cell_meta(workdir: Path) -> dict:
+  """What run_cell recorded beside a finished run (commit, machine); {} for a run it did not start."""
+  return json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
+
+
 def collect(table: Table, root: Path) -> list[dict]:
   """Every finished cell: its place in the table, what its run measured, and where it ran."""
   found = []
@@ -150,7 +155,7 @@ def collect(table: Table, root: Path) -> list[dict]:
     if not results.is_finished(workdir):
       continue
     record = {"cell": cell.name, "row": cell.row, "column": cell.column, **results.describe(workdir)}
-    meta = json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
+    meta = cell_meta(workdir)
     record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"),
                   same_run_as=shown_path(workdir.resolve()) if workdir.is_symlink() else None)
     found.append(record)
@@ -174,7 +179,7 @@ def collect_reruns(table: Table, finished: list[dict], root: Path) -> list[dict]
     if cell.name not in by_name or not results.is_finished(workdir) or is_stale(cell, workdir):
       continue  # (a re-run of an older recipe of the cell is no check of the table's number)
     again = results.describe(workdir)
-    meta = json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
+    meta = cell_meta(workdir)
     for column in (c for c in table.columns if c.key == cell.column):
       recorded = by_name[cell.name][column.split].get(column.metric)
       measured = again[column.split].get(column.metric)
@@ -385,21 +390,20 @@ def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
   if not ready:
     raise InputError(f"--rerun: none of the {len(chosen)} cells --cells={FLAGS.cells!r} selects has a finished, "
                      f"current run in {root} to compare with (run them first)")
-  for cell in ready:
-    if is_stale(cell, rerun_root(root) / cell.name) and not FLAGS.dry_run:
-      print(f"stale re-run of {cell.name} kept as {move_aside(rerun_root(root) / cell.name).name}")
-  todo = [c for c in ready if not results.is_finished(rerun_root(root) / c.name)
-          or is_stale(c, rerun_root(root) / c.name)]
-  print(f"table {table.name}: {len(ready)} finished cells selected, {len(todo)} to re-run into {rerun_root(root)}")
+  reruns = rerun_root(root)
+  todo = [c for c in ready if not results.is_finished(reruns / c.name) or is_stale(c, reruns / c.name)]
+  print(f"table {table.name}: {len(ready)} finished cells selected, {len(todo)} to re-run into {reruns}")
   for cell in todo:
     if FLAGS.dry_run:
-      print("python " + shlex.join(cell_argv(cell, rerun_root(root) / cell.name)))
-    elif run_cell(cell, rerun_root(root) / cell.name):
-      raise InputError(f"re-run of {cell.name} failed; its log: {rerun_root(root) / cell.name / 'train.log'}")
+      print("python " + shlex.join(cell_argv(cell, reruns / cell.name)))
+      continue
+    if is_stale(cell, reruns / cell.name):
+      print(f"stale re-run of {cell.name} kept as {move_aside(reruns / cell.name).name}")
+    if run_cell(cell, reruns / cell.name):
+      raise InputError(f"re-run of {cell.name} failed; its log: {reruns / cell.name / 'train.log'}")
   if FLAGS.dry_run:
     return
-  write_results(table, root, out)
-  for r in collect_reruns(table, collect(table, root), root):
+  for r in collect_reruns(table, write_results(table, root, out), root):
     if selected.search(r["cell"]):
       beyond = "" if abs(r["difference"]) <= REPRODUCE_WITHIN else f", beyond {REPRODUCE_WITHIN} points"
       print(f"{r['cell']} {r['column']}: table {fmt_number(r['recorded'])}, re-run {fmt_number(r['rerun'])} "
