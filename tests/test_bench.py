@@ -5,10 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("full", "lora", "bitfit", "head", "fgm", "bf16_full", "lora_vs_full", "head_vs_full", "fgm_vs_plain")
 
 
+# The two script smoke runs below (~65 s and ~25 s on 2 cores) are `slow`: they check the benchmark
+# scripts' output contracts, not numbers, and kept the default suite over its 10-minute budget.
+@pytest.mark.slow
 def test_bench_quick(tmp_path):
   # Most XLA optimisations off: the tiny steps compile several times faster; timings are meaningless anyway.
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
@@ -46,6 +51,7 @@ def test_profile_kinds_of_ops_from_a_compiled_module():
   assert found <= set(profile_step.KINDS), found
 
 
+@pytest.mark.slow
 def test_profile_quick(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_step.py"), "--quick", "--modes=full",
