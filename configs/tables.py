@@ -171,7 +171,7 @@ def learning_rate_table() -> Table:
     row = "recipe (5e-5; SST-2 3e-5)" if lr is None else f"{lr:.0e}".replace("e-0", "e-")  # 1e-4
     for task in LEARNING_RATE_TASKS:
       cells += [dataclasses.replace(c, name=f"{task}-full-lr-{'recipe' if lr is None else row}-s{c.seed}")
-                for c in method_cells(task, row, ovr, lr, factor)[:1]]
+                for c in method_cells(task, row, ovr, lr, factor)[:1]]  # seed 0 only
   columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t], MINILM_DEV[t]) for t in LEARNING_RATE_TASKS)
   return Table(
       "learning_rate", "Full fine-tuning: learning rate against the published references (all-MiniLM-L6-v2, "
