@@ -78,7 +78,7 @@ class Table:
   reference_label: str = ""  # label of the row of Column.reference values
   row_references: tuple[tuple[str, dict], ...] = ()  # (column header, {row: value}): published numbers per row
   plot: str = "bars"        # bars: grouped bars per column | params: metric against trainable parameters
-  params_per_cell: bool = False  # trainable parameters beside each number (a row mixes methods), not per row
+  params_per_cell: bool = False  # trainable parameters beside each number, not per row (a row's cells differ)
   average: bool = False     # add an average column over the table's columns
 
 
@@ -270,7 +270,7 @@ def freeze_table() -> Table:
       "classifier. lr 1e-4, except 1e-3 for the two probes (top 0 with frozen embeddings, LayerNorm "
       "only). Freezing is `config.trainable` rules (configs/tables.py: freeze_rules): frozen layers get "
       "no gradient computation, so cells below full fine-tuning also run faster.",
-      columns, tuple(cells), plot="params")
+      columns, tuple(cells), plot="params", params_per_cell=True)
 
 
 # --- e2e -------------------------------------------------------------------------------------------------

@@ -251,7 +251,7 @@ def compute_line(finished: list[dict]) -> str:
 
 def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict], root: Path,
              plot_name: str | None) -> str:
-  per_cell_params = table.plot == "params" or table.params_per_cell
+  per_cell_params = table.params_per_cell
   header = ["", *( ["trainable"] if not per_cell_params else []), *(c.label for c in table.columns)]
   if table.average:
     header.append("average")
