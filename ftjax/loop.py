@@ -23,7 +23,7 @@ import numpy as np
 import tqdm
 
 from ftjax import checkpoints as ckpt
-from ftjax import experiment, models, optim, parallel, step as steps, trainability
+from ftjax import experiment, models, optim, parallel, step as steps, trainability, xla_cpu
 from ftjax.data import pipeline
 from ftjax.errors import InputError
 from ftjax.tasks import datasets
@@ -124,6 +124,7 @@ def train_and_evaluate(config, workdir) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.time()
   cpu_started = time.process_time()  # CPU seconds of all this process's threads: what a grid's budget counts
+  xla_cpu.set_threefry_lowering(config.cpu_threefry)  # before anything is compiled; changes no number
 
   # --- model, method, task and the run record ---------------------------------------------------
   exp = experiment.build(config)

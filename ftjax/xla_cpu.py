@@ -8,11 +8,19 @@ fuses the hash into one loop over the elements: ~30 ms for the same mask (measur
 machine), the same bits, hence the same masks, losses and trained weights. It costs compile time (the
 MiniLM train step: 5.0 → 7.0 s, with FGM 5.9 → 11.3 s; scripts/bench.py).
 
-`use_unrolled_threefry()` registers the unrolled rule for the CPU platform; `import ftjax` calls it.
-Set FTJAX_ROLLED_THREEFRY=1 to keep JAX's own rule (e.g. when compile time matters more than steps).
-Known problem (open): with the unrolled rule, the MiniLM LoRA + FGM train step did not finish compiling
-in 16 min (SST-2, `--config.method=lora --config.adversarial.method=fgm`); with FTJAX_ROLLED_THREEFRY=1
-the same 2-step run, compile and dev evaluation included, took 1.3 min. Run LoRA + FGM/PGD that way.
+`set_threefry_lowering("unrolled" | "rolled")` registers ftjax's rule or JAX's own for the CPU platform;
+`import ftjax` sets "unrolled" (FTJAX_ROLLED_THREEFRY=1 in the environment: "rolled"), and
+`train_and_evaluate` sets what its config's `cpu_threefry` says before anything is compiled.
+
+When to choose "rolled": the unrolled hash is a chain of cheap integer ops, and XLA's fusion copies cheap
+producers into every consumer. Where a step's backward pass is one long elementwise chain, each dropout
+mask's hash gets copied into fusions along it. With LoRA + FGM (embedding gradient through a frozen
+backbone, and the same masks in both passes) the MiniLM step at sequence length 64 had fusions of ~3,800
+instructions, 97k shifts in all (~4,800 copies of the hash), and XLA's fusion emitters did not finish
+compiling in 15 min (with --xla_cpu_use_fusion_emitters=false: 2 min). Rolled, the hash is a loop that
+no fusion enters: the same step compiles in under a minute. The adversarial table runs its LoRA rows so.
+(Wrapping the unrolled hash in a loop XLA cannot remove also compiles, in 39 s, but gives back most of
+the speed-up: the bits are written out and read back; optimization_barrier is removed before fusion.)
 It uses JAX internals (jax._src); where they have moved, it changes nothing and says so in the return value.
 """
 from __future__ import annotations
@@ -20,19 +28,40 @@ from __future__ import annotations
 import functools
 import os
 
+from ftjax.errors import InputError
 
-@functools.cache
-def use_unrolled_threefry() -> bool:
-  """Lower threefry2x32 unrolled on CPU, as on GPU and TPU; True if the rule is in place."""
-  if os.environ.get("FTJAX_ROLLED_THREEFRY", "") not in ("", "0"):
-    return False
+LOWERINGS = ("unrolled", "rolled")
+_in_place = {"rule": None}  # the rule this process last registered: "unrolled", "rolled" or None (JAX's)
+
+
+def set_threefry_lowering(kind: str) -> bool:
+  """Lower threefry2x32 on CPU unrolled (as on GPU and TPU) or rolled (JAX's CPU rule); True if unrolled
+  is now in place. Affects what is compiled afterwards, never a number."""
+  if kind not in LOWERINGS:
+    raise InputError(f"config key cpu_threefry must be one of {LOWERINGS}, got {kind!r}")
+  if _in_place["rule"] == kind:
+    return kind == "unrolled"
   try:
     from jax._src.interpreters import mlir
     from jax._src.random import threefry2x32
-    lowering = threefry2x32._threefry2x32_lowering
     primitive = threefry2x32.threefry2x32_p
+    if kind == "unrolled":
+      rule = mlir.lower_fun(functools.partial(threefry2x32._threefry2x32_lowering, use_rolled_loops=False),
+                            multiple_results=True)
+    else:
+      rule = threefry2x32._threefry2x32_cpu_lowering_rule
   except (ImportError, AttributeError):  # a JAX whose internals moved: keep its own rule
     return False
-  rule = mlir.lower_fun(functools.partial(lowering, use_rolled_loops=False), multiple_results=True)
   mlir.register_lowering(primitive, rule, platform="cpu")
-  return True
+  _in_place["rule"] = kind
+  return kind == "unrolled"
+
+
+def use_unrolled_threefry() -> bool:
+  """The import-time choice: unrolled unless FTJAX_ROLLED_THREEFRY is set (and not 0); True if unrolled."""
+  rolled = os.environ.get("FTJAX_ROLLED_THREEFRY", "") not in ("", "0")
+  return set_threefry_lowering("rolled" if rolled else "unrolled")
+
+
+def unrolled_threefry_in_place() -> bool:
+  return _in_place["rule"] == "unrolled"

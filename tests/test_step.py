@@ -4,10 +4,6 @@ guard, tracing.
 FGM's direction is checked on the real MiniLM with real sentences (the property is about a real loss
 surface); the mechanics use a tiny random BERT (tests/tiny_run.py).
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +11,8 @@ import numpy as np
 import pytest
 
 import ftjax
-from ftjax import adversarial, parallel, step
+from ftjax import adversarial, parallel, step, xla_cpu
+from ftjax.errors import InputError
 from ftjax.peft import PeftSpec
 from ftjax.tasks import make_task
 
@@ -167,15 +164,28 @@ def test_step_is_traced_once_per_input_shape():
   assert int(par.get_state(state).step) == 5 and np.isfinite(float(metrics["loss_sum"]))
 
 
-def test_unrolled_threefry_lowering_changes_no_number():
-  """ftjax/xla_cpu.py lowers dropout's threefry hash unrolled on CPU: same masks, so bit-identical training."""
-  script = str(Path(__file__).resolve().parent / "threefry_check.py")
+def test_threefry_lowering_changes_no_number_and_a_bad_name_is_refused():
+  """ftjax/xla_cpu.py lowers dropout's threefry hash unrolled on CPU (config key cpu_threefry; "rolled" is
+  JAX's own rule): the same masks, so FGM training with dropout is bit-identical either way."""
   runs = {}
-  for rolled in ("1", "0"):
-    env = {**os.environ, "FTJAX_ROLLED_THREEFRY": rolled, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs[rolled] = dict(kv.split("=") for kv in proc.stdout.split())
-  assert runs["1"]["unrolled"] == "False" and runs["0"]["unrolled"] == "True", runs
-  assert int(runs["1"]["while_loops"]) > 0 and int(runs["0"]["while_loops"]) == 0, runs  # the lowering did change
-  assert runs["1"]["digest"] == runs["0"]["digest"], runs
+  try:
+    for kind in ("rolled", "unrolled"):
+      assert xla_cpu.set_threefry_lowering(kind) == (kind == "unrolled") == xla_cpu.unrolled_threefry_in_place()
+      model, task, tx, state = tiny_run(total_steps=3)
+      train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=adversarial_config("fgm"),
+                                                dropout=True))
+      batches = [jax.device_put({k: v for k, v in random_batch(seed).items() if k != "example_index"})
+                 for seed in range(3)]
+      while_loops = train_step.lower(state, batches[0]).as_text().count("stablehlo.while")
+      losses = []
+      for batch in batches:
+        state, metrics = train_step(state, batch)
+        losses.append(np.asarray(metrics["loss_sum"]))
+      runs[kind] = while_loops, losses, jax.tree.leaves(host(state.trainable))
+  finally:
+    xla_cpu.use_unrolled_threefry()  # what `import ftjax` set, for the tests after this one
+  assert runs["rolled"][0] > 0 and runs["unrolled"][0] == 0, runs  # the lowering did change
+  for rolled, unrolled in zip(runs["rolled"][1] + runs["rolled"][2], runs["unrolled"][1] + runs["unrolled"][2]):
+    np.testing.assert_array_equal(rolled, unrolled)
+  with pytest.raises(InputError, match="config key cpu_threefry must be one of"):
+    xla_cpu.set_threefry_lowering("fast")
