@@ -2,6 +2,6 @@
 from ftjax import xla_cpu
 from ftjax.models import from_pretrained, load_tokenizer
 
-xla_cpu.use_unrolled_threefry()  # dropout masks: the same bits, several times faster on CPU (ftjax/xla_cpu.py)
+xla_cpu.set_threefry_lowering("unrolled")  # dropout masks: the same bits, several times faster on CPU (ftjax/xla_cpu.py)
 
 __all__ = ["from_pretrained", "load_tokenizer"]

@@ -9,8 +9,8 @@ machine), the same bits, hence the same masks, losses and trained weights. It co
 MiniLM train step: 5.0 → 7.0 s, with FGM 5.9 → 11.3 s; scripts/bench.py).
 
 `set_threefry_lowering("unrolled" | "rolled")` registers ftjax's rule or JAX's own for the CPU platform;
-`import ftjax` sets "unrolled" (FTJAX_ROLLED_THREEFRY=1 in the environment: "rolled"), and
-`train_and_evaluate` sets what its config's `cpu_threefry` says before anything is compiled.
+`import ftjax` sets "unrolled", and `train_and_evaluate` sets what its config's `cpu_threefry` says before
+anything is compiled (code that does not go through a config calls set_threefry_lowering itself).
 
 When to choose "rolled": the unrolled hash is a chain of cheap integer ops, and XLA's fusion copies cheap
 producers into every consumer. Where a step's backward pass is one long elementwise chain, each dropout
@@ -26,7 +26,6 @@ It uses JAX internals (jax._src); where they have moved, it changes nothing and 
 from __future__ import annotations
 
 import functools
-import os
 
 from ftjax.errors import InputError
 
@@ -55,12 +54,6 @@ def set_threefry_lowering(kind: str) -> bool:
   mlir.register_lowering(primitive, rule, platform="cpu")
   _in_place["rule"] = kind
   return kind == "unrolled"
-
-
-def use_unrolled_threefry() -> bool:
-  """The import-time choice: unrolled unless FTJAX_ROLLED_THREEFRY is set (and not 0); True if unrolled."""
-  rolled = os.environ.get("FTJAX_ROLLED_THREEFRY", "") not in ("", "0")
-  return set_threefry_lowering("rolled" if rolled else "unrolled")
 
 
 def unrolled_threefry_in_place() -> bool:

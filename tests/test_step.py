@@ -183,7 +183,7 @@ def test_threefry_lowering_changes_no_number_and_a_bad_name_is_refused():
         losses.append(np.asarray(metrics["loss_sum"]))
       runs[kind] = while_loops, losses, jax.tree.leaves(host(state.trainable))
   finally:
-    xla_cpu.use_unrolled_threefry()  # what `import ftjax` set, for the tests after this one
+    xla_cpu.set_threefry_lowering("unrolled")  # what `import ftjax` set, for the tests after this one
   assert runs["rolled"][0] > 0 and runs["unrolled"][0] == 0, runs  # the lowering did change
   for rolled, unrolled in zip(runs["rolled"][1] + runs["rolled"][2], runs["unrolled"][1] + runs["unrolled"][2]):
     np.testing.assert_array_equal(rolled, unrolled)
