@@ -15,8 +15,9 @@ def get_config():
   c.remat = False               # recompute each layer's activations in the backward pass (memory ↓, time ↑ ~30%)
   c.dropout = True              # False turns every dropout off during training (mechanics tests, ablations)
   c.head_dropout = 0.1          # dropout before the task head [probability]
-  c.cpu_threefry = "unrolled"   # CPU lowering of dropout's hash: unrolled (faster steps) | rolled (JAX's; compiles
-                                # LoRA + FGM/PGD, which unrolled does not in 15 min: ftjax/xla_cpu.py). Same numbers
+  c.cpu_threefry = "auto"       # CPU lowering of dropout's hash: unrolled (faster steps) | rolled (JAX's; compiles LoRA
+                                # dropout + FGM/PGD, which unrolled does not in 15 min) | auto (rolled just there).
+                                # Same numbers either way: ftjax/xla_cpu.py
   c.head_pooling = "pooler"     # encoder sequence heads read: pooler (BERT's, on [CLS]) | cls | mean (sentence-transformers)
 
   # --- task and data -------------------------------------------------------------------------------

@@ -124,14 +124,18 @@ def train_and_evaluate(config, workdir) -> dict:
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.time()
   cpu_started = time.process_time()  # CPU seconds of all this process's threads: what a grid's budget counts
-  xla_cpu.set_threefry_lowering(config.cpu_threefry)  # before anything is compiled; changes no number
 
   # --- model, method, task and the run record ---------------------------------------------------
   exp = experiment.build(config)
+  spec = experiment.peft_spec(config)  # dropout hash's CPU lowering, before the step compiles; no number changes
+  threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0,
+                                  config.adversarial.method)
+  xla_cpu.set_threefry_lowering(threefry)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   run_record = {"task": {"kind": exp.task.kind, "num_labels": exp.task.num_labels,
                          "label_names": list(exp.task.label_names)},
-                "backbone": models.backbone_reference(config.model), "rules": list(exp.rules)}
+                "backbone": models.backbone_reference(config.model), "rules": list(exp.rules),
+                "cpu_threefry": threefry}
   (workdir / "run.json").write_text(json.dumps(run_record, indent=2))
 
   # --- data ----------------------------------------------------------------------------------------

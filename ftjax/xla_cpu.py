@@ -9,18 +9,21 @@ machine), the same bits, hence the same masks, losses and trained weights. It co
 MiniLM train step: 5.0 → 7.0 s, with FGM 5.9 → 11.3 s; scripts/bench.py).
 
 `set_threefry_lowering("unrolled" | "rolled")` registers ftjax's rule or JAX's own for the CPU platform;
-`import ftjax` sets "unrolled", and `train_and_evaluate` sets what its config's `cpu_threefry` says before
-anything is compiled (code that does not go through a config calls set_threefry_lowering itself).
+`import ftjax` sets "unrolled", and `train_and_evaluate` sets what its config's `cpu_threefry` says
+(`lowering_for` resolves "auto") before anything is compiled; code that does not go through a config
+calls set_threefry_lowering itself.
 
-When to choose "rolled": the unrolled hash is a chain of cheap integer ops, and XLA's fusion copies cheap
-producers into every consumer. Where a step's backward pass is one long elementwise chain, each dropout
-mask's hash gets copied into fusions along it. With LoRA + FGM (embedding gradient through a frozen
-backbone, and the same masks in both passes) the MiniLM step at sequence length 64 had fusions of ~3,800
-instructions, 97k shifts in all (~4,800 copies of the hash), and XLA's fusion emitters did not finish
-compiling in 15 min (with --xla_cpu_use_fusion_emitters=false: 2 min). Rolled, the hash is a loop that
-no fusion enters: the same step compiles in under a minute. The adversarial table runs its LoRA rows so.
-(Wrapping the unrolled hash in a loop XLA cannot remove also compiles, in 39 s, but gives back most of
-the speed-up: the bits are written out and read back; optimization_barrier is removed before fusion.)
+Where "rolled" is needed: the unrolled hash is a chain of cheap integer ops, and XLA's fusion copies cheap
+producers into every consumer. LoRA's input dropout + FGM/PGD is the case found: the mask on each LoRA
+input meets the embedding gradient that FGM takes through the frozen backbone, and the MiniLM step at
+sequence length 64 had fusions of ~3,800 instructions, 97k shifts in all (~4,800 copies of the hash);
+XLA's fusion emitters did not finish compiling it in 15 min (with --xla_cpu_use_fusion_emitters=false:
+2 min). Rolled, the hash is a loop that no fusion enters, and the step compiles in under a minute. The
+same step without LoRA dropout compiles unrolled in 27 s, as do BitFit + FGM (24 s) and prompt tuning +
+FGM (38 s) (all measured with two training runs sharing the 2 cores). So the config's default, "auto",
+is rolled exactly there. (Wrapping the unrolled hash in a loop XLA cannot remove also compiles, in 39 s,
+but gives back most of the speed-up: the bits are written out and read back; an optimization_barrier
+does not help, XLA:CPU removes it before fusion.)
 It uses JAX internals (jax._src); where they have moved, it changes nothing and says so in the return value.
 """
 from __future__ import annotations
@@ -30,14 +33,25 @@ import functools
 from ftjax.errors import InputError
 
 LOWERINGS = ("unrolled", "rolled")
+CHOICES = ("auto",) + LOWERINGS  # what the config key cpu_threefry accepts
 _in_place = {"rule": None}  # the rule this process last registered: "unrolled", "rolled" or None (JAX's)
+
+
+def lowering_for(choice: str, lora_dropout: float, adversarial_method: str) -> str:
+  """The config's cpu_threefry as a lowering: "auto" is rolled where LoRA dropout (> 0) meets an adversarial
+  method (the step that does not compile unrolled, above), unrolled everywhere else."""
+  if choice not in CHOICES:
+    raise InputError(f"config key cpu_threefry must be one of {CHOICES}, got {choice!r}")
+  if choice != "auto":
+    return choice
+  return "rolled" if lora_dropout > 0 and adversarial_method != "none" else "unrolled"
 
 
 def set_threefry_lowering(kind: str) -> bool:
   """Lower threefry2x32 on CPU unrolled (as on GPU and TPU) or rolled (JAX's CPU rule); True if unrolled
   is now in place. Affects what is compiled afterwards, never a number."""
   if kind not in LOWERINGS:
-    raise InputError(f"config key cpu_threefry must be one of {LOWERINGS}, got {kind!r}")
+    raise InputError(f"threefry lowering must be one of {LOWERINGS}, got {kind!r}")
   if _in_place["rule"] == kind:
     return kind == "unrolled"
   try:
