@@ -127,7 +127,7 @@ def train_and_evaluate(config, workdir) -> dict:
 
   # --- model, method, task and the run record ---------------------------------------------------
   exp = experiment.build(config)
-  spec = experiment.peft_spec(config)  # dropout hash's CPU lowering, before the step compiles; no number changes
+  spec = exp.model.peft  # dropout hash's CPU lowering, before the step compiles; no number changes
   threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0,
                                   config.adversarial.method)
   xla_cpu.set_threefry_lowering(threefry)
