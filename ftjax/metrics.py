@@ -24,15 +24,15 @@ import string
 from typing import Sequence
 
 import numpy as np
-import sacrebleu
-import scipy.stats
-import seqeval.metrics
-import sklearn.metrics
-from rouge_score import rouge_scorer
+
+# The scoring libraries (sklearn, scipy.stats, seqeval, sacrebleu, rouge-score with nltk) are imported
+# inside the function that uses them: together they took ~3 s of every script's start on a 2-core
+# machine, and a run needs at most two of them.
 
 
 def classification(labels: Sequence[int], predictions: Sequence[int], num_classes: int = 2) -> dict[str, float]:
     """accuracy, f1 (binary for 2 classes, else macro) and matthews, all x100."""
+    import sklearn.metrics
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     average = "binary" if num_classes == 2 else "macro"
     return {
@@ -44,6 +44,7 @@ def classification(labels: Sequence[int], predictions: Sequence[int], num_classe
 
 def regression(labels: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
     """pearson and spearman correlations x100 (STS-B)."""
+    import scipy.stats
     return {
         "pearson": 100 * float(scipy.stats.pearsonr(labels, predictions)[0]),
         "spearman": 100 * float(scipy.stats.spearmanr(labels, predictions)[0]),
@@ -53,6 +54,7 @@ def regression(labels: Sequence[float], predictions: Sequence[float]) -> dict[st
 def ner(labels: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]) -> tuple[dict[str, float], str]:
     """Entity-level precision, recall, f1 (seqeval, IOB2 tag strings, default mode) x100, and seqeval's
     per-type classification report as a separate string so the numeric dict can be logged as is."""
+    import seqeval.metrics
     scores = {
         "precision": 100 * seqeval.metrics.precision_score(labels, predictions, zero_division=0),
         "recall": 100 * seqeval.metrics.recall_score(labels, predictions, zero_division=0),
@@ -101,6 +103,8 @@ def squad(references: dict[str, Sequence[str]], predictions: dict[str, str]) -> 
 def generation(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU (sacrebleu, 13a tokenisation, all references of each hypothesis) and ROUGE-L F-measure
     (rouge-score with stemming, max over an example's references, averaged over examples), both 0-100."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
     # sacrebleu wants one stream per reference position; examples with fewer references pad with None.
     depth = max(len(r) for r in references)
     streams = [[r[k] if k < len(r) else None for r in references] for k in range(depth)]
