@@ -151,7 +151,10 @@ def methods_table() -> Table:
       f"on a fixed {SST2_SUBSET:,}-sentence subset. Dev metric of the best dev evaluation; mean ± sample std "
       "over seeds 0, 1, 2 on MRPC, RTE, CoLA. Reference row: MiniLM-L6-H384 (Wang et al. 2020), a "
       "different checkpoint from the sentence-embedding all-MiniLM-L6-v2 loaded here. Last column: the "
-      "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only.",
+      "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only. Cost: the issue sized this "
+      "grid at about 6 CPU-hours on 2 cores; the papers' recipes (PEFT rows at twice full fine-tuning's epochs, "
+      "MRPC, RTE and STS-B at full length, three seeds on three tasks) cost several times that: the compute "
+      "line above says what the finished cells took and what the rest will at the same prices.",
       columns, cells, reference_label="MiniLM-L6-H384 (published dev)",
       row_references=(("LoRA paper avg (RoBERTa-base)", LORA_PAPER_AVG),), average=True)
 

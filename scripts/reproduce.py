@@ -237,15 +237,32 @@ def fmt_params(trainable: int, total: int) -> str:
   return f"{count} ({100 * trainable / total:.2f}%)"
 
 
-def compute_line(finished: list[dict]) -> str:
+def compute_line(table: Table, finished: list[dict]) -> str:
   """What the finished cells cost in CPU time (all threads; a cell sharing the cores with another runs
-  longer in wall time, not in CPU time). Runs before 2026-11-30 did not record it."""
+  longer in wall time, not in CPU time; runs before 2026-11-30 did not record it), and what the cells
+  still to run will cost at the price of finished runs of the same row and column (the other seeds of a
+  method on a task): the number to hold against a grid's budget before spending it."""
   own = [r for r in finished if not r["same_run_as"]]  # a run linked from another table is counted there
   cpu = [r["cpu_minutes"] for r in own if r["cpu_minutes"] is not None]
   wall = sum(r["wall_minutes"] or 0 for r in own)
   text = f" Compute: {wall / 60:.1f} wall-hours over the {len(own)} runs this table trained itself"
   if cpu:
     text += f"; {sum(cpu) / 60:.1f} CPU-hours over the {len(cpu)} that recorded CPU time"
+  text += "."
+  done = {r["cell"] for r in finished}
+  todo = [c for c in table.cells if c.name not in done]
+  if not todo:
+    return text
+  price: dict[tuple[str, str], list[float]] = {}
+  for r in finished:  # CPU minutes; wall minutes for the runs that did not record CPU time
+    minutes = r["cpu_minutes"] if r["cpu_minutes"] is not None else r["wall_minutes"]
+    if minutes:
+      price.setdefault((r["row"], r["column"]), []).append(minutes)
+  priced = [statistics.mean(price[(c.row, c.column)]) for c in todo if (c.row, c.column) in price]
+  text += f" Still to run: {len(todo)} cells"
+  if priced:
+    text += (f", ~{sum(priced) / 60:.1f} CPU-hours for the {len(priced)} of them priced by finished runs of "
+             f"the same row and column (their CPU time, or wall time where it was not recorded)")
   return text + "."
 
 
@@ -260,7 +277,7 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
            f"Regenerate: `python scripts/reproduce.py --table={table.name}` (trains the cells that have not "
            f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {results.commit()} on "
            f"{datetime.date.today()}; {len(finished)} of {len(table.cells)} cells finished; the cells ran "
-           f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.{compute_line(finished)}", "",
+           f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.{compute_line(table, finished)}", "",
            table.notes, "",
            "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
   for row, entries in grid.items():

@@ -35,6 +35,8 @@ def test_grid_runs_the_selected_cells_and_writes_table_json_and_plot(grid):
   md = (out / "freeze.md").read_text()
   assert "2 of 15 cells finished" in md and "![freeze](freeze.png)" in md
   assert "over the 2 runs this table trained itself" in md and "CPU-hours over the 2 that recorded CPU time" in md
+  # no other seed of these two cells' row and column has run, so nothing still to run can be priced
+  assert "Still to run: 13 cells." in md
   assert (out / "freeze.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   record = json.loads((out / "freeze.json").read_text())
   cells = {c["cell"]: c for c in record["cells"]}
@@ -138,3 +140,27 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   methods = json.loads((tmp_path / "results" / "methods.json").read_text())["cells"][0]
   assert cell["dev"] == methods["dev"] and cell["same_run_as"].endswith("methods/rte-full-s0")
   assert "(the run of " in (tmp_path / "results" / "adversarial.md").read_text()
+
+
+def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column():
+  """The compute line prices a missing cell at the mean cost of the finished runs of its row and column
+  (CPU minutes, wall minutes where a run did not record CPU time) and counts the rest as unpriced."""
+  import importlib.util
+  from configs.tables import Cell, Column, Table
+  from conftest import REPO
+  spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "scripts" / "reproduce.py")
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  cells = tuple(Cell(f"{row}-{task}-s{seed}", row, task, seed, "configs/glue.py:rte")
+                for row in ("full", "lora") for task in ("rte", "cola") for seed in (0, 1, 2))
+  table = Table("t", "t", "", (Column("RTE", "rte", "dev", "accuracy"), Column("CoLA", "cola", "dev", "matthews")),
+                cells)
+  def run(name, row, column, cpu, wall):
+    return {"cell": name, "row": row, "column": column, "cpu_minutes": cpu, "wall_minutes": wall,
+            "same_run_as": None}
+  finished = [run("full-rte-s0", "full", "rte", 20.0, 30.0), run("full-rte-s1", "full", "rte", None, 40.0),
+              run("lora-cola-s0", "lora", "cola", 60.0, 61.0)]
+  line = reproduce.compute_line(table, finished)
+  assert "2.2 wall-hours over the 3 runs" in line and "1.3 CPU-hours over the 2 that recorded" in line
+  # full-rte-s2 at mean(20, 40) = 30 min, lora-cola-s1 and -s2 at 60 min each: 150 min; full-cola, lora-rte unpriced
+  assert "Still to run: 9 cells, ~2.5 CPU-hours for the 3 of them priced" in line
