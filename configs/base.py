@@ -16,7 +16,7 @@ def get_config():
   c.dropout = True              # False turns every dropout off during training (mechanics tests, ablations)
   c.head_dropout = 0.1          # dropout before the task head [probability]
   c.cpu_threefry = "auto"       # CPU lowering of dropout's hash: unrolled (faster steps) | rolled (JAX's; compiles LoRA
-                                # dropout + FGM/PGD, which unrolled does not in 15 min) | auto (rolled just there).
+                                # dropout steps, which unrolled may not in 15 min) | auto (rolled just there).
                                 # Same numbers either way: ftjax/xla_cpu.py
   c.head_pooling = "pooler"     # encoder sequence heads read: pooler (BERT's, on [CLS]) | cls | mean (sentence-transformers)
 

@@ -128,8 +128,7 @@ def train_and_evaluate(config, workdir) -> dict:
   # --- model, method, task and the run record ---------------------------------------------------
   exp = experiment.build(config)
   spec = exp.model.peft  # dropout hash's CPU lowering, before the step compiles; no number changes
-  threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0,
-                                  config.adversarial.method)
+  threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0)
   xla_cpu.set_threefry_lowering(threefry)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   run_record = {"task": {"kind": exp.task.kind, "num_labels": exp.task.num_labels,

@@ -14,14 +14,16 @@ MiniLM train step: 5.0 → 7.0 s, with FGM 5.9 → 11.3 s; scripts/bench.py).
 calls set_threefry_lowering itself.
 
 Where "rolled" is needed: the unrolled hash is a chain of cheap integer ops, and XLA's fusion copies cheap
-producers into every consumer. LoRA's input dropout + FGM/PGD is the case found: the mask on each LoRA
-input meets the embedding gradient that FGM takes through the frozen backbone, and the MiniLM step at
-sequence length 64 had fusions of ~3,800 instructions, 97k shifts in all (~4,800 copies of the hash);
+producers into every consumer. LoRA's input dropout is the case found. With FGM/PGD, the mask on each
+LoRA input meets the embedding gradient that FGM takes through the frozen backbone, and the MiniLM step
+at sequence length 64 had fusions of ~3,800 instructions, 97k shifts in all (~4,800 copies of the hash);
 XLA's fusion emitters did not finish compiling it in 15 min (with --xla_cpu_use_fusion_emitters=false:
-2 min). Rolled, the hash is a loop that no fusion enters, and the step compiles in under a minute. The
-same step without LoRA dropout compiles unrolled in 27 s, as do BitFit + FGM (24 s) and prompt tuning +
-FGM (38 s) (all measured with two training runs sharing the 2 cores). So the config's default, "auto",
-is rolled exactly there. (Wrapping the unrolled hash in a loop XLA cannot remove also compiles, in 39 s,
+2 min). Without an adversarial method, the LoRA step compiled unrolled on RTE and MRPC, but on CoLA it
+had not compiled after 12 CPU-minutes (killed; the methods table's cola-lora-r-8-q-v-s0 on 2026-11-30).
+Rolled, the hash is a loop that no fusion enters: both compile in under a minute (CoLA LoRA: 3 steps and
+a dev pass in 57 s wall). The FGM step without LoRA dropout compiles unrolled in 27 s, as do BitFit + FGM
+(24 s) and prompt tuning + FGM (38 s) (all measured with two training runs sharing the 2 cores). So the
+config's default, "auto", is rolled wherever LoRA dropout is on. (Wrapping the unrolled hash in a loop XLA cannot remove also compiles, in 39 s,
 but gives back most of the speed-up: the bits are written out and read back; an optimization_barrier
 does not help, XLA:CPU removes it before fusion.)
 It uses JAX internals (jax._src); where they have moved, it changes nothing and says so in the return value.
@@ -37,14 +39,14 @@ CHOICES = ("auto",) + LOWERINGS  # what the config key cpu_threefry accepts
 _in_place = {"rule": None}  # the rule this process last registered: "unrolled", "rolled" or None (JAX's)
 
 
-def lowering_for(choice: str, lora_dropout: float, adversarial_method: str) -> str:
-  """The config's cpu_threefry as a lowering: "auto" is rolled where LoRA dropout (> 0) meets an adversarial
-  method (the step that does not compile unrolled, above), unrolled everywhere else."""
+def lowering_for(choice: str, lora_dropout: float) -> str:
+  """The config's cpu_threefry as a lowering: "auto" is rolled wherever LoRA's input dropout (> 0) is on
+  (the steps that do not compile unrolled, above), unrolled everywhere else."""
   if choice not in CHOICES:
     raise InputError(f"config key cpu_threefry must be one of {CHOICES}, got {choice!r}")
   if choice != "auto":
     return choice
-  return "rolled" if lora_dropout > 0 and adversarial_method != "none" else "unrolled"
+  return "rolled" if lora_dropout > 0 else "unrolled"
 
 
 def set_threefry_lowering(kind: str) -> bool:
