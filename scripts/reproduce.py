@@ -147,17 +147,57 @@ def cell_meta(workdir: Path) -> dict:
   return json.loads((workdir / "cell.json").read_text()) if (workdir / "cell.json").exists() else {}
 
 
-def collect(table: Table, root: Path) -> list[dict]:
-  """Every finished cell: its place in the table, what its run measured, and where it ran."""
+def read_record(out: Path, name: str) -> dict:
+  """What results/<name>.json holds: {"cells": {cell name: record}, "reruns": [...]}. The results are
+  committed and the run folders are not, so a fresh clone (or another machine) has every finished cell's
+  number, command and cost but none of its runs: a cell recorded here counts as finished, and writing the
+  table again keeps it instead of erasing it."""
+  path = out / f"{name}.json"
+  if not path.is_file():
+    return {"cells": {}, "reruns": []}
+  try:
+    data = json.loads(path.read_text())
+    return {"cells": {c["cell"]: c for c in data["cells"]}, "reruns": list(data.get("reruns", []))}
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise InputError(f"{path}: not a table reproduce.py wrote ({type(e).__name__}: {e}); restore it with "
+                     f"`git checkout -- {shown_path(path)}`, or move it aside to tabulate only the runs in "
+                     "<runs>") from None
+
+
+def recorded_recipe(record: dict) -> list[str]:
+  return recipe(shlex.split(record["command"])[1:])  # after `python`
+
+
+def recorded_workdir(record: dict) -> str:
+  return next(a.split("=", 1)[1] for a in shlex.split(record["command"]) if a.startswith("--workdir="))
+
+
+def collect(table: Table, root: Path, out: Path) -> list[dict]:
+  """Every finished cell: its run in <root>/<cell>; else its record in results/<table>.json; else the
+  record of a run with the same recipe in another table's results (the methods table's full and LoRA
+  runs are the adversarial table's `none` rows). `stale`: the run's command is not the cell's now;
+  `run_here`: its run folder is on this machine."""
+  records = {name: read_record(out, name)["cells"] for name in TABLES}
   found = []
   for cell in table.cells:
     workdir = root / cell.name
-    if not results.is_finished(workdir):
-      continue
-    record = {"cell": cell.name, "row": cell.row, "column": cell.column, **results.describe(workdir)}
-    meta = cell_meta(workdir)
-    record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"),
-                  same_run_as=shown_path(workdir.resolve()) if workdir.is_symlink() else None)
+    wanted = recipe(cell_argv(cell, workdir))
+    if results.is_finished(workdir):
+      record = {"cell": cell.name, "row": cell.row, "column": cell.column, **results.describe(workdir)}
+      meta = cell_meta(workdir)
+      record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"),
+                    same_run_as=shown_path(workdir.resolve()) if workdir.is_symlink() else None,
+                    stale=is_stale(cell, workdir), run_here=True)
+    elif cell.name in records.get(table.name, {}):
+      record = records[table.name][cell.name]
+      record = {**record, "stale": recorded_recipe(record) != wanted, "run_here": False}
+    else:
+      twin = next((r for name, cells in records.items() if name != table.name for r in cells.values()
+                   if recorded_recipe(r) == wanted), None)
+      if twin is None:
+        continue
+      record = {**twin, "cell": cell.name, "row": cell.row, "column": cell.column,
+                "same_run_as": twin["same_run_as"] or recorded_workdir(twin), "stale": False, "run_here": False}
     found.append(record)
   return found
 
@@ -170,13 +210,21 @@ def rerun_root(root: Path) -> Path:
   return root.with_name(root.name + ".rerun")
 
 
-def collect_reruns(table: Table, finished: list[dict], root: Path) -> list[dict]:
-  """Every finished re-run beside the recorded run of its cell, one entry per column the cell feeds."""
+def collect_reruns(table: Table, finished: list[dict], root: Path, out: Path) -> list[dict]:
+  """Every finished re-run beside the recorded run of its cell, one entry per column the cell feeds; a
+  re-run recorded in results/<table>.json whose folder is not here is kept while its cell's run is the
+  one it was compared with."""
   by_name = {r["cell"]: r for r in finished}
+  previous = read_record(out, table.name)["reruns"]
   found = []
   for cell in table.cells:
     workdir = rerun_root(root) / cell.name
-    if cell.name not in by_name or not results.is_finished(workdir) or is_stale(cell, workdir):
+    if cell.name not in by_name:
+      continue
+    if not results.is_finished(workdir):
+      found += [r for r in previous if r["cell"] == cell.name and r["recorded_commit"] == by_name[cell.name]["commit"]]
+      continue
+    if is_stale(cell, workdir):
       continue  # (a re-run of an older recipe of the cell is no check of the table's number)
     again = results.describe(workdir)
     meta = cell_meta(workdir)
@@ -314,7 +362,7 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
       continue
     params = fmt_params(r["trainable_params"], r["total_params"]) if r["trainable_params"] else "?"
     cpu = "—" if r["cpu_minutes"] is None else r["cpu_minutes"]
-    flag = " (stale: ran another command than the table's now)" if is_stale(cell, root / cell.name) else ""
+    flag = " (stale: ran another command than the table's now)" if r["stale"] else ""
     flag += f" (the run of {r['same_run_as']})" if r["same_run_as"] else ""
     lines.append(f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
                  f"{params} | {r['steps']} | {r['wall_minutes']} | {cpu} | {r['commit']} | `{r['command']}` |")
@@ -384,18 +432,28 @@ def plot(table: Table, grid: dict, path: Path) -> bool:
   return True
 
 
+def write_atomically(path: Path, text: str) -> None:
+  """Another grid (another table, in another process) reads this table's JSON for runs it shares: it
+  must never see half a file, and an interrupted write must not leave one."""
+  part = path.with_name(path.name + ".part")
+  part.write_text(text)
+  os.replace(part, path)
+
+
 def write_results(table: Table, root: Path, out: Path) -> list[dict]:
-  finished = collect(table, root)
+  finished = collect(table, root, out)
   grid = aggregate(table, finished)
-  reruns = collect_reruns(table, finished, root)
+  reruns = collect_reruns(table, finished, root, out)
   out.mkdir(parents=True, exist_ok=True)
   png = out / f"{table.name}.png"
   has_plot = plot(table, grid, png)
-  (out / f"{table.name}.md").write_text(markdown(table, grid, finished, reruns, root, png.name if has_plot else None))
-  (out / f"{table.name}.json").write_text(json.dumps(
+  write_atomically(out / f"{table.name}.md", markdown(table, grid, finished, reruns, root,
+                                                     png.name if has_plot else None))
+  write_atomically(out / f"{table.name}.json", json.dumps(
       {"table": table.name, "title": table.title, "notes": table.notes, "commit": results.commit(),
        "date": str(datetime.date.today()), "columns": [dataclasses.asdict(c) for c in table.columns],
-       "grid": grid, "cells": finished, "reruns": reruns}, indent=2) + "\n")
+       "grid": grid, "cells": [{k: v for k, v in r.items() if k != "run_here"} for r in finished],  # (this machine's)
+       "reruns": reruns}, indent=2) + "\n")
   return finished
 
 
@@ -403,10 +461,12 @@ def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
   """--rerun: each selected cell with a finished, current run trains again from scratch into a fresh
   folder (a finished re-run is kept), then the table is rewritten with its Re-runs section."""
   chosen = [c for c in table.cells if selected.search(c.name)]
-  ready = [c for c in chosen if results.is_finished(root / c.name) and not is_stale(c, root / c.name)]
+  finished = {r["cell"]: r for r in collect(table, root, out)}
+  ready = [c for c in chosen if c.name in finished and not finished[c.name]["stale"]]
   if not ready:
     raise InputError(f"--rerun: none of the {len(chosen)} cells --cells={FLAGS.cells!r} selects has a finished, "
-                     f"current run in {root} to compare with (run them first)")
+                     f"current run (in {root} or recorded in {out / table.name}.json) to compare with (run "
+                     "them first)")
   reruns = rerun_root(root)
   todo = [c for c in ready if not results.is_finished(reruns / c.name) or is_stale(c, reruns / c.name)]
   print(f"table {table.name}: {len(ready)} finished cells selected, {len(todo)} to re-run into {reruns}")
@@ -420,7 +480,7 @@ def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
       raise InputError(f"re-run of {cell.name} failed; its log: {reruns / cell.name / 'train.log'}")
   if FLAGS.dry_run:
     return
-  for r in collect_reruns(table, write_results(table, root, out), root):
+  for r in collect_reruns(table, write_results(table, root, out), root, out):
     if selected.search(r["cell"]):
       beyond = "" if abs(r["difference"]) <= REPRODUCE_WITHIN else f", beyond {REPRODUCE_WITHIN} points"
       print(f"{r['cell']} {r['column']}: table {fmt_number(r['recorded'])}, re-run {fmt_number(r['rerun'])} "
@@ -441,28 +501,37 @@ def main(argv):
                      f"{table.name!r} (e.g. {table.cells[0].name})")
   if FLAGS.rerun:
     return rerun(table, selected, root, out)
-  stale = [c for c in table.cells if selected.search(c.name) and is_stale(c, root / c.name)]
+  if not FLAGS.dry_run:  # a run of the same recipe on this machine is linked (a recorded one is only read)
+    own = read_record(out, table.name)["cells"]
+    for cell in table.cells:
+      if selected.search(cell.name) and (cell.name not in own or recorded_recipe(own[cell.name]) != recipe(
+          cell_argv(cell, root / cell.name))):
+        link_twin(cell, table, root)
+  finished = {r["cell"]: r for r in collect(table, root, out)}
+  stale = [c for c in table.cells if selected.search(c.name) and c.name in finished and finished[c.name]["stale"]]
   for cell in stale:
     if FLAGS.rebuild or FLAGS.dry_run:
       print(f"stale: {cell.name} ran another command than the table's now; without --rebuild/--dry_run it "
-            "is moved aside and run again")
-    else:
+            "runs again")
+    elif (root / cell.name).exists():
       print(f"stale: {cell.name} ran another command than the table's now; kept as {move_aside(root / cell.name).name}")
-  todo = [c for c in table.cells if selected.search(c.name)
-          and (not results.is_finished(root / c.name) or c in stale)]
+    else:  # only its record in results/ is stale; the new run replaces it there
+      print(f"stale: {cell.name} (recorded in {shown_path(out / table.name)}.json) ran another command than the "
+            "table's now; it runs again")
+  todo = [c for c in table.cells if selected.search(c.name) and (c.name not in finished or c in stale)]
   if FLAGS.dry_run:
     for cell in todo:
       twin = None if (root / cell.name).exists() else finished_twin(cell, table, root.parent)
       print(f"{cell.name}: same command as {shown_path(twin)}, would be linked" if twin else
             "python " + shlex.join(cell_argv(cell, root / cell.name)))
     return
-  done = sum(results.is_finished(root / c.name) for c in table.cells)
-  print(f"table {table.name}: {done} of {len(table.cells)} cells finished, {0 if FLAGS.rebuild else len(todo)} to run")
+  here = sum(r["run_here"] for r in finished.values())
+  print(f"table {table.name}: {len(finished)} of {len(table.cells)} cells finished"
+        + (f" ({len(finished) - here} of them only recorded in {shown_path(out / table.name)}.json: their run "
+           "folders are not on this machine)" if here < len(finished) else "")
+        + f", {0 if FLAGS.rebuild else len(todo)} to run")
   failed = []
-  if FLAGS.rebuild:  # trains nothing, but a cell another table already ran is linked
-    for cell in todo:
-      link_twin(cell, table, root)
-  elif todo:
+  if todo and not FLAGS.rebuild:
     import tqdm
     bar = tqdm.tqdm(todo, desc=table.name, unit="cell", dynamic_ncols=True)
     for cell in bar:
