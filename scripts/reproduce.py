@@ -6,7 +6,8 @@ each (so the command printed beside a number is exactly the one that produced it
 `<runs>/NAME/<cell>/`, and after every cell rewrites `results/NAME.md` (the table, the command, commit,
 wall time and machine of every cell), `results/NAME.json` and `results/NAME.png`. Finished cells are
 kept: an interrupted grid resumes where it stopped, and a cell interrupted mid-run resumes from its
-latest checkpoint. `--rebuild` only re-tabulates finished runs.
+latest checkpoint. `--rebuild` only re-tabulates finished runs. results/ is committed and runs/ is not:
+a cell recorded in results/NAME.json counts as finished where its run folder is absent (a fresh clone).
 
   python scripts/reproduce.py --table=freeze                 # train what is missing, then tabulate
   python scripts/reproduce.py --table=methods --cells='^rte-' # only the RTE cells
@@ -501,12 +502,18 @@ def main(argv):
                      f"{table.name!r} (e.g. {table.cells[0].name})")
   if FLAGS.rerun:
     return rerun(table, selected, root, out)
-  if not FLAGS.dry_run:  # a run of the same recipe on this machine is linked (a recorded one is only read)
-    own = read_record(out, table.name)["cells"]
-    for cell in table.cells:
-      if selected.search(cell.name) and (cell.name not in own or recorded_recipe(own[cell.name]) != recipe(
-          cell_argv(cell, root / cell.name))):
-        link_twin(cell, table, root)
+  own = read_record(out, table.name)["cells"]
+  linked = set()  # a run of the same recipe on this machine is linked (a recorded one is only read)
+  for cell in table.cells:
+    workdir = root / cell.name
+    if (not selected.search(cell.name) or workdir.exists() or workdir.is_symlink()
+        or (cell.name in own and recorded_recipe(own[cell.name]) == recipe(cell_argv(cell, workdir)))):
+      continue
+    if not FLAGS.dry_run and link_twin(cell, table, root):
+      linked.add(cell.name)
+    elif FLAGS.dry_run and (twin := finished_twin(cell, table, root.parent)):
+      print(f"{cell.name}: same command as {shown_path(twin)}, would be linked")
+      linked.add(cell.name)
   finished = {r["cell"]: r for r in collect(table, root, out)}
   stale = [c for c in table.cells if selected.search(c.name) and c.name in finished and finished[c.name]["stale"]]
   for cell in stale:
@@ -521,9 +528,8 @@ def main(argv):
   todo = [c for c in table.cells if selected.search(c.name) and (c.name not in finished or c in stale)]
   if FLAGS.dry_run:
     for cell in todo:
-      twin = None if (root / cell.name).exists() else finished_twin(cell, table, root.parent)
-      print(f"{cell.name}: same command as {shown_path(twin)}, would be linked" if twin else
-            "python " + shlex.join(cell_argv(cell, root / cell.name)))
+      if cell.name not in linked:
+        print("python " + shlex.join(cell_argv(cell, root / cell.name)))
     return
   here = sum(r["run_here"] for r in finished.values())
   print(f"table {table.name}: {len(finished)} of {len(table.cells)} cells finished"
@@ -537,7 +543,7 @@ def main(argv):
     for cell in bar:
       bar.set_postfix_str(cell.name)
       workdir = root / cell.name
-      if link_twin(cell, table, root, tqdm.tqdm.write):
+      if link_twin(cell, table, root, tqdm.tqdm.write):  # another grid finished the same recipe meanwhile
         write_results(table, root, out)
         continue
       try:

@@ -6,6 +6,7 @@ and plot come from the runs' own metrics, and a cell's printed command reproduce
 """
 import json
 import shlex
+import shutil
 
 import pytest
 
@@ -89,6 +90,26 @@ def test_a_cells_printed_command_reproduces_its_number(grid):
   assert unfinished.returncode == 2 and "has a finished, current run" in unfinished.stderr
 
 
+def test_a_fresh_clone_keeps_every_recorded_cell(grid, tmp_path):
+  """results/ is committed and runs/ is not: on a fresh clone the table's JSON is the record of every
+  finished cell. Tabulating there trains nothing and keeps every number, cost and re-run; a recipe that
+  changed since makes the record stale, and the cell runs again."""
+  results = tmp_path / "results"
+  shutil.copytree(grid["results"], results)
+  before = json.loads((results / "freeze.json").read_text())
+  args = [a for a in grid["args"] if not a.startswith(("--runs=", "--results="))]
+  args += [f"--runs={tmp_path / 'runs'}", f"--results={results}"]
+  again = check(script("reproduce", *args))
+  assert "2 of 15 cells finished (2 of them only recorded in" in again and ", 0 to run" in again
+  assert not list((tmp_path / "runs").rglob("summary.txt"))  # nothing trained
+  after = json.loads((results / "freeze.json").read_text())
+  assert after["cells"] == before["cells"] and after["grid"] == before["grid"] and after["reruns"] == before["reruns"]
+  assert len(after["reruns"]) == 1 and "## Re-runs" in (results / "freeze.md").read_text()
+  changed = [a if not a.startswith("--extra=") else a + " --config.seed=7" for a in args]
+  dry = check(script("reproduce", *changed, "--dry_run"))
+  assert "stale: layernorm-only" in dry and dry.count("python scripts/train.py") == 2
+
+
 def test_a_regex_that_matches_no_cell_is_one_line_error(grid):
   result = script("reproduce", "--table=ner", "--cells=^nope$", f"--runs={grid['root'] / 'runs'}",
                   f"--results={grid['results']}", check=False)
@@ -131,7 +152,7 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   assert "rte-full-none-s0: same command as" in out
   assert "adversarial.method=fgm" in out  # a different recipe trains
   linked = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-none-s0$", *common))
-  assert "linked to it" in linked and "0 of 110 cells finished, 1 to run" in linked
+  assert "linked to it" in linked and "1 of 110 cells finished, 0 to run" in linked
   link = tmp_path / "runs" / "adversarial" / "rte-full-none-s0"
   assert link.is_symlink() and link.resolve() == trained.resolve() and not (trained / "train.log").read_text().count(
       "adversarial/")  # nothing trained into the link
@@ -140,6 +161,13 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   methods = json.loads((tmp_path / "results" / "methods.json").read_text())["cells"][0]
   assert cell["dev"] == methods["dev"] and cell["same_run_as"].endswith("methods/rte-full-s0")
   assert "(the run of " in (tmp_path / "results" / "adversarial.md").read_text()
+  # on a fresh clone (no run folders) the twin is read from the methods table's record instead
+  shutil.rmtree(tmp_path / "runs")
+  (tmp_path / "results" / "adversarial.json").unlink()
+  check(script("reproduce", "--table=adversarial", "--cells=^rte-full-none-s0$", *common, "--rebuild"))
+  record = json.loads((tmp_path / "results" / "adversarial.json").read_text())
+  cell = next(c for c in record["cells"] if c["cell"] == "rte-full-none-s0")
+  assert cell["dev"] == methods["dev"] and cell["same_run_as"].endswith("methods/rte-full-s0")
 
 
 def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column():
