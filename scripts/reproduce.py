@@ -72,11 +72,16 @@ def recipe(argv: list[str]) -> list[str]:
   return [a for a in argv if not a.startswith("--workdir=")]
 
 
+def command_recipe(command: str) -> list[str]:
+  """The recipe of a recorded `python scripts/<script>.py ...` command (command.txt, a table's JSON)."""
+  return recipe(shlex.split(command.strip())[1:])
+
+
 def is_stale(cell, workdir: Path) -> bool:
   """A run whose recorded command is not the cell's command now (its recipe in configs/tables.py, or
   --extra, changed since it ran): its number no longer belongs in the table."""
   recorded = workdir / "command.txt"
-  return recorded.is_file() and recipe(shlex.split(recorded.read_text().strip())[1:]) != recipe(cell_argv(cell, workdir))
+  return recorded.is_file() and command_recipe(recorded.read_text()) != recipe(cell_argv(cell, workdir))
 
 
 def finished_twin(cell, table: Table, runs: Path) -> Path | None:
@@ -165,10 +170,6 @@ def read_record(out: Path, name: str) -> dict:
                      "<runs>") from None
 
 
-def recorded_recipe(record: dict) -> list[str]:
-  return recipe(shlex.split(record["command"])[1:])  # after `python`
-
-
 def recorded_workdir(record: dict) -> str:
   return next(a.split("=", 1)[1] for a in shlex.split(record["command"]) if a.startswith("--workdir="))
 
@@ -176,9 +177,13 @@ def recorded_workdir(record: dict) -> str:
 def collect(table: Table, root: Path, out: Path) -> list[dict]:
   """Every finished cell: its run in <root>/<cell>; else its record in results/<table>.json; else the
   record of a run with the same recipe in another table's results (the methods table's full and LoRA
-  runs are the adversarial table's `none` rows). `stale`: the run's command is not the cell's now;
-  `run_here`: its run folder is on this machine."""
+  runs are the adversarial table's `none` rows). `stale`: the run's command is not the cell's now."""
   records = {name: read_record(out, name)["cells"] for name in TABLES}
+  twins = {}  # recipe → the first record of it in another table
+  for name, cells in records.items():
+    for r in cells.values():
+      if name != table.name:
+        twins.setdefault(tuple(command_recipe(r["command"])), r)
   found = []
   for cell in table.cells:
     workdir = root / cell.name
@@ -188,17 +193,15 @@ def collect(table: Table, root: Path, out: Path) -> list[dict]:
       meta = cell_meta(workdir)
       record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"),
                     same_run_as=shown_path(workdir.resolve()) if workdir.is_symlink() else None,
-                    stale=is_stale(cell, workdir), run_here=True)
-    elif cell.name in records.get(table.name, {}):
+                    stale=is_stale(cell, workdir))
+    elif cell.name in records[table.name]:
       record = records[table.name][cell.name]
-      record = {**record, "stale": recorded_recipe(record) != wanted, "run_here": False}
-    else:
-      twin = next((r for name, cells in records.items() if name != table.name for r in cells.values()
-                   if recorded_recipe(r) == wanted), None)
-      if twin is None:
-        continue
+      record = {**record, "stale": command_recipe(record["command"]) != wanted}
+    elif (twin := twins.get(tuple(wanted))) is not None:
       record = {**twin, "cell": cell.name, "row": cell.row, "column": cell.column,
-                "same_run_as": twin["same_run_as"] or recorded_workdir(twin), "stale": False, "run_here": False}
+                "same_run_as": twin["same_run_as"] or recorded_workdir(twin), "stale": False}
+    else:
+      continue
     found.append(record)
   return found
 
@@ -453,8 +456,7 @@ def write_results(table: Table, root: Path, out: Path) -> list[dict]:
   write_atomically(out / f"{table.name}.json", json.dumps(
       {"table": table.name, "title": table.title, "notes": table.notes, "commit": results.commit(),
        "date": str(datetime.date.today()), "columns": [dataclasses.asdict(c) for c in table.columns],
-       "grid": grid, "cells": [{k: v for k, v in r.items() if k != "run_here"} for r in finished],  # (this machine's)
-       "reruns": reruns}, indent=2) + "\n")
+       "grid": grid, "cells": finished, "reruns": reruns}, indent=2) + "\n")
   return finished
 
 
@@ -507,7 +509,7 @@ def main(argv):
   for cell in table.cells:
     workdir = root / cell.name
     if (not selected.search(cell.name) or workdir.exists() or workdir.is_symlink()
-        or (cell.name in own and recorded_recipe(own[cell.name]) == recipe(cell_argv(cell, workdir)))):
+        or (cell.name in own and command_recipe(own[cell.name]["command"]) == recipe(cell_argv(cell, workdir)))):
       continue
     if not FLAGS.dry_run and link_twin(cell, table, root):
       linked.add(cell.name)
@@ -531,7 +533,7 @@ def main(argv):
       if cell.name not in linked:
         print("python " + shlex.join(cell_argv(cell, root / cell.name)))
     return
-  here = sum(r["run_here"] for r in finished.values())
+  here = sum(results.is_finished(root / name) for name in finished)
   print(f"table {table.name}: {len(finished)} of {len(table.cells)} cells finished"
         + (f" ({len(finished) - here} of them only recorded in {shown_path(out / table.name)}.json: their run "
            "folders are not on this machine)" if here < len(finished) else "")
