@@ -8,6 +8,8 @@ wall time and machine of every cell), `results/NAME.json` and `results/NAME.png`
 kept: an interrupted grid resumes where it stopped, and a cell interrupted mid-run resumes from its
 latest checkpoint. `--rebuild` only re-tabulates finished runs. results/ is committed and runs/ is not:
 a cell recorded in results/NAME.json counts as finished where its run folder is absent (a fresh clone).
+Several invocations may share a table (one per core, say): a cell that another process is training
+(its folder's train.lock is held) is skipped and named at the end, never trained twice at once.
 
   python scripts/reproduce.py --table=freeze                 # train what is missing, then tabulate
   python scripts/reproduce.py --table=methods --cells='^rte-' # only the RTE cells
@@ -38,6 +40,7 @@ sys.path.insert(0, str(REPO))  # run from a clone without installing; configs/ l
 from configs.tables import TABLES, Table  # noqa: E402
 from ftjax import cli, results  # noqa: E402
 from ftjax.errors import InputError  # noqa: E402
+from ftjax.loop import workdir_holder  # noqa: E402
 
 flags.DEFINE_enum("table", None, sorted(TABLES), "which table of configs/tables.py")
 flags.DEFINE_string("runs", "runs/tables", "runs land in <runs>/<table>/<cell>/")
@@ -538,7 +541,7 @@ def main(argv):
         + (f" ({len(finished) - here} of them only recorded in {shown_path(out / table.name)}.json: their run "
            "folders are not on this machine)" if here < len(finished) else "")
         + f", {0 if FLAGS.rebuild else len(todo)} to run")
-  failed = []
+  failed, busy = [], []
   if todo and not FLAGS.rebuild:
     import tqdm
     bar = tqdm.tqdm(todo, desc=table.name, unit="cell", dynamic_ncols=True)
@@ -546,6 +549,13 @@ def main(argv):
       bar.set_postfix_str(cell.name)
       workdir = root / cell.name
       if link_twin(cell, table, root, tqdm.tqdm.write):  # another grid finished the same recipe meanwhile
+        write_results(table, root, out)
+        continue
+      if (holder := workdir_holder(workdir)) is not None:  # another grid driver is training this very cell
+        busy.append(cell.name)
+        tqdm.tqdm.write(f"cell {cell.name}: another process (pid {holder}) is training it now; skipped")
+        continue
+      if results.is_finished(workdir) and not is_stale(cell, workdir):  # another driver finished it meanwhile
         write_results(table, root, out)
         continue
       try:
@@ -562,7 +572,8 @@ def main(argv):
       write_results(table, root, out)  # the table grows as cells finish
     bar.close()
   finished = write_results(table, root, out)
-  print(f"wrote {out / table.name}.md, .json, .png: {len(finished)} of {len(table.cells)} cells finished")
+  print(f"wrote {out / table.name}.md, .json, .png: {len(finished)} of {len(table.cells)} cells finished"
+        + (f"; {len(busy)} skipped, in training elsewhere: {', '.join(busy)}" if busy else ""))
   if failed:
     raise InputError(f"{len(failed)} cells failed: {', '.join(failed)} (each log: <runs>/{table.name}/<cell>/train.log)")
 

@@ -125,6 +125,24 @@ def test_resume_truncates_metric_lines_after_the_checkpoint(rte_run, tmp_path):
   assert re.search(r"wall time 6\d\.\d min  CPU time 1[23]\d\.\d min", (workdir / "summary.txt").read_text())
 
 
+def test_a_workdir_in_use_refuses_a_second_run_and_loses_nothing(rte_run, tmp_path):
+  """Two processes in one folder would interleave checkpoints and metrics.jsonl: while one trains there
+  (its flock on train.lock, held here as a training process holds it), another stops at once with an
+  error naming the holder's pid, and the folder is unchanged."""
+  config, original, _ = rte_run
+  workdir = tmp_path / "run"
+  shutil.copytree(original, workdir)
+  assert loop.workdir_holder(workdir) is None
+  with loop.exclusive_workdir(workdir):
+    assert loop.workdir_holder(workdir) == str(os.getpid())
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    with pytest.raises(loop.InputError, match=rf"{re.escape(str(workdir))} is in use: another process "
+                                              rf"\(pid {os.getpid()}\) is training in it"):
+      loop.train_and_evaluate(config, workdir)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+  assert loop.workdir_holder(workdir) is None  # released with the holder
+
+
 # --- resume after SIGKILL -----------------------------------------------------------------------------
 
 def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_bert, tfds_dir, rte_dir):

@@ -5,10 +5,13 @@ is part of each recorded command); what is checked is the mechanics: finished ce
 and plot come from the runs' own metrics, and a cell's printed command reproduces its number.
 """
 import json
+import os
 import shlex
 import shutil
 
 import pytest
+
+from ftjax import loop
 
 from conftest import check, glue_folder, metric_lines, script
 
@@ -108,6 +111,22 @@ def test_a_fresh_clone_keeps_every_recorded_cell(grid, tmp_path):
   changed = [a if not a.startswith("--extra=") else a + " --config.seed=7" for a in args]
   dry = check(script("reproduce", *changed, "--dry_run"))
   assert "stale: layernorm-only" in dry and dry.count("python scripts/train.py") == 2
+
+
+def test_a_cell_another_process_is_training_is_skipped_not_trained_twice(grid):
+  """Two drivers sharing a table must not both train one cell into one folder: the second finds the
+  cell's train.lock held (here by this test, as a training process holds it), skips it and says so."""
+  workdir = grid["runs"] / "top3-embeddings-trained"
+  workdir.mkdir(parents=True)
+  try:
+    with loop.exclusive_workdir(workdir):
+      args = [a if not a.startswith("--cells=") else "--cells=^top3-embeddings-trained$" for a in grid["args"]]
+      out = check(script("reproduce", *args))
+    assert f"cell top3-embeddings-trained: another process (pid {os.getpid()}) is training it now; skipped" in out
+    assert "1 skipped, in training elsewhere: top3-embeddings-trained" in out
+    assert sorted(p.name for p in workdir.iterdir()) == ["train.lock"]  # nothing ran there
+  finally:
+    shutil.rmtree(workdir)
 
 
 def test_a_regex_that_matches_no_cell_is_one_line_error(grid):
