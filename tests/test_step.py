@@ -90,6 +90,100 @@ def test_fgm_perturbation_has_norm_epsilon_and_beats_random_directions(minilm_ru
   assert jnp.all(fgm - clean > 2 * jnp.abs(random - clean)), (clean, fgm, random)
 
 
+def cola_rows(per_label: int) -> list[tuple[str, int]]:
+  """The first `per_label` acceptable and unacceptable sentences of CoLA's train.tsv (no header)."""
+  from conftest import SHARED_DATA, needs_data
+  needs_data("cola")
+  rows = {0: [], 1: []}
+  for line in (SHARED_DATA / "cola" / "train.tsv").read_text(encoding="utf-8").splitlines():
+    _, label, _, sentence = line.split("\t")
+    if len(rows[int(label)]) < per_label:
+      rows[int(label)].append((sentence, int(label)))
+  return rows[0] + rows[1]
+
+
+def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
+  """FGM as the common PyTorch recipe writes it (a forward hook adds r to the word-embedding output;
+  g from the clean backward pass; r = ε·g/‖g‖ per example over its real tokens; the adversarial loss's
+  gradient added to the clean one), on transformers' BertForSequenceClassification with the real
+  MiniLM, ftjax's head weights and 16 real CoLA sentences, dropout off. ftjax's jitted train step must
+  give the same objective and the same gradient for every parameter. At ε = 1 the perturbation moves
+  the loss far more than float32 rounding does, so a wrong r (one norm over the batch instead of one per
+  example, g of the wrong loss) cannot pass, nor can a missing or doubled adversarial term. (Padding's
+  g is exactly 0 in an encoder, whose attention masks padded keys: masking it is a no-op here; it
+  matters for FreeLB's random start.)"""
+  import importlib.util
+  import optax
+  import torch
+  from configs import glue
+  from ftjax import experiment, trainability
+  from ftjax.models import bert
+  from conftest import REPO
+  spec = importlib.util.spec_from_file_location("torch_reference", REPO / "scripts" / "torch_reference.py")
+  torch_reference = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(torch_reference)
+
+  epsilon = 1.0
+  config = glue.get_config("cola")
+  config.model, config.method, config.dropout = "minilm", "full", False
+  config.adversarial.method, config.adversarial.epsilon = "fgm", epsilon
+  exp = experiment.build(config)
+  rows = cola_rows(8)
+  tokens = exp.tokenizer([s for s, _ in rows], padding="longest", return_tensors="np")
+  batch = {k: tokens[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+  batch |= {"labels": np.array([y for _, y in rows], np.int32), "weights": np.ones(len(rows), np.float32)}
+  assert batch["attention_mask"].sum(1).min() < batch["attention_mask"].shape[1]  # padding to mask
+
+  # ftjax: a "transformation" whose state is the gradient it was given, so the step hands it back as is
+  capture = optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
+                                         lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+  trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  assert not trainability.flatten(frozen)
+  state = step.create_state(trainable, frozen, capture, config.seed)
+  train_step = jax.jit(step.make_train_step(exp.model, exp.task, capture, adversarial_config=config.adversarial,
+                                            dropout=False))
+  after, metrics = train_step(state, batch)
+  ours = trainability.flatten(host(after.opt_state))
+
+  # PyTorch: the usual FGM, written out
+  model = torch_reference.build_torch_model(config, exp, num_labels=2).eval()
+  inputs, labels, weights = torch_reference.to_torch(batch, "classification")
+  mask = inputs["attention_mask"].float()[:, :, None]
+  perturbation, embedded = [None], []
+
+  def add_perturbation(module, args, output):
+    if perturbation[0] is not None:
+      output = output + perturbation[0]
+    output.retain_grad()
+    embedded.append(output)
+    return output
+
+  hook = model.bert.embeddings.word_embeddings.register_forward_hook(add_perturbation)
+  count = float(weights.sum())
+  clean, _ = torch_reference.loss_sums(model(**inputs).logits, labels, weights, "classification")
+  (clean / count).backward()
+  g = embedded[-1].grad * mask
+  perturbation[0] = (epsilon * g / g.norm(dim=(1, 2), keepdim=True).clamp_min(1e-12)).detach()
+  adversarial_loss, _ = torch_reference.loss_sums(model(**inputs).logits, labels, weights, "classification")
+  (adversarial_loss / count).backward()  # accumulates onto the clean gradient
+  hook.remove()
+
+  clean, adversarial_loss = clean.item(), adversarial_loss.item()
+  assert (adversarial_loss - clean) / count > 0.05  # r moves the loss (else the test proves little)
+  np.testing.assert_allclose(float(metrics["loss_sum"]), clean, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["objective_sum"]), clean + adversarial_loss, rtol=1e-5)
+  theirs = dict(model.named_parameters())
+  names = [(f"backbone/{path}", f"bert.{name}", transpose) for path, name, transpose
+           in bert._hf_names(exp.model.config, with_pooler=True)]
+  names += [("head/classifier/kernel", "classifier.weight", True), ("head/classifier/bias", "classifier.bias", False)]
+  assert sorted(p for p, _, _ in names) == sorted(ours)
+  for path, name, transpose in names:
+    grad = theirs[name].grad.numpy()
+    grad = grad.T if transpose else grad
+    scale = np.max(np.abs(grad))
+    np.testing.assert_allclose(ours[path], grad, atol=2e-3 * scale + 1e-7, err_msg=path)
+
+
 @pytest.mark.parametrize("method", ["fgm", "pgd", "freelb"])
 def test_adversarial_lora_keeps_backbone_bit_identical(method):
   model, task, tx, state = tiny_run(peft=PeftSpec(lora_targets=r"attention/self/(query|value)$"), method="lora")
