@@ -8,6 +8,7 @@ surface); the mechanics use a tiny random BERT (tests/tiny_run.py).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import ftjax
@@ -113,7 +114,6 @@ def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
   g is exactly 0 in an encoder, whose attention masks padded keys: masking it is a no-op here; it
   matters for FreeLB's random start.)"""
   import importlib.util
-  import optax
   import torch
   from configs import glue
   from ftjax import experiment, trainability
@@ -205,6 +205,26 @@ def test_adversarial_lora_keeps_backbone_bit_identical(method):
   assert int(metrics["nonfinite"]) == 0 and int(after.step) == 2
   if method in ("fgm", "pgd"):  # clean + weight × adversarial, and the adversarial term is the larger
     assert float(metrics["objective_sum"]) > 2 * float(metrics["loss_sum"])
+
+
+def test_fgm_at_epsilon_zero_is_twice_the_clean_gradient_with_dropout_on():
+  """r = 0 must leave the adversarial pass identical to the clean one, dropout mask included (both passes
+  share the step's key): the objective and every gradient are exactly twice the clean run's. A pass that
+  drew other dropout masks, or a model whose r = 0 path differed from r = None, would break it."""
+  capture = optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
+                                         lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+  model, task, _, state = tiny_run()
+  state = step.create_state(state.trainable, state.frozen, capture, 0)
+  grads, objectives = {}, {}
+  for method in ("none", "fgm"):
+    adversary = adversarial_config(method)
+    adversary.epsilon = 0.0
+    train_step = jax.jit(step.make_train_step(model, task, capture, dropout=True, adversarial_config=adversary))
+    after, metrics = train_step(state, random_batch(0))
+    grads[method], objectives[method] = host(after.opt_state), float(metrics["objective_sum"])
+  assert objectives["fgm"] == 2 * objectives["none"]
+  jax.tree.map(lambda fgm, clean: np.testing.assert_array_equal(fgm, 2 * clean), grads["fgm"], grads["none"])
+  assert any(np.any(g != 0) for g in jax.tree.leaves(grads["none"]))
 
 
 def test_gradient_accumulation_equals_one_large_batch():
