@@ -9,15 +9,13 @@ resumed run ends with the parameters of an uninterrupted one, bit for bit.
 
 Files in the workdir: config.json, run.json (task, labels, backbone reference), metrics.jsonl (one JSON
 object a line: step, split, metrics), tensorboard/, checkpoints/ (see checkpoints.py), summary.txt,
-ner_report_<split>.txt for NER, train.lock (held while a process trains in the folder: a second
-process on the same workdir stops with an error instead of interleaving checkpoints and metrics).
+ner_report_<split>.txt for NER, train.lock (workdir_lock.py: held while a process trains in the
+folder; a second process on the same workdir stops with an error).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -30,11 +28,7 @@ from ftjax import experiment, models, optim, parallel, step as steps, trainabili
 from ftjax.data import pipeline
 from ftjax.errors import InputError
 from ftjax.tasks import datasets
-
-try:
-  import fcntl
-except ImportError:  # Windows
-  fcntl = None
+from ftjax.workdir_lock import exclusive_workdir
 
 # The dev metric a task is usually selected on, and whether larger is better.
 DEFAULT_SELECTION = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
@@ -124,51 +118,6 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
   score = metrics.e2e if config.task.source == "e2e_nlg" else metrics.generation
   (workdir / f"generations_{split}.txt").write_text("".join(h + "\n" for h in hypotheses))
   return score(references, hypotheses)
-
-
-LOCK_FILE = "train.lock"
-
-
-def workdir_holder(workdir) -> str | None:
-  """The pid of the process training in `workdir` now, or None when none is (or locks are unsupported)."""
-  file = Path(workdir) / LOCK_FILE
-  if fcntl is None or not file.exists():
-    return None
-  with open(file, "r+") as f:
-    try:
-      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      return f.read().strip() or "?"
-    fcntl.flock(f, fcntl.LOCK_UN)
-    return None
-
-
-@contextlib.contextmanager
-def exclusive_workdir(workdir: Path):
-  """One training process per run folder. An advisory flock on <workdir>/train.lock, which the kernel
-  releases when the process dies however it dies, so a killed run never leaves the folder locked."""
-  if fcntl is None:  # no flock (Windows): nothing guards the folder
-    yield
-    return
-  fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    for attempt in range(5):  # workdir_holder's probe holds the lock for microseconds: let it pass
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        break
-      except BlockingIOError:
-        if attempt < 4:
-          time.sleep(0.1)
-    else:
-      holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-      raise InputError(f"{workdir} is in use: another process (pid {holder}) is training in it. Wait for it "
-                       "or stop it (rerunning the command afterwards resumes from its latest checkpoint); "
-                       "two runs in one folder would interleave their checkpoints and metrics.jsonl") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    yield
-  finally:
-    os.close(fd)  # releases the lock
 
 
 def train_and_evaluate(config, workdir) -> dict:

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))  # run from a clone without installing; configs/ l
 from configs.tables import TABLES, Table  # noqa: E402
 from ftjax import cli, results  # noqa: E402
 from ftjax.errors import InputError  # noqa: E402
-from ftjax.loop import workdir_holder  # noqa: E402
+from ftjax.workdir_lock import workdir_holder  # noqa: E402
 
 flags.DEFINE_enum("table", None, sorted(TABLES), "which table of configs/tables.py")
 flags.DEFINE_string("runs", "runs/tables", "runs land in <runs>/<table>/<cell>/")

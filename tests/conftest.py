@@ -187,6 +187,15 @@ def scripts_together(runs: dict, max_workers: int = 4) -> dict:
     return {name: f.result() for name, f in futures.items()}
 
 
+def load_script(name: str):
+  """scripts/<name>.py as a module (the scripts are not a package), for tests of its functions."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def check(result) -> str:
   """stdout of a finished script run, or an AssertionError with its output."""
   if result.returncode != 0:

@@ -24,7 +24,7 @@ import pytest
 
 from configs import glue
 from ftjax import checkpoints as ckpt
-from ftjax import experiment, loop
+from ftjax import experiment, loop, workdir_lock
 from ftjax.data import pipeline
 
 from conftest import checkpoint_steps, metric_lines, script, tiny_config, tiny_flags
@@ -132,15 +132,15 @@ def test_a_workdir_in_use_refuses_a_second_run_and_loses_nothing(rte_run, tmp_pa
   config, original, _ = rte_run
   workdir = tmp_path / "run"
   shutil.copytree(original, workdir)
-  assert loop.workdir_holder(workdir) is None
-  with loop.exclusive_workdir(workdir):
-    assert loop.workdir_holder(workdir) == str(os.getpid())
+  assert workdir_lock.workdir_holder(workdir) is None
+  with workdir_lock.exclusive_workdir(workdir):
+    assert workdir_lock.workdir_holder(workdir) == str(os.getpid())
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
     with pytest.raises(loop.InputError, match=rf"{re.escape(str(workdir))} is in use: another process "
                                               rf"\(pid {os.getpid()}\) is training in it"):
       loop.train_and_evaluate(config, workdir)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
-  assert loop.workdir_holder(workdir) is None  # released with the holder
+  assert workdir_lock.workdir_holder(workdir) is None  # released with the holder
 
 
 # --- resume after SIGKILL -----------------------------------------------------------------------------

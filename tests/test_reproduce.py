@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from ftjax import loop
+from ftjax import workdir_lock
 
 from conftest import check, glue_folder, metric_lines, script
 
@@ -119,7 +119,7 @@ def test_a_cell_another_process_is_training_is_skipped_not_trained_twice(grid):
   workdir = grid["runs"] / "top3-embeddings-trained"
   workdir.mkdir(parents=True)
   try:
-    with loop.exclusive_workdir(workdir):
+    with workdir_lock.exclusive_workdir(workdir):
       args = [a if not a.startswith("--cells=") else "--cells=^top3-embeddings-trained$" for a in grid["args"]]
       out = check(script("reproduce", *args))
     assert f"cell top3-embeddings-trained: another process (pid {os.getpid()}) is training it now; skipped" in out
@@ -192,12 +192,9 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
 def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column():
   """The compute line prices a missing cell at the mean cost of the finished runs of its row and column
   (CPU minutes, wall minutes where a run did not record CPU time) and counts the rest as unpriced."""
-  import importlib.util
   from configs.tables import Cell, Column, Table
-  from conftest import REPO
-  spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "scripts" / "reproduce.py")
-  reproduce = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(reproduce)
+  from conftest import load_script
+  reproduce = load_script("reproduce")
   cells = tuple(Cell(f"{row}-{task}-s{seed}", row, task, seed, "configs/glue.py:rte")
                 for row in ("full", "lora") for task in ("rte", "cola") for seed in (0, 1, 2))
   table = Table("t", "t", "", (Column("RTE", "rte", "dev", "accuracy"), Column("CoLA", "cola", "dev", "matthews")),

@@ -91,6 +91,13 @@ def test_fgm_perturbation_has_norm_epsilon_and_beats_random_directions(minilm_ru
   assert jnp.all(fgm - clean > 2 * jnp.abs(random - clean)), (clean, fgm, random)
 
 
+def gradient_capture() -> optax.GradientTransformation:
+  """A "transformation" that leaves the parameters alone and keeps the gradient it was given as its
+  state, so a train step's opt_state hands back exactly the gradient the step computed."""
+  return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
+                                      lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
 def cola_rows(per_label: int) -> list[tuple[str, int]]:
   """The first `per_label` acceptable and unacceptable sentences of CoLA's train.tsv (no header)."""
   from conftest import SHARED_DATA, needs_data
@@ -113,15 +120,12 @@ def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
   example, g of the wrong loss) cannot pass, nor can a missing or doubled adversarial term. (Padding's
   g is exactly 0 in an encoder, whose attention masks padded keys: masking it is a no-op here; it
   matters for FreeLB's random start.)"""
-  import importlib.util
   import torch
   from configs import glue
   from ftjax import experiment, trainability
   from ftjax.models import bert
-  from conftest import REPO
-  spec = importlib.util.spec_from_file_location("torch_reference", REPO / "scripts" / "torch_reference.py")
-  torch_reference = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(torch_reference)
+  from conftest import load_script
+  torch_reference = load_script("torch_reference")
 
   epsilon = 1.0
   config = glue.get_config("cola")
@@ -134,9 +138,7 @@ def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
   batch |= {"labels": np.array([y for _, y in rows], np.int32), "weights": np.ones(len(rows), np.float32)}
   assert batch["attention_mask"].sum(1).min() < batch["attention_mask"].shape[1]  # padding to mask
 
-  # ftjax: a "transformation" whose state is the gradient it was given, so the step hands it back as is
-  capture = optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
-                                         lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+  capture = gradient_capture()
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
   assert not trainability.flatten(frozen)
   state = step.create_state(trainable, frozen, capture, config.seed)
@@ -211,8 +213,7 @@ def test_fgm_at_epsilon_zero_is_twice_the_clean_gradient_with_dropout_on():
   """r = 0 must leave the adversarial pass identical to the clean one, dropout mask included (both passes
   share the step's key): the objective and every gradient are exactly twice the clean run's. A pass that
   drew other dropout masks, or a model whose r = 0 path differed from r = None, would break it."""
-  capture = optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
-                                         lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+  capture = gradient_capture()
   model, task, _, state = tiny_run()
   state = step.create_state(state.trainable, state.frozen, capture, 0)
   grads, objectives = {}, {}
