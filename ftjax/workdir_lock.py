@@ -1,4 +1,5 @@
-"""One training process per run folder: an advisory flock on <workdir>/train.lock (holding the pid).
+"""One training process per run folder: an advisory flock on <workdir>/train.lock (holding the pid); and
+one writer at a time for a file that several processes read, change and write back (`waiting_lock`).
 
 Two processes in one folder would interleave their checkpoints and metrics.jsonl. The kernel releases a
 flock when its process dies, however it dies, so a killed run never leaves its folder locked. Without
@@ -59,6 +60,28 @@ def exclusive_workdir(workdir: Path):
       raise InputError(f"{workdir} is in use: another process (pid {holder}) is training in it. Wait for it "
                        "or stop it (rerunning the command afterwards resumes from its latest checkpoint); "
                        "two runs in one folder would interleave their checkpoints and metrics.jsonl")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def waiting_lock(lock_file: Path, say=print):
+  """Holds the flock on `lock_file` for the block, waiting (and saying so, naming the holder's pid) while
+  another process has it. For read-modify-write of a shared file: two reproduce.py drivers of one table
+  that finish cells together would each write the table from what it read before the other's write, and
+  the later write would drop the other's cell."""
+  if fcntl is None:
+    yield
+    return
+  fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    if not _try_lock(fd):
+      holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+      say(f"{lock_file} is held by another process (pid {holder}); waiting for it")
+      fcntl.flock(fd, fcntl.LOCK_EX)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     yield

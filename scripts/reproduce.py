@@ -9,7 +9,8 @@ kept: an interrupted grid resumes where it stopped, and a cell interrupted mid-r
 latest checkpoint. `--rebuild` only re-tabulates finished runs. results/ is committed and runs/ is not:
 a cell recorded in results/NAME.json counts as finished where its run folder is absent (a fresh clone).
 Several invocations may share a table (one per core, say): a cell that another process is training
-(its folder's train.lock is held) is skipped and named at the end, never trained twice at once.
+(its folder's train.lock is held) is skipped and named at the end, never trained twice at once; two that
+finish cells together write the table one after the other (results/.NAME.lock), each keeping the other's.
 
   python scripts/reproduce.py --table=freeze                 # train what is missing, then tabulate
   python scripts/reproduce.py --table=methods --cells='^rte-' # only the RTE cells
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))  # run from a clone without installing; configs/ l
 from configs.tables import TABLES, Table  # noqa: E402
 from ftjax import cli, results  # noqa: E402
 from ftjax.errors import InputError  # noqa: E402
-from ftjax.workdir_lock import workdir_holder  # noqa: E402
+from ftjax.workdir_lock import waiting_lock, workdir_holder  # noqa: E402
 
 flags.DEFINE_enum("table", None, sorted(TABLES), "which table of configs/tables.py")
 flags.DEFINE_string("runs", "runs/tables", "runs land in <runs>/<table>/<cell>/")
@@ -447,19 +448,23 @@ def write_atomically(path: Path, text: str) -> None:
   os.replace(part, path)
 
 
-def write_results(table: Table, root: Path, out: Path) -> list[dict]:
-  finished = collect(table, root, out)
-  grid = aggregate(table, finished)
-  reruns = collect_reruns(table, finished, root, out)
+def write_results(table: Table, root: Path, out: Path, say=print) -> list[dict]:
+  """Tabulates the finished cells into results/<table>.md, .json and .png. The table is read (its
+  recorded cells) and written back under results/.<table>.lock: a driver that finishes a cell while
+  another is writing waits, then reads that write, so neither drops the other's cell."""
   out.mkdir(parents=True, exist_ok=True)
-  png = out / f"{table.name}.png"
-  has_plot = plot(table, grid, png)
-  write_atomically(out / f"{table.name}.md", markdown(table, grid, finished, reruns, root,
-                                                     png.name if has_plot else None))
-  write_atomically(out / f"{table.name}.json", json.dumps(
-      {"table": table.name, "title": table.title, "notes": table.notes, "commit": results.commit(),
-       "date": str(datetime.date.today()), "columns": [dataclasses.asdict(c) for c in table.columns],
-       "grid": grid, "cells": finished, "reruns": reruns}, indent=2) + "\n")
+  with waiting_lock(out / f".{table.name}.lock", say):
+    finished = collect(table, root, out)
+    grid = aggregate(table, finished)
+    reruns = collect_reruns(table, finished, root, out)
+    png = out / f"{table.name}.png"
+    has_plot = plot(table, grid, png)
+    write_atomically(out / f"{table.name}.md", markdown(table, grid, finished, reruns, root,
+                                                       png.name if has_plot else None))
+    write_atomically(out / f"{table.name}.json", json.dumps(
+        {"table": table.name, "title": table.title, "notes": table.notes, "commit": results.commit(),
+         "date": str(datetime.date.today()), "columns": [dataclasses.asdict(c) for c in table.columns],
+         "grid": grid, "cells": finished, "reruns": reruns}, indent=2) + "\n")
   return finished
 
 
@@ -549,27 +554,27 @@ def main(argv):
       bar.set_postfix_str(cell.name)
       workdir = root / cell.name
       if link_twin(cell, table, root, tqdm.tqdm.write):  # another grid finished the same recipe meanwhile
-        write_results(table, root, out)
+        write_results(table, root, out, tqdm.tqdm.write)
         continue
       if (holder := workdir_holder(workdir)) is not None:  # another grid driver is training this very cell
         busy.append(cell.name)
         tqdm.tqdm.write(f"cell {cell.name}: another process (pid {holder}) is training it now; skipped")
         continue
       if results.is_finished(workdir) and not is_stale(cell, workdir):  # another driver finished it meanwhile
-        write_results(table, root, out)
+        write_results(table, root, out, tqdm.tqdm.write)
         continue
       try:
         code = run_cell(cell, workdir)
       except KeyboardInterrupt:
         bar.close()
-        write_results(table, root, out)
+        write_results(table, root, out, tqdm.tqdm.write)
         print(f"interrupted in {cell.name}: rerun the same command to resume (its log: {workdir / 'train.log'})")
         raise SystemExit(130)
       if code:
         failed.append(cell.name)
         tqdm.tqdm.write(f"cell {cell.name} failed (exit {code}); the last lines of {workdir / 'train.log'}:\n"
                         + log_tail(workdir))
-      write_results(table, root, out)  # the table grows as cells finish
+      write_results(table, root, out, tqdm.tqdm.write)  # the table grows as cells finish
     bar.close()
   finished = write_results(table, root, out)
   print(f"wrote {out / table.name}.md, .json, .png: {len(finished)} of {len(table.cells)} cells finished"

@@ -129,6 +129,25 @@ def test_a_cell_another_process_is_training_is_skipped_not_trained_twice(grid):
     shutil.rmtree(workdir)
 
 
+def test_two_drivers_write_a_table_one_after_the_other(grid, tmp_path):
+  """A driver must not write the table while another is between reading and writing it (the later write
+  would drop the cell the earlier one added): it waits for results/.<table>.lock, naming the holder, and
+  writes only once the lock is released."""
+  import time
+  table_json = grid["results"] / "freeze.json"
+  log = tmp_path / "rebuild.log"
+  with workdir_lock.waiting_lock(grid["results"] / ".freeze.lock"):
+    rebuild = script("reproduce", *grid["args"], "--rebuild", log=log)
+    deadline = time.monotonic() + 240
+    while "waiting for it" not in log.read_text() and rebuild.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.2)
+    assert f"is held by another process (pid {os.getpid()}); waiting for it" in log.read_text(), log.read_text()
+    assert rebuild.poll() is None  # still waiting: nothing written while the lock is held
+    released = time.time()
+  assert rebuild.wait(timeout=240) == 0, log.read_text()
+  assert table_json.stat().st_mtime >= released and "2 of 15 cells finished" in log.read_text()
+
+
 def test_a_regex_that_matches_no_cell_is_one_line_error(grid):
   result = script("reproduce", "--table=ner", "--cells=^nope$", f"--runs={grid['root'] / 'runs'}",
                   f"--results={grid['results']}", check=False)
