@@ -315,7 +315,7 @@ def compute_line(table: Table, finished: list[dict]) -> str:
     if minutes:
       price.setdefault((r["row"], r["column"]), []).append(minutes)
   priced = [statistics.mean(price[(c.row, c.column)]) for c in todo if (c.row, c.column) in price]
-  text += f" Still to run: {len(todo)} cells"
+  text += f" Still to run: {len(todo)} cell{'s' * (len(todo) != 1)}"
   if priced:
     text += (f", ~{sum(priced) / 60:.1f} CPU-hours for the {len(priced)} of them priced by finished runs of "
              f"the same row and column (their CPU time, or wall time where it was not recorded)")

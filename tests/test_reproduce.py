@@ -227,3 +227,5 @@ def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column(
   assert "2.2 wall-hours over the 3 runs" in line and "1.3 CPU-hours over the 2 that recorded" in line
   # full-rte-s2 at mean(20, 40) = 30 min, lora-cola-s1 and -s2 at 60 min each: 150 min; full-cola, lora-rte unpriced
   assert "Still to run: 9 cells, ~2.5 CPU-hours for the 3 of them priced" in line
+  all_but_one = [run(c.name, c.row, c.column, 10.0, 10.0) for c in cells[1:]]
+  assert "Still to run: 1 cell, ~0.2 CPU-hours for the 1 of them priced" in reproduce.compute_line(table, all_but_one)
