@@ -31,6 +31,17 @@ def _try_lock(fd: int) -> bool:
     return False
 
 
+def _holder(fd: int) -> str:
+  """The pid the lock's holder wrote into the file ("?" between its lock and its write)."""
+  return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+
+
+def _claim(fd: int) -> None:
+  """Records this process as the holder of the lock it has just taken."""
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+
 def workdir_holder(workdir) -> str | None:
   """The pid of the process training in `workdir` now, or None when none is (or locks are unsupported)."""
   file = Path(workdir) / LOCK_FILE
@@ -38,7 +49,7 @@ def workdir_holder(workdir) -> str | None:
     return None
   with open(file, "r+") as f:
     if not _try_lock(f.fileno()):
-      return f.read().strip() or "?"
+      return _holder(f.fileno())
     fcntl.flock(f, fcntl.LOCK_UN)
     return None
 
@@ -56,12 +67,11 @@ def exclusive_workdir(workdir: Path):
         break
       time.sleep(0.1)
     else:
-      holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+      holder = _holder(fd)
       raise InputError(f"{workdir} is in use: another process (pid {holder}) is training in it. Wait for it "
                        "or stop it (rerunning the command afterwards resumes from its latest checkpoint); "
                        "two runs in one folder would interleave their checkpoints and metrics.jsonl")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _claim(fd)
     yield
   finally:
     os.close(fd)  # releases the lock
@@ -79,11 +89,9 @@ def waiting_lock(lock_file: Path, say=print):
   fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     if not _try_lock(fd):
-      holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-      say(f"{lock_file} is held by another process (pid {holder}); waiting for it")
+      say(f"{lock_file} is held by another process (pid {_holder(fd)}); waiting for it")
       fcntl.flock(fd, fcntl.LOCK_EX)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _claim(fd)
     yield
   finally:
     os.close(fd)  # releases the lock

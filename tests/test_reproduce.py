@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import shutil
+import time
 
 import pytest
 
@@ -133,7 +134,6 @@ def test_two_drivers_write_a_table_one_after_the_other(grid, tmp_path):
   """A driver must not write the table while another is between reading and writing it (the later write
   would drop the cell the earlier one added): it waits for results/.<table>.lock, naming the holder, and
   writes only once the lock is released."""
-  import time
   table_json = grid["results"] / "freeze.json"
   log = tmp_path / "rebuild.log"
   with workdir_lock.waiting_lock(grid["results"] / ".freeze.lock"):
