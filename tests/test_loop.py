@@ -145,6 +145,9 @@ def test_a_workdir_in_use_refuses_a_second_run_and_loses_nothing(rte_run, tmp_pa
 
 # --- resume after SIGKILL -----------------------------------------------------------------------------
 
+# `slow` (~55–80 s on 2 cores): with it the default suite ran past its 10-minute budget. The default suite
+# still resumes from a checkpoint (test_resume_truncates_metric_lines_after_the_checkpoint above).
+@pytest.mark.slow
 def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_bert, tfds_dir, rte_dir):
   # full fine-tuning with dropout on, 3 epochs of 8 steps: the kill lands mid-run, past an epoch boundary
   overrides = dict(data_dir=str(rte_dir), method="full", learning_rate=1e-3, max_steps=24, eval_every=4,

@@ -170,6 +170,9 @@ def test_a_cell_whose_command_changed_is_stale_and_runs_again(grid):
   assert "unknown method 'nonsense'" in (grid["runs"] / "layernorm-only" / "train.log").read_text()
 
 
+# `slow` (~65 s on 2 cores; it trains its own grid): with it the default suite ran past its 10-minute
+# budget. The real tables exercise the link on every run (adversarial `none` rows, torch's ftjax rows).
+@pytest.mark.slow
 def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny_bert, tfds_dir):
   """The adversarial table's `full + none` cells and the torch table's ftjax cells are the methods table's
   runs: same recipe, so reproduce.py links the finished run instead of training it again."""

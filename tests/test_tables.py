@@ -89,7 +89,9 @@ def test_methods_table_rows_train_what_their_papers_train(minilm_trees):
   assert counts["adapter"] / full < 0.05 and counts["bitfit"] / full < 0.002
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+# LoRA runs in the default suite; full fine-tuning (~70 s on 2 cores, the same script path with every
+# backbone tensor in the AdamW groups) is `slow`, to keep the default suite under its 10-minute budget.
+@pytest.mark.parametrize("method", [pytest.param("full", marks=pytest.mark.slow), "lora"])
 def test_torch_reference_follows_the_same_recipe_step_for_step(method, tiny_bert, tfds_dir, rte_dir, tmp_path):
   """scripts/torch_reference.py (transformers + PEFT) against scripts/train.py with dropout off: the same
   initial weights (ftjax's head and LoRA A copied in), batches, AdamW groups, clipping and schedule, so
