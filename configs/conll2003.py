@@ -11,6 +11,7 @@ Recipe (BERT paper's NER setting, adapted): AdamW, lr 5e-5 (LoRA and adapters: 1
 92.4 test in the BERT paper, with a 14× larger model and more epochs).
 The run ends by scoring dev and test (eng.testa, eng.testb) and writes ner_report_<split>.txt.
 """
+
 from pathlib import Path
 
 from configs import base

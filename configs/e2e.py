@@ -12,6 +12,7 @@ subset for every run: ftjax.tasks.datasets.load), 1 epoch; generation scored on 
 `generation.eval_examples` MRs of the test set (testset_w_refs.csv, all references each) with 4 beams.
 The run's numbers are in results/e2e.md beside the LoRA paper's GPT-2 M ones (BLEU 70.4, ROUGE-L 71.8).
 """
+
 from pathlib import Path
 
 from configs import base
@@ -24,7 +25,7 @@ def get_config():
   c.model = "smollm2"
   c.task.source = "e2e_nlg"
   c.data_dir = str(SHARED_DATA / "e2e" / "e2e-dataset")
-  c.max_length = 96                 # MR + " || " + reference + EOS fits in 96 SmolLM2 tokens for >99% of rows
+  c.max_length = 96  # MR + " || " + reference + EOS fits in 96 SmolLM2 tokens for >99% of rows
   c.method = "lora"
   c.lora.targets = r"self_attn/(q_proj|v_proj)$"
   c.lora.rank = 4
@@ -32,10 +33,10 @@ def get_config():
   c.lora.dropout = 0.1
   c.learning_rate = 2e-4
   c.batch_size = 8
-  c.eval_batch_size = 8          # the logits over the 49,152-token vocabulary: 64 rows would need > 24 GB
+  c.eval_batch_size = 8  # the logits over the 49,152-token vocabulary: 64 rows would need > 24 GB
   c.num_epochs = 1
   c.max_train_examples = 2000
-  c.max_eval_examples = 200         # dev perplexity on a fixed subset of dev MRs (all their references)
+  c.max_eval_examples = 200  # dev perplexity on a fixed subset of dev MRs (all their references)
   c.warmup_steps = 25
   c.weight_decay = 0.01
   c.eval_every = 100

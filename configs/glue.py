@@ -17,6 +17,7 @@ checkpoint the references come from, and these runs are shorter than the papers'
 the small tasks): the gap is expected. results/learning_rate.md: 1e-4 and 2e-4 lift SST-2 (85.8 / 84.3
 on 8,000 sentences) but lower RTE and CoLA, so on those two the gap is not the rate.
 """
+
 from pathlib import Path
 
 from configs import base
@@ -27,15 +28,15 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # a few epochs rather than the papers' 10 on the small tasks, and SST-2 on a fixed 20,000-sentence subset
 # (ftjax.tasks.datasets.load picks the same subset for every run).
 RECIPES = {
-    "sst2": (1, 3e-5, 200, 20000),
-    "cola": (3, 5e-5, 100, 0),
-    "mrpc": (3, 5e-5, 50, 0),
-    "rte": (3, 5e-5, 40, 0),
-    "stsb": (3, 5e-5, 100, 0),
-    "qnli": (2, 3e-5, 1000, 0),
-    "mnli": (2, 3e-5, 2000, 0),
-    "qqp": (2, 3e-5, 2000, 0),
-    "wnli": (5, 2e-5, 20, 0),
+  "sst2": (1, 3e-5, 200, 20000),
+  "cola": (3, 5e-5, 100, 0),
+  "mrpc": (3, 5e-5, 50, 0),
+  "rte": (3, 5e-5, 40, 0),
+  "stsb": (3, 5e-5, 100, 0),
+  "qnli": (2, 3e-5, 1000, 0),
+  "mnli": (2, 3e-5, 2000, 0),
+  "qqp": (2, 3e-5, 2000, 0),
+  "wnli": (5, 2e-5, 20, 0),
 }
 
 

@@ -8,6 +8,7 @@ unset and TFDS's `squad` is used). Recipe (BERT paper): lr 5e-5 (3e-5 for base m
 MiniLM paper reports 79.9 F1 on SQuAD 2.0 for its L6-H384 model; v1.1 is easier). Not measured here
 for lack of the data; tests/test_tasks.py runs the whole pipeline on hand-written examples.
 """
+
 from configs import base
 
 

@@ -23,6 +23,7 @@ a line here; the tables in results/ cite the exact command of every cell.
 
 Measured results are in results/<table>.md, each with the command of every cell and its wall time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,13 +47,14 @@ MINILM_DEV = {"sst2": 91.5, "mrpc": 88.9, "rte": 68.8, "cola": 47.5}
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """One run: `python scripts/<script>.py --config=<config> --workdir=<runs>/<table>/<name> <overrides>`."""
-  name: str                 # folder name of the run, unique in the table
-  row: str                  # row label it contributes to
-  column: str               # column key it contributes to (Column.key)
+
+  name: str  # folder name of the run, unique in the table
+  row: str  # row label it contributes to
+  column: str  # column key it contributes to (Column.key)
   seed: int
-  config: str               # configs/<file>.py[:arg]
+  config: str  # configs/<file>.py[:arg]
   overrides: tuple[tuple[str, object], ...] = ()  # (config key, value) as --config.<key>=<value>
-  script: str = "train"     # scripts/<script>.py: train (ftjax) or torch_reference (PyTorch + PEFT)
+  script: str = "train"  # scripts/<script>.py: train (ftjax) or torch_reference (PyTorch + PEFT)
 
   def flags(self) -> list[str]:
     """The command-line flags of this cell after --config and --workdir."""
@@ -61,10 +63,10 @@ class Cell:
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-  label: str                # table header
-  key: str                  # cells with this column key feed it
-  split: str                # dev | test: which metrics of the run it shows
-  metric: str               # metric name in metrics.jsonl
+  label: str  # table header
+  key: str  # cells with this column key feed it
+  split: str  # dev | test: which metrics of the run it shows
+  metric: str  # metric name in metrics.jsonl
   reference: float | None = None  # published number for context, shown in a reference row
 
 
@@ -72,14 +74,14 @@ class Column:
 class Table:
   name: str
   title: str
-  notes: str                # markdown paragraph: recipe, subsets, what the references are
+  notes: str  # markdown paragraph: recipe, subsets, what the references are
   columns: tuple[Column, ...]
   cells: tuple[Cell, ...]
   reference_label: str = ""  # label of the row of Column.reference values
   row_references: tuple[tuple[str, dict], ...] = ()  # (column header, {row: value}): published numbers per row
-  plot: str = "bars"        # bars: grouped bars per column | params: metric against trainable parameters
+  plot: str = "bars"  # bars: grouped bars per column | params: metric against trainable parameters
   params_per_cell: bool = False  # trainable parameters beside each number, not per row (a row's cells differ)
-  average: bool = False     # add an average column over the table's columns
+  average: bool = False  # add an average column over the table's columns
 
 
 def format_value(value) -> str:
@@ -87,8 +89,12 @@ def format_value(value) -> str:
   if isinstance(value, bool):
     return str(value)
   if isinstance(value, tuple):  # double quotes inside, so a shell quotes the flag with plain single quotes
-    return "(" + ", ".join(json.dumps(v) if isinstance(v, str) else repr(v) for v in value) + \
-        ("," if len(value) == 1 else "") + ")"
+    return (
+      "("
+      + ", ".join(json.dumps(v) if isinstance(v, str) else repr(v) for v in value)
+      + ("," if len(value) == 1 else "")
+      + ")"
+    )
   return str(value)
 
 
@@ -99,8 +105,9 @@ def slug(text: str) -> str:
 
 def glue_base(task: str) -> tuple[str, tuple]:
   """configs/glue.py:<task> with SST-2 cut to its fixed subset (full passes over 67k sentences do not fit)."""
-  overrides = (("max_train_examples", SST2_SUBSET), ("eval_every", 50), ("checkpoint_every", 50)) \
-      if task == "sst2" else ()
+  overrides = (
+    (("max_train_examples", SST2_SUBSET), ("eval_every", 50), ("checkpoint_every", 50)) if task == "sst2" else ()
+  )
   return f"configs/glue.py:{task}", overrides
 
 
@@ -115,12 +122,12 @@ def seeds_for(task: str) -> tuple[int, ...]:
 # rates; 20 soft tokens); PEFT methods train twice the epochs of full fine-tuning (the papers train
 # them longer still: LoRA 30–80 epochs on RoBERTa-base).
 METHODS = {
-    "full": ((("method", "full"),), None, 1),
-    "head only": ((("method", "head"),), 1e-3, 2),
-    "BitFit": ((("method", "bitfit"),), 1e-3, 2),
-    "adapters (Houlsby, 64)": ((("method", "adapter"), ("adapter.kind", "houlsby"), ("adapter.size", 64)), 1e-3, 2),
-    "LoRA (r=8, q,v)": ((("method", "lora"), ("lora.rank", 8), ("lora.alpha", 16.0)), 5e-4, 2),
-    "prompt tuning (20)": ((("method", "prompt"), ("prompt_length", 20)), 1e-2, 2),
+  "full": ((("method", "full"),), None, 1),
+  "head only": ((("method", "head"),), 1e-3, 2),
+  "BitFit": ((("method", "bitfit"),), 1e-3, 2),
+  "adapters (Houlsby, 64)": ((("method", "adapter"), ("adapter.kind", "houlsby"), ("adapter.size", 64)), 1e-3, 2),
+  "LoRA (r=8, q,v)": ((("method", "lora"), ("lora.rank", 8), ("lora.alpha", 16.0)), 5e-4, 2),
+  "prompt tuning (20)": ((("method", "prompt"), ("prompt_length", 20)), 1e-2, 2),
 }
 # LoRA paper Table 2, RoBERTa-base (125M), average over its GLUE tasks: the ordering of methods to compare
 LORA_PAPER_AVG = {"full": 86.4, "BitFit": 85.2, "adapters (Houlsby, 64)": 84.4, "LoRA (r=8, q,v)": 87.2}
@@ -135,28 +142,38 @@ def method_cells(task: str, row: str, method_overrides, learning_rate, epoch_fac
   if epoch_factor != 1:
     overrides += (("num_epochs", epochs * epoch_factor),)
   overrides += tuple(extra)
-  return tuple(Cell(f"{task}-{slug(row)}-s{seed}", row, column or task, seed, config, overrides)
-               for seed in seeds_for(task))
+  return tuple(
+    Cell(f"{task}-{slug(row)}-s{seed}", row, column or task, seed, config, overrides) for seed in seeds_for(task)
+  )
 
 
 def methods_table() -> Table:
-  cells = tuple(c for row, (ovr, lr, factor) in METHODS.items() for task in GLUE_TASKS
-                for c in method_cells(task, row, ovr, lr, factor))
+  cells = tuple(
+    c
+    for row, (ovr, lr, factor) in METHODS.items()
+    for task in GLUE_TASKS
+    for c in method_cells(task, row, ovr, lr, factor)
+  )
   columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t], MINILM_DEV.get(t)) for t in GLUE_TASKS)
   return Table(
-      "methods", "Fine-tuning methods on GLUE dev (all-MiniLM-L6-v2, 2 CPU cores)",
-      "Recipe: configs/glue.py (AdamW, batch 32, max length 128, 10% warm-up then linear decay, epochs "
-      "SST-2 1, MRPC 3, RTE 3, CoLA 3, STS-B 3); PEFT rows train twice the epochs at the rates in "
-      "configs/tables.py (head and BitFit 1e-3, adapters 1e-3, LoRA 5e-4, prompt tuning 1e-2). SST-2 trains "
-      f"on a fixed {SST2_SUBSET:,}-sentence subset. Dev metric of the best dev evaluation; mean ± sample std "
-      "over seeds 0, 1, 2 on MRPC, RTE, CoLA. Reference row: MiniLM-L6-H384 (Wang et al. 2020), a "
-      "different checkpoint from the sentence-embedding all-MiniLM-L6-v2 loaded here. Last column: the "
-      "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only. Cost: the issue sized this "
-      "grid at about 6 CPU-hours on 2 cores; the papers' recipes (PEFT rows at twice full fine-tuning's epochs, "
-      "MRPC, RTE and STS-B at full length, three seeds on three tasks) cost several times that: the compute "
-      "line above says what the finished cells took and what the rest will at the same prices.",
-      columns, cells, reference_label="MiniLM-L6-H384 (published dev)",
-      row_references=(("LoRA paper avg (RoBERTa-base)", LORA_PAPER_AVG),), average=True)
+    "methods",
+    "Fine-tuning methods on GLUE dev (all-MiniLM-L6-v2, 2 CPU cores)",
+    "Recipe: configs/glue.py (AdamW, batch 32, max length 128, 10% warm-up then linear decay, epochs "
+    "SST-2 1, MRPC 3, RTE 3, CoLA 3, STS-B 3); PEFT rows train twice the epochs at the rates in "
+    "configs/tables.py (head and BitFit 1e-3, adapters 1e-3, LoRA 5e-4, prompt tuning 1e-2). SST-2 trains "
+    f"on a fixed {SST2_SUBSET:,}-sentence subset. Dev metric of the best dev evaluation; mean ± sample std "
+    "over seeds 0, 1, 2 on MRPC, RTE, CoLA. Reference row: MiniLM-L6-H384 (Wang et al. 2020), a "
+    "different checkpoint from the sentence-embedding all-MiniLM-L6-v2 loaded here. Last column: the "
+    "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only. Cost: the issue sized this "
+    "grid at about 6 CPU-hours on 2 cores; the papers' recipes (PEFT rows at twice full fine-tuning's epochs, "
+    "MRPC, RTE and STS-B at full length, three seeds on three tasks) cost several times that: the compute "
+    "line above says what the finished cells took and what the rest will at the same prices.",
+    columns,
+    cells,
+    reference_label="MiniLM-L6-H384 (published dev)",
+    row_references=(("LoRA paper avg (RoBERTa-base)", LORA_PAPER_AVG),),
+    average=True,
+  )
 
 
 # --- learning rate ------------------------------------------------------------------------------------
@@ -173,18 +190,23 @@ def learning_rate_table() -> Table:
   for lr in FULL_LEARNING_RATES:
     row = "recipe (5e-5; SST-2 3e-5)" if lr is None else f"{lr:.0e}".replace("e-0", "e-")  # 1e-4
     for task in LEARNING_RATE_TASKS:
-      cells += [dataclasses.replace(c, name=f"{task}-full-lr-{'recipe' if lr is None else row}-s{c.seed}")
-                for c in method_cells(task, row, ovr, lr, factor)[:1]]  # seed 0 only
+      cells += [
+        dataclasses.replace(c, name=f"{task}-full-lr-{'recipe' if lr is None else row}-s{c.seed}")
+        for c in method_cells(task, row, ovr, lr, factor)[:1]
+      ]  # seed 0 only
   columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t], MINILM_DEV[t]) for t in LEARNING_RATE_TASKS)
   return Table(
-      "learning_rate", "Full fine-tuning: learning rate against the published references (all-MiniLM-L6-v2, "
-      "GLUE dev)",
-      "The methods table's full recipe (configs/glue.py: AdamW, batch 32, max length 128, 10% warm-up then "
-      f"linear decay; SST-2 1 epoch on the fixed {SST2_SUBSET:,}-sentence subset, RTE and CoLA 3 epochs) at "
-      "larger peak learning rates; seed 0 only (RTE's seed std at the recipe's rate is 1.7 points, so read "
-      "differences of a few points, not fractions). The recipe row is the methods table's runs. Reference "
-      "row: MiniLM-L6-H384 (Wang et al. 2020), a different checkpoint.",
-      columns, tuple(cells), reference_label="MiniLM-L6-H384 (published dev)")
+    "learning_rate",
+    "Full fine-tuning: learning rate against the published references (all-MiniLM-L6-v2, GLUE dev)",
+    "The methods table's full recipe (configs/glue.py: AdamW, batch 32, max length 128, 10% warm-up then "
+    f"linear decay; SST-2 1 epoch on the fixed {SST2_SUBSET:,}-sentence subset, RTE and CoLA 3 epochs) at "
+    "larger peak learning rates; seed 0 only (RTE's seed std at the recipe's rate is 1.7 points, so read "
+    "differences of a few points, not fractions). The recipe row is the methods table's runs. Reference "
+    "row: MiniLM-L6-H384 (Wang et al. 2020), a different checkpoint.",
+    columns,
+    tuple(cells),
+    reference_label="MiniLM-L6-H384 (published dev)",
+  )
 
 
 # --- adversarial ---------------------------------------------------------------------------------------
@@ -197,12 +219,19 @@ def learning_rate_table() -> Table:
 # PyTorch FGM (ε = 1 over the gradient of the whole embedding matrix, shared by a batch of 32) moves an
 # example by ~0.2; FreeLB's BERT recipes move it by 0.1 per ascent step under this normalisation.
 ADVERSARIAL = (
-    ("none", ()),
-    ("FGM ε=0.03", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.03))),
-    ("FGM ε=0.1", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.1))),
-    ("FGM ε=0.3", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.3))),
-    ("PGD ε=0.1 (3×0.04)", (("adversarial.method", "pgd"), ("adversarial.epsilon", 0.1), ("adversarial.steps", 3),
-                            ("adversarial.step_size", 0.04))),
+  ("none", ()),
+  ("FGM ε=0.03", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.03))),
+  ("FGM ε=0.1", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.1))),
+  ("FGM ε=0.3", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.3))),
+  (
+    "PGD ε=0.1 (3×0.04)",
+    (
+      ("adversarial.method", "pgd"),
+      ("adversarial.epsilon", 0.1),
+      ("adversarial.steps", 3),
+      ("adversarial.step_size", 0.04),
+    ),
+  ),
 )
 
 
@@ -219,35 +248,51 @@ def adversarial_table() -> Table:
         cells += method_cells(task, row, ovr, lr, factor, extra=adv)
   columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t]) for t in GLUE_TASKS)
   return Table(
-      "adversarial", "Adversarial training in embedding space on GLUE dev (all-MiniLM-L6-v2)",
-      "FGM (Miyato et al. 2017) and PGD (Madry et al. 2018; 3 ascent steps of 0.04) perturb the word-"
-      "embedding output within an L2 ball of radius ε per example, adversarial loss weight 1 beside the "
-      "clean loss. Full and LoRA recipes as in the methods table (SST-2 subset, 3 seeds on MRPC, RTE, CoLA); "
-      "LoRA + FGM/PGD with cpu_threefry=rolled (the unrolled dropout hash does not compile there: "
-      "ftjax/xla_cpu.py; same numbers, slower steps). CoLA, seed 0, dev MCC every 100 steps: the clean run "
-      "also predicts the majority class at first (0.0 at steps 100–200, 11.4 at 300, 28.3 at 600); FGM delays "
-      "the escape, ε = 0.03 to step 500 (9.4, then 25.4 at 600), and at ε = 0.1 no seed leaves it in the "
-      "801 steps (training loss stays at 0.61, the entropy of CoLA's 70/30 label prior). The step itself is "
-      "checked against a PyTorch FGM (tests/test_step.py: same objective and gradients on MiniLM and CoLA), "
-      "and FGM at ε = 0 gives exactly twice the clean gradient, so this is the method at this budget, not a "
-      "bug.",
-      columns, tuple(cells), average=True)
+    "adversarial",
+    "Adversarial training in embedding space on GLUE dev (all-MiniLM-L6-v2)",
+    "FGM (Miyato et al. 2017) and PGD (Madry et al. 2018; 3 ascent steps of 0.04) perturb the word-"
+    "embedding output within an L2 ball of radius ε per example, adversarial loss weight 1 beside the "
+    "clean loss. Full and LoRA recipes as in the methods table (SST-2 subset, 3 seeds on MRPC, RTE, CoLA); "
+    "LoRA + FGM/PGD with cpu_threefry=rolled (the unrolled dropout hash does not compile there: "
+    "ftjax/xla_cpu.py; same numbers, slower steps). CoLA, seed 0, dev MCC every 100 steps: the clean run "
+    "also predicts the majority class at first (0.0 at steps 100–200, 11.4 at 300, 28.3 at 600); FGM delays "
+    "the escape, ε = 0.03 to step 500 (9.4, then 25.4 at 600), and at ε = 0.1 no seed leaves it in the "
+    "801 steps (training loss stays at 0.61, the entropy of CoLA's 70/30 label prior). The step itself is "
+    "checked against a PyTorch FGM (tests/test_step.py: same objective and gradients on MiniLM and CoLA), "
+    "and FGM at ε = 0 gives exactly twice the clean gradient, so this is the method at this budget, not a "
+    "bug.",
+    columns,
+    tuple(cells),
+    average=True,
+  )
 
 
 # --- ner -------------------------------------------------------------------------------------------------
 def ner_table() -> Table:
   rows = {"full": ("full", 5e-5), "LoRA (r=8, q,v)": ("lora", 1e-3), "adapters (Houlsby, 64)": ("adapter", 1e-3)}
-  cells = tuple(Cell(f"conll-{slug(row)}-s0", row, "conll2003", 0, f"configs/conll2003.py:{method}",
-                     (("learning_rate", lr), ("num_epochs", 1)))
-                for row, (method, lr) in rows.items())
+  cells = tuple(
+    Cell(
+      f"conll-{slug(row)}-s0",
+      row,
+      "conll2003",
+      0,
+      f"configs/conll2003.py:{method}",
+      (("learning_rate", lr), ("num_epochs", 1)),
+    )
+    for row, (method, lr) in rows.items()
+  )
   columns = (Column("dev F1", "conll2003", "dev", "f1", 95.1), Column("test F1", "conll2003", "test", "f1", 92.4))
   return Table(
-      "ner", "CoNLL-2003 NER, entity F1 (all-MiniLM-L6-v2)",
-      "configs/conll2003.py: first sub-token labelling, IOB2, AdamW batch 32, max length 128, one epoch "
-      "(CPU-sized; the BERT paper trains 3+), lr 5e-5 full and 1e-3 for LoRA and adapters; the best dev "
-      "checkpoint is scored on test (eng.testb). Reference: BERT-base in the BERT paper (110M parameters, "
-      "document context), for context only.",
-      columns, cells, reference_label="BERT-base (Devlin et al. 2019)")
+    "ner",
+    "CoNLL-2003 NER, entity F1 (all-MiniLM-L6-v2)",
+    "configs/conll2003.py: first sub-token labelling, IOB2, AdamW batch 32, max length 128, one epoch "
+    "(CPU-sized; the BERT paper trains 3+), lr 5e-5 full and 1e-3 for LoRA and adapters; the best dev "
+    "checkpoint is scored on test (eng.testb). Reference: BERT-base in the BERT paper (110M parameters, "
+    "document context), for context only.",
+    columns,
+    cells,
+    reference_label="BERT-base (Devlin et al. 2019)",
+  )
 
 
 # --- freeze ----------------------------------------------------------------------------------------------
@@ -260,8 +305,7 @@ def freeze_rules(top_layers: int, train_embeddings: bool) -> tuple[str, ...]:
   if top_layers:
     first = NUM_LAYERS - top_layers
     rules += [f"train:^backbone/encoder/layer_[{first}-{NUM_LAYERS - 1}]/", "train:^backbone/pooler/"]
-  rules += ["train:^backbone/embeddings/" if train_embeddings else "freeze:^backbone/embeddings/",
-            "freeze:^backbone/"]
+  rules += ["train:^backbone/embeddings/" if train_embeddings else "freeze:^backbone/embeddings/", "freeze:^backbone/"]
   return tuple(rules)
 
 
@@ -271,20 +315,41 @@ def freeze_table() -> Table:
   for embeddings, column in ((False, "embeddings frozen"), (True, "embeddings trained")):
     for k in range(NUM_LAYERS + 1):
       lr = 1e-3 if (k == 0 and not embeddings) else 1e-4  # a linear probe wants a probe's rate
-      cells.append(Cell(f"top{k}-{slug(column)}", f"top {k} of 6 layers", column, 0, config,
-                        base_overrides + (("trainable", freeze_rules(k, embeddings)), ("learning_rate", lr))))
-  cells.append(Cell("layernorm-only", "LayerNorm only", "embeddings frozen", 0, config, base_overrides + (
-      ("trainable", ("train:^backbone/.*LayerNorm/", "freeze:^backbone/")), ("learning_rate", 1e-3))))
+      cells.append(
+        Cell(
+          f"top{k}-{slug(column)}",
+          f"top {k} of 6 layers",
+          column,
+          0,
+          config,
+          base_overrides + (("trainable", freeze_rules(k, embeddings)), ("learning_rate", lr)),
+        )
+      )
+  cells.append(
+    Cell(
+      "layernorm-only",
+      "LayerNorm only",
+      "embeddings frozen",
+      0,
+      config,
+      base_overrides + (("trainable", ("train:^backbone/.*LayerNorm/", "freeze:^backbone/")), ("learning_rate", 1e-3)),
+    )
+  )
   columns = tuple(Column(f"SST-2 acc, {c}", c, "dev", "accuracy") for c in ("embeddings frozen", "embeddings trained"))
   return Table(
-      "freeze", "Which layers to train: SST-2 dev accuracy against trainable parameters (all-MiniLM-L6-v2)",
-      f"SST-2, fixed {SST2_SUBSET:,}-sentence training subset, 1 epoch (250 steps of 32), full dev set. "
-      "Rows train the top k of the 6 encoder layers (k ≥ 1 also trains the pooler; the classifier always "
-      "trains), with the embeddings frozen or trained; `LayerNorm only` trains every LayerNorm and the "
-      "classifier. lr 1e-4, except 1e-3 for the two probes (top 0 with frozen embeddings, LayerNorm "
-      "only). Freezing is `config.trainable` rules (configs/tables.py: freeze_rules): frozen layers get "
-      "no gradient computation, so cells below full fine-tuning also run faster.",
-      columns, tuple(cells), plot="params", params_per_cell=True)
+    "freeze",
+    "Which layers to train: SST-2 dev accuracy against trainable parameters (all-MiniLM-L6-v2)",
+    f"SST-2, fixed {SST2_SUBSET:,}-sentence training subset, 1 epoch (250 steps of 32), full dev set. "
+    "Rows train the top k of the 6 encoder layers (k ≥ 1 also trains the pooler; the classifier always "
+    "trains), with the embeddings frozen or trained; `LayerNorm only` trains every LayerNorm and the "
+    "classifier. lr 1e-4, except 1e-3 for the two probes (top 0 with frozen embeddings, LayerNorm "
+    "only). Freezing is `config.trainable` rules (configs/tables.py: freeze_rules): frozen layers get "
+    "no gradient computation, so cells below full fine-tuning also run faster.",
+    columns,
+    tuple(cells),
+    plot="params",
+    params_per_cell=True,
+  )
 
 
 # --- e2e -------------------------------------------------------------------------------------------------
@@ -297,15 +362,19 @@ def e2e_table() -> Table:
   labels = {"bleu": "BLEU", "nist": "NIST", "meteor": "METEOR", "rougeL": "ROUGE-L", "cider": "CIDEr"}
   columns = tuple(Column(label, "e2e", "test", metric, LORA_PAPER_E2E[metric]) for metric, label in labels.items())
   return Table(
-      "e2e", "E2E NLG data-to-text with LoRA on SmolLM2-135M-Instruct (2 CPU cores)",
-      "configs/e2e.py: the LoRA paper's E2E recipe (LoRA r=4 on the query and value projections, α 32, "
-      "dropout 0.1, AdamW 2e-4, batch 8, beam search with length penalty 0.9 and no repeated 4-grams) cut "
-      "to 2 CPU cores: 1 epoch on a fixed 2,000-pair subset of the 42,061 training pairs (the paper: 5 "
-      "epochs on all), 4 beams (the paper: 10), scored on the first 100 test MRs against all their "
-      "references (the paper: all 630). BLEU (sacrebleu), NIST (nltk, 5-grams), METEOR 1.5 and CIDEr "
-      "(pycocoevalcap), ROUGE-L (rouge-score), as ftjax.metrics.e2e computes them. Reference row: the LoRA "
-      "paper's GPT-2 M + LoRA (355M parameters, full data, the challenge's official scripts), for context.",
-      columns, cells, reference_label="GPT-2 M + LoRA (Hu et al. 2021)")
+    "e2e",
+    "E2E NLG data-to-text with LoRA on SmolLM2-135M-Instruct (2 CPU cores)",
+    "configs/e2e.py: the LoRA paper's E2E recipe (LoRA r=4 on the query and value projections, α 32, "
+    "dropout 0.1, AdamW 2e-4, batch 8, beam search with length penalty 0.9 and no repeated 4-grams) cut "
+    "to 2 CPU cores: 1 epoch on a fixed 2,000-pair subset of the 42,061 training pairs (the paper: 5 "
+    "epochs on all), 4 beams (the paper: 10), scored on the first 100 test MRs against all their "
+    "references (the paper: all 630). BLEU (sacrebleu), NIST (nltk, 5-grams), METEOR 1.5 and CIDEr "
+    "(pycocoevalcap), ROUGE-L (rouge-score), as ftjax.metrics.e2e computes them. Reference row: the LoRA "
+    "paper's GPT-2 M + LoRA (355M parameters, full data, the challenge's official scripts), for context.",
+    columns,
+    cells,
+    reference_label="GPT-2 M + LoRA (Hu et al. 2021)",
+  )
 
 
 # --- torch ---------------------------------------------------------------------------------------------
@@ -316,18 +385,22 @@ def torch_table() -> Table:
     ovr, lr, factor = METHODS[method]
     for task in ("rte", "mrpc"):
       for script, who in (("train", "ftjax"), ("torch_reference", "PyTorch + transformers + PEFT")):
-        cells += [dataclasses.replace(c, name=f"{slug(who.split()[0])}-{c.name}", row=f"{label}: {who}",
-                                      script=script)
-                  for c in method_cells(task, label, ovr, lr, factor)]
+        cells += [
+          dataclasses.replace(c, name=f"{slug(who.split()[0])}-{c.name}", row=f"{label}: {who}", script=script)
+          for c in method_cells(task, label, ovr, lr, factor)
+        ]
   columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t]) for t in ("rte", "mrpc"))
   return Table(
-      "torch", "The same recipe in ftjax and in PyTorch + transformers + PEFT (all-MiniLM-L6-v2, GLUE dev)",
-      "scripts/torch_reference.py reads the same config and shares ftjax's data pipeline (same rows, same "
-      "batch order), scoring and initial head / LoRA A weights; it has its own model (transformers), LoRA "
-      "(peft), AdamW groups, clipping, schedule and dropout. With dropout off the two agree step for step "
-      "(tests/test_tables.py); with dropout on they should agree within seed noise. Recipes as in the "
-      "methods table; seeds 0, 1, 2.",
-      columns, tuple(cells))
+    "torch",
+    "The same recipe in ftjax and in PyTorch + transformers + PEFT (all-MiniLM-L6-v2, GLUE dev)",
+    "scripts/torch_reference.py reads the same config and shares ftjax's data pipeline (same rows, same "
+    "batch order), scoring and initial head / LoRA A weights; it has its own model (transformers), LoRA "
+    "(peft), AdamW groups, clipping, schedule and dropout. With dropout off the two agree step for step "
+    "(tests/test_tables.py); with dropout on they should agree within seed noise. Recipes as in the "
+    "methods table; seeds 0, 1, 2.",
+    columns,
+    tuple(cells),
+  )
 
 
 # --- precision -------------------------------------------------------------------------------------------
@@ -341,20 +414,26 @@ def precision_table() -> Table:
       cells += method_cells(task, dtype, ovr, lr, factor, extra=extra)
   columns = tuple(Column(GLUE_LABEL[t], t, "dev", GLUE_METRIC[t]) for t in ("rte", "mrpc"))
   return Table(
-      "precision", "float32 vs bfloat16 compute, full fine-tuning (all-MiniLM-L6-v2, GLUE dev)",
-      "The methods table's full recipe with `--config.dtype=bfloat16`: parameters, optimiser state, "
-      "softmax and normalisation statistics stay float32; every matmul (forward and backward) takes "
-      "bfloat16 operands and accumulates in float32. The float32 rows are the methods table's runs. "
-      "Seeds 0, 1, 2.",
-      columns, tuple(cells))
+    "precision",
+    "float32 vs bfloat16 compute, full fine-tuning (all-MiniLM-L6-v2, GLUE dev)",
+    "The methods table's full recipe with `--config.dtype=bfloat16`: parameters, optimiser state, "
+    "softmax and normalisation statistics stay float32; every matmul (forward and backward) takes "
+    "bfloat16 operands and accumulates in float32. The float32 rows are the methods table's runs. "
+    "Seeds 0, 1, 2.",
+    columns,
+    tuple(cells),
+  )
 
 
 # --- pooling -------------------------------------------------------------------------------------------
 # all-MiniLM-L6-v2 was trained (sentence-transformers) on the mean of its token states; its [CLS] state and
 # pooler were never trained for anything downstream. The methods table reads the pooler, as transformers'
 # BertForSequenceClassification (and the torch reference) does; this table measures what that costs.
-POOLINGS = (("pooler (BERT, transformers)", "pooler"), ("[CLS] state", "cls"),
-            ("mean of tokens (sentence-transformers)", "mean"))
+POOLINGS = (
+  ("pooler (BERT, transformers)", "pooler"),
+  ("[CLS] state", "cls"),
+  ("mean of tokens (sentence-transformers)", "mean"),
+)
 POOLING_COLUMNS = (("sst2", "head only"), ("sst2", "full"), ("rte", "full"), ("stsb", "head only"))
 
 
@@ -364,20 +443,36 @@ def pooling_table() -> Table:
     extra = () if pooling == "pooler" else (("head_pooling", pooling),)  # pooler: the methods table's runs
     for task, method in POOLING_COLUMNS:
       ovr, lr, factor = METHODS[method]
-      cells += [dataclasses.replace(c, name=f"{task}-{slug(method)}-{pooling}-s{c.seed}")
-                for c in method_cells(task, label, ovr, lr, factor, column=f"{task}-{slug(method)}", extra=extra)]
-  columns = tuple(Column(f"{GLUE_LABEL[task]}, {method}", f"{task}-{slug(method)}", "dev", GLUE_METRIC[task])
-                  for task, method in POOLING_COLUMNS)
+      cells += [
+        dataclasses.replace(c, name=f"{task}-{slug(method)}-{pooling}-s{c.seed}")
+        for c in method_cells(task, label, ovr, lr, factor, column=f"{task}-{slug(method)}", extra=extra)
+      ]
+  columns = tuple(
+    Column(f"{GLUE_LABEL[task]}, {method}", f"{task}-{slug(method)}", "dev", GLUE_METRIC[task])
+    for task, method in POOLING_COLUMNS
+  )
   return Table(
-      "pooling", "What the sequence head reads: pooler, [CLS] or mean of tokens (all-MiniLM-L6-v2, GLUE dev)",
-      "`--config.head_pooling`: `pooler` is BERT's tanh(W·[CLS]) (what transformers' "
-      "BertForSequenceClassification reads; the methods table's runs), `cls` the [CLS] hidden state, `mean` "
-      "the mean of the real tokens' hidden states, which is what all-MiniLM-L6-v2 was trained to produce "
-      "(sentence-transformers mean pooling). Recipes of the methods table (head only: lr 1e-3, twice the "
-      "epochs); 3 seeds on RTE.",
-      columns, tuple(cells), params_per_cell=True)
+    "pooling",
+    "What the sequence head reads: pooler, [CLS] or mean of tokens (all-MiniLM-L6-v2, GLUE dev)",
+    "`--config.head_pooling`: `pooler` is BERT's tanh(W·[CLS]) (what transformers' "
+    "BertForSequenceClassification reads; the methods table's runs), `cls` the [CLS] hidden state, `mean` "
+    "the mean of the real tokens' hidden states, which is what all-MiniLM-L6-v2 was trained to produce "
+    "(sentence-transformers mean pooling). Recipes of the methods table (head only: lr 1e-3, twice the "
+    "epochs); 3 seeds on RTE.",
+    columns,
+    tuple(cells),
+    params_per_cell=True,
+  )
 
 
-TABLES = {"methods": methods_table, "adversarial": adversarial_table, "ner": ner_table, "freeze": freeze_table,
-          "e2e": e2e_table, "torch": torch_table, "precision": precision_table, "pooling": pooling_table,
-          "learning_rate": learning_rate_table}
+TABLES = {
+  "methods": methods_table,
+  "adversarial": adversarial_table,
+  "ner": ner_table,
+  "freeze": freeze_table,
+  "e2e": e2e_table,
+  "torch": torch_table,
+  "precision": precision_table,
+  "pooling": pooling_table,
+  "learning_rate": learning_rate_table,
+}

@@ -9,6 +9,7 @@ distinct labels of the train file. A malformed row, an unknown label or an empty
 with the file and line named. The result depends on your data; tests/test_cli.py runs this config on a
 CSV with arbitrary column names built from SST-2 dev.
 """
+
 from configs import base
 
 

@@ -12,6 +12,7 @@ fine-tune trains on valid (`task.train_split = "dev"`) for `max_steps` with no e
 training (`task.dev_split = ""`), so test stays unseen until evaluate.py scores it. Text is cut into
 non-overlapping blocks of `max_length` tokens; perplexity is exp(mean NLL) over every token of test.
 """
+
 from pathlib import Path
 
 from configs import base
@@ -23,8 +24,8 @@ def get_config():
   c = base.get_config()
   c.model = "smollm2"
   c.task.source = "wikitext2"
-  c.task.train_split = "dev"        # train on valid.txt (there is no train.txt here)
-  c.task.dev_split = ""             # nothing to select on: train max_steps, score test afterwards
+  c.task.train_split = "dev"  # train on valid.txt (there is no train.txt here)
+  c.task.dev_split = ""  # nothing to select on: train max_steps, score test afterwards
   c.data_dir = str(SHARED_DATA / "wikitext2")
   c.max_length = 256
   c.method = "lora"
@@ -33,10 +34,10 @@ def get_config():
   c.lora.alpha = 16.0
   c.learning_rate = 3e-4
   c.batch_size = 8
-  c.eval_batch_size = 8          # the logits over the 49,152-token vocabulary: 64 rows would need > 24 GB
+  c.eval_batch_size = 8  # the logits over the 49,152-token vocabulary: 64 rows would need > 24 GB
   c.max_steps = 60
   c.eval_every = 0
   c.checkpoint_every = 30
-  c.eval_splits = ()                # score with scripts/evaluate.py --split=test
+  c.eval_splits = ()  # score with scripts/evaluate.py --split=test
   c.max_eval_examples = 0
   return c

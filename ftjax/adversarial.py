@@ -16,6 +16,7 @@ All take `loss_fn(trainable, r) -> (loss_sum, aux)`; r = None means clean. Gradi
 to the trainable pytree only. The same dropout key serves every pass of a step, so the passes differ
 only by r.
 """
+
 from __future__ import annotations
 
 import jax

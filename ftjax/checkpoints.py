@@ -10,6 +10,7 @@ in `workdir/run.json` and reloads it, so a LoRA run of MiniLM is about a megabyt
 Orbax writes each checkpoint to a temporary folder and renames it when complete, so a run killed while
 saving leaves the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,10 +29,13 @@ class Checkpoints:
 
   def __init__(self, workdir: str | Path, keep: int = 2):
     root = Path(workdir).resolve() / "checkpoints"  # orbax wants absolute paths
-    self.latest = ocp.CheckpointManager(root / "latest", options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False))
-    self.best = ocp.CheckpointManager(root / "best", options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, enable_async_checkpointing=False))
+    self.latest = ocp.CheckpointManager(
+      root / "latest",
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+    )
+    self.best = ocp.CheckpointManager(
+      root / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+    )
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -42,14 +46,17 @@ class Checkpoints:
     if self.latest.latest_step() == step:
       return
     tree = {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
-    self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                   loop=ocp.args.JsonSave(loop_state)))
+    self.latest.save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree), loop=ocp.args.JsonSave(loop_state))
+    )
 
   def restore(self, state):
     """(state with trainable/opt_state/step/rng restored, loop state) from the latest checkpoint."""
     template = {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
-    restored = self.latest.restore(self.latest.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(template)), loop=ocp.args.JsonRestore()))
+    restored = self.latest.restore(
+      self.latest.latest_step(),
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template)), loop=ocp.args.JsonRestore()),
+    )
     tree = restored["state"]
     return state.replace(**tree), dict(restored["loop"])
 

@@ -3,6 +3,7 @@
 An `InputError` (a config key, a data file and line, a checkpoint, a rule) or a missing file prints
 `error: <message>` on stderr and exits with status 2; any other exception keeps its traceback.
 """
+
 import sys
 
 from absl import app, logging
@@ -18,4 +19,5 @@ def run(main) -> None:
     except (InputError, FileNotFoundError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+
   app.run(guarded)

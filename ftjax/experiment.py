@@ -2,6 +2,7 @@
 
 Shared by training, evaluation, prediction and export, so that every script rebuilds a run the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,21 +25,26 @@ def peft_spec(config) -> PeftSpec:
   """The architecture additions of `config.method` (nothing for full, head and bitfit)."""
   m = config.method
   return PeftSpec(
-      lora_targets=config.lora.targets if m == "lora" else None, lora_rank=config.lora.rank,
-      lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout, lora_rslora=config.lora.rslora,
-      lora_dora=config.lora.dora,
-      adapter=config.adapter.kind if m == "adapter" else None, adapter_size=config.adapter.size,
-      prompt_length=config.prompt_length if m == "prompt" else 0,
-      prefix_length=config.prefix_length if m == "prefix" else 0)
+    lora_targets=config.lora.targets if m == "lora" else None,
+    lora_rank=config.lora.rank,
+    lora_alpha=config.lora.alpha,
+    lora_dropout=config.lora.dropout,
+    lora_rslora=config.lora.rslora,
+    lora_dora=config.lora.dora,
+    adapter=config.adapter.kind if m == "adapter" else None,
+    adapter_size=config.adapter.size,
+    prompt_length=config.prompt_length if m == "prompt" else 0,
+    prefix_length=config.prefix_length if m == "prefix" else 0,
+  )
 
 
 @dataclasses.dataclass
 class Experiment:
-  model: object          # the Flax backbone (with its PEFT additions)
+  model: object  # the Flax backbone (with its PEFT additions)
   tokenizer: object
   task: Task
-  tree: dict             # {"backbone", "head", and the method's collections}: initial values
-  rules: tuple[str, ...] # trainability rules: config.trainable, then the method's preset
+  tree: dict  # {"backbone", "head", and the method's collections}: initial values
+  rules: tuple[str, ...]  # trainability rules: config.trainable, then the method's preset
 
   @property
   def num_layers(self) -> int:
@@ -54,8 +60,9 @@ def init_tree(model, task: Task, backbone: dict, seed: int) -> dict:
   method_rng, head_rng = jax.random.split(jax.random.key(seed))
   ids = jnp.zeros((2, 8), jnp.int32)
   mask = jnp.ones_like(ids)
-  outputs, method = model.apply({"params": backbone}, ids, attention_mask=mask, mutable=list(METHOD_COLLECTIONS),
-                                rngs={"params": method_rng})
+  outputs, method = model.apply(
+    {"params": backbone}, ids, attention_mask=mask, mutable=list(METHOD_COLLECTIONS), rngs={"params": method_rng}
+  )
   tree = {"backbone": backbone, **{k: v for k, v in method.items() if v}}
   tree["head"] = {} if task.head is None else task.head.init(head_rng, outputs, mask)["params"]
   return tree
@@ -69,10 +76,12 @@ def build(config) -> Experiment:
   pooling = config.get("head_pooling", "pooler")  # runs saved before the key existed used the pooler
   if pooling not in POOLINGS:
     raise InputError(f"config key head_pooling: {pooling!r} is not one of {POOLINGS}")
-  task = make_task(src.kind, len(label_names) or (1 if src.kind == "regression" else 0), label_names,
-                   config.head_dropout, pooling)
-  model, backbone = models.from_pretrained(config.model, dtype=DTYPES[config.dtype], peft=peft_spec(config),
-                                           remat=config.remat)
+  task = make_task(
+    src.kind, len(label_names) or (1 if src.kind == "regression" else 0), label_names, config.head_dropout, pooling
+  )
+  model, backbone = models.from_pretrained(
+    config.model, dtype=DTYPES[config.dtype], peft=peft_spec(config), remat=config.remat
+  )
   if src.kind == "causal_lm" and not model.is_decoder:
     raise InputError(f"config key task.source: {config.task.source} needs a decoder; {config.model} is an encoder")
   tokenizer = models.load_tokenizer(config.model)
@@ -82,9 +91,10 @@ def build(config) -> Experiment:
   return Experiment(model, tokenizer, task, tree, trainability.rules_for(config.method, tuple(config.trainable)))
 
 
-def load_config(workdir) -> "ml_collections.ConfigDict":
+def load_config(workdir):
   """The config a run was trained with (workdir/config.json)."""
   import ml_collections
+
   file = Path(workdir).expanduser() / "config.json"
   if not file.is_file():
     raise FileNotFoundError(f"{file} does not exist: {workdir} is not an ftjax run folder")
@@ -98,14 +108,17 @@ def restore(workdir, config=None):
   weights: a run whose backbone changed underneath it is refused rather than silently mis-evaluated."""
   from ftjax import checkpoints
   from ftjax.models.loading import backbone_reference
+
   workdir = Path(workdir).expanduser().resolve()
   config = config or load_config(workdir)
   exp = build(config)
   record = json.loads((workdir / "run.json").read_text())
   now = backbone_reference(config.model)["sha256"]
   if now != record["backbone"]["sha256"]:
-    raise InputError(f"{workdir / 'run.json'}: the backbone {config.model} has changed since training "
-                     f"(sha256 {record['backbone']['sha256']} then, {now} now)")
+    raise InputError(
+      f"{workdir / 'run.json'}: the backbone {config.model} has changed since training "
+      f"(sha256 {record['backbone']['sha256']} then, {now} now)"
+    )
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
   manager = checkpoints.Checkpoints(workdir)
   trainable = manager.restore_trainable(trainable)

@@ -19,6 +19,7 @@ PEFT stores LoRA per adapted module `<m>` as `base_model.model.<m>.lora_A.weight
 rsLoRA), as ours. GPT-2's Conv1D stores its weight (in, out) (`fan_in_fan_out`), but that concerns only
 the base weight: the LoRA factors are torch Linear layers in both cases.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,33 +40,46 @@ TASKS = ("sequence_classification", "token_classification", "question_answering"
 
 # (model_type, task) → (transformers class, prefix of the backbone's names in its state dict, head module).
 HF_CLASSES = {
-    ("bert", "sequence_classification"): ("BertForSequenceClassification", "bert.", "classifier"),
-    ("bert", "token_classification"): ("BertForTokenClassification", "bert.", "classifier"),
-    ("bert", "question_answering"): ("BertForQuestionAnswering", "bert.", "qa_outputs"),
-    ("bert", "encoder"): ("BertModel", "", None),
-    ("gpt2", "sequence_classification"): ("GPT2ForSequenceClassification", "transformer.", "score"),
-    ("gpt2", "token_classification"): ("GPT2ForTokenClassification", "transformer.", "classifier"),
-    ("gpt2", "question_answering"): ("GPT2ForQuestionAnswering", "transformer.", "qa_outputs"),
-    ("gpt2", "causal_lm"): ("GPT2LMHeadModel", "transformer.", None),  # lm_head is tied to wte
-    ("gpt2", "encoder"): ("GPT2Model", "", None),
-    ("llama", "causal_lm"): ("LlamaForCausalLM", "", None),  # llama.hf_names are already the full names
+  ("bert", "sequence_classification"): ("BertForSequenceClassification", "bert.", "classifier"),
+  ("bert", "token_classification"): ("BertForTokenClassification", "bert.", "classifier"),
+  ("bert", "question_answering"): ("BertForQuestionAnswering", "bert.", "qa_outputs"),
+  ("bert", "encoder"): ("BertModel", "", None),
+  ("gpt2", "sequence_classification"): ("GPT2ForSequenceClassification", "transformer.", "score"),
+  ("gpt2", "token_classification"): ("GPT2ForTokenClassification", "transformer.", "classifier"),
+  ("gpt2", "question_answering"): ("GPT2ForQuestionAnswering", "transformer.", "qa_outputs"),
+  ("gpt2", "causal_lm"): ("GPT2LMHeadModel", "transformer.", None),  # lm_head is tied to wte
+  ("gpt2", "encoder"): ("GPT2Model", "", None),
+  ("llama", "causal_lm"): ("LlamaForCausalLM", "", None),  # llama.hf_names are already the full names
 }
 
 # Our task → PEFT's task_type (which picks the PeftModel subclass and the Auto class of the base).
-PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS",
-                   "question_answering": "QUESTION_ANS", "causal_lm": "CAUSAL_LM", "encoder": "FEATURE_EXTRACTION"}
+PEFT_TASK_TYPES = {
+  "sequence_classification": "SEQ_CLS",
+  "token_classification": "TOKEN_CLS",
+  "question_answering": "QUESTION_ANS",
+  "causal_lm": "CAUSAL_LM",
+  "encoder": "FEATURE_EXTRACTION",
+}
 
 # Our model class → its architecture module (model_type, hf_names).
 ARCHITECTURES = {bert.Model: ("bert", bert), gpt2.Model: ("gpt2", gpt2), llama.Model: ("llama", llama)}
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-                   "merges.txt", "vocab.json", "added_tokens.json")
+TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "vocab.txt",
+  "special_tokens_map.json",
+  "merges.txt",
+  "vocab.json",
+  "added_tokens.json",
+)
 
 PEFT_PREFIX = "base_model.model."
 
 
 # ---------------------------------------------------------------------------------------------------
 # Shared: which architecture, which names.
+
 
 def _architecture(model, task: str):
   """(model_type, architecture module, transformers class, backbone prefix, head module name)."""
@@ -75,8 +89,10 @@ def _architecture(model, task: str):
     raise ValueError(f"cannot export a {type(model).__name__}: ftjax exports {[c.__name__ for c in ARCHITECTURES]}")
   model_type, arch = ARCHITECTURES[type(model)]
   if (model_type, task) not in HF_CLASSES:
-    raise ValueError(f"transformers has no {model_type} class for task {task!r}; "
-                     f"supported: {[t for m, t in HF_CLASSES if m == model_type]}")
+    raise ValueError(
+      f"transformers has no {model_type} class for task {task!r}; "
+      f"supported: {[t for m, t in HF_CLASSES if m == model_type]}"
+    )
   return (model_type, arch) + HF_CLASSES[model_type, task]
 
 
@@ -87,32 +103,43 @@ def _has_pooler(params: dict) -> bool:
 def _dense_modules(arch, model, with_pooler: bool) -> dict[str, str]:
   """Our module path ("encoder/layer_0/attention/self/query") → HF module name, for every dense layer."""
   hf_keys = ["pooler.dense.weight"] if with_pooler else []
-  return {ours[:-len("/kernel")]: theirs[:-len(".weight")]
-          for ours, theirs, _ in arch.hf_names(model.config, hf_keys) if ours.endswith("/kernel")}
+  return {
+    ours[: -len("/kernel")]: theirs[: -len(".weight")]
+    for ours, theirs, _ in arch.hf_names(model.config, hf_keys)
+    if ours.endswith("/kernel")
+  }
 
 
 def _reject_non_lora(model, tree: dict, fmt: str):
   """Adapters, prompts and prefixes have no transformers (merged) or PEFT-LoRA form."""
   spec = model.peft
   methods = [m for m in ("adapter", "prompt", "prefix") if tree.get(m)]
-  methods += [m for m, on in (("adapter", spec.adapter), ("prompt", spec.prompt_length),
-                              ("prefix", spec.prefix_length)) if on and m not in methods]
+  methods += [
+    m
+    for m, on in (("adapter", spec.adapter), ("prompt", spec.prompt_length), ("prefix", spec.prefix_length))
+    if on and m not in methods
+  ]
   if not methods:
     return
   if fmt == "hf":
     raise ValueError(
-        f"this run uses {' and '.join(methods)} tuning, which changes the computation itself and has no "
-        "vanilla-transformers form: only LoRA/DoRA can be merged into the weights. Keep the ftjax run "
-        "(checkpoint + config) to use it, or export LoRA runs with format=\"peft\".")
-  raise ValueError(f"this run uses {' and '.join(methods)} tuning: export_peft writes LoRA adapters only; "
-                   "keep the ftjax run (checkpoint + config) to use it")
+      f"this run uses {' and '.join(methods)} tuning, which changes the computation itself and has no "
+      "vanilla-transformers form: only LoRA/DoRA can be merged into the weights. Keep the ftjax run "
+      '(checkpoint + config) to use it, or export LoRA runs with format="peft".'
+    )
+  raise ValueError(
+    f"this run uses {' and '.join(methods)} tuning: export_peft writes LoRA adapters only; "
+    "keep the ftjax run (checkpoint + config) to use it"
+  )
 
 
 def _shortest_suffixes(selected: set[str], universe: set[str], sep: str) -> list[str]:
   """For each selected name, its shortest `sep`-suffix that matches (as a whole trailing component) no
   name of the universe outside `selected`. Used for PEFT's target_modules and for our regex."""
+
   def matches(suffix, name):
     return name == suffix or name.endswith(sep + suffix)
+
   found = []
   for name in sorted(selected):
     parts = name.split(sep)
@@ -132,8 +159,9 @@ def _head_tensors(head: dict | None, head_name: str | None, prefix: str) -> dict
   if head_name is None:
     return {}
   if not head or head_name not in head:
-    raise ValueError(f"the task's transformers class names its head {head_name!r}, but the run's head params "
-                     f"have {sorted(head or {})}")
+    raise ValueError(
+      f"the task's transformers class names its head {head_name!r}, but the run's head params have {sorted(head or {})}"
+    )
   extra = sorted(set(head) - {head_name})
   if extra:
     raise ValueError(f"head params {extra} have no place in the exported model (only {head_name!r})")
@@ -165,15 +193,19 @@ def _label_config(config: dict, task: str, head: dict | None, head_name: str | N
 
 def _save_safetensors(tensors: dict[str, np.ndarray], file: Path, metadata: dict | None = None):
   from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()}, str(file),
-            metadata=metadata)
+
+  save_file(
+    {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in tensors.items()}, str(file), metadata=metadata
+  )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Merged transformers checkpoint.
 
-def export_hf(out_dir, *, model, tree: dict, task: str, num_labels: int | None = None,
-              id2label: dict | None = None, source_folder) -> Path:
+
+def export_hf(
+  out_dir, *, model, tree: dict, task: str, num_labels: int | None = None, id2label: dict | None = None, source_folder
+) -> Path:
   """Writes a merged transformers checkpoint of the run to `out_dir`; returns its path.
 
   `tree` is the run's parameter pytree ({"backbone", "head"[, "lora"]}); `source_folder` the Hugging
@@ -223,8 +255,10 @@ def export_hf(out_dir, *, model, tree: dict, task: str, num_labels: int | None =
 # ---------------------------------------------------------------------------------------------------
 # PEFT LoRA adapters.
 
-def export_peft(out_dir, *, model, tree: dict, task: str, num_labels: int | None = None,
-                id2label: dict | None = None, base_model: str) -> Path:
+
+def export_peft(
+  out_dir, *, model, tree: dict, task: str, num_labels: int | None = None, id2label: dict | None = None, base_model: str
+) -> Path:
   """Writes the run's LoRA factors and head as a PEFT adapter in `out_dir`; returns its path.
 
   `base_model` is recorded as `base_model_name_or_path` (a Hub id or a folder). Load with
@@ -245,8 +279,8 @@ def export_peft(out_dir, *, model, tree: dict, task: str, num_labels: int | None
   tensors = {}
   for ours, factors in layers.items():
     name = f"{PEFT_PREFIX}{prefix}{modules[ours]}"
-    tensors[f"{name}.lora_A.weight"] = np.asarray(factors["a"]).T   # (r, in)
-    tensors[f"{name}.lora_B.weight"] = np.asarray(factors["b"]).T   # (out, r)
+    tensors[f"{name}.lora_A.weight"] = np.asarray(factors["a"]).T  # (r, in)
+    tensors[f"{name}.lora_B.weight"] = np.asarray(factors["b"]).T  # (out, r)
     if spec.lora_dora:
       tensors[f"{name}.lora_magnitude_vector"] = np.asarray(factors["magnitude"])
   head = tree.get("head")
@@ -257,20 +291,20 @@ def export_peft(out_dir, *, model, tree: dict, task: str, num_labels: int | None
   universe = set(modules.values()) | ({head_name} if head_name else set())
   targets = _shortest_suffixes({modules[p] for p in layers}, universe, ".")
   config = {
-      "peft_type": "LORA",
-      "task_type": PEFT_TASK_TYPES[task],
-      "base_model_name_or_path": str(base_model),
-      "r": spec.lora_rank,
-      "lora_alpha": spec.lora_alpha,
-      "lora_dropout": spec.lora_dropout,
-      "target_modules": targets,
-      "use_rslora": spec.lora_rslora,
-      "use_dora": spec.lora_dora,
-      "fan_in_fan_out": model_type == "gpt2",  # Conv1D weights are (in, out)
-      "modules_to_save": [head_name] if head_name else None,
-      "bias": "none",
-      "init_lora_weights": True,
-      "inference_mode": True,
+    "peft_type": "LORA",
+    "task_type": PEFT_TASK_TYPES[task],
+    "base_model_name_or_path": str(base_model),
+    "r": spec.lora_rank,
+    "lora_alpha": spec.lora_alpha,
+    "lora_dropout": spec.lora_dropout,
+    "target_modules": targets,
+    "use_rslora": spec.lora_rslora,
+    "use_dora": spec.lora_dora,
+    "fan_in_fan_out": model_type == "gpt2",  # Conv1D weights are (in, out)
+    "modules_to_save": [head_name] if head_name else None,
+    "bias": "none",
+    "init_lora_weights": True,
+    "inference_mode": True,
   }
   if head_name:  # PEFT has no field for labels (the base model is loaded with num_labels=…): check only
     _label_config({}, task, head, head_name, num_labels, id2label)
@@ -281,8 +315,16 @@ def export_peft(out_dir, *, model, tree: dict, task: str, num_labels: int | None
 
 
 # PEFT options that change which modules are adapted or how, beyond what a PeftSpec expresses.
-_UNSUPPORTED_PEFT_OPTIONS = ("rank_pattern", "alpha_pattern", "layer_replication", "target_parameters",
-                             "use_qalora", "lora_bias", "alora_invocation_tokens", "use_bdlora")
+_UNSUPPORTED_PEFT_OPTIONS = (
+  "rank_pattern",
+  "alpha_pattern",
+  "layer_replication",
+  "target_parameters",
+  "use_qalora",
+  "lora_bias",
+  "alora_invocation_tokens",
+  "use_bdlora",
+)
 
 
 def _peft_matches(config: dict, name: str) -> bool:
@@ -329,11 +371,11 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
   used_prefixes = set()
 
   def strip(name):  # base_model.model.bert.encoder.… → encoder.…
-    name = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+    name = name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
     for p in prefixes:
       if name.startswith(p):
         used_prefixes.add(p)
-        return name[len(p):]
+        return name[len(p) :]
     return name
 
   tensors = {k: v for k, (v, _) in read_tensors([weights_file]).items()}
@@ -344,18 +386,21 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
     name = strip(key)
     for suffix, leaf in ((".lora_A.weight", "a"), (".lora_B.weight", "b"), (".lora_magnitude_vector", "magnitude")):
       if name.endswith(suffix):
-        hf = name[:-len(suffix)]
+        hf = name[: -len(suffix)]
         if hf not in module_of:
-          raise ValueError(f"{weights_file}: tensor {key!r} adapts {hf!r}, which is not a dense layer ftjax "
-                           f"can adapt in this {model_type} model (e.g. {sorted(module_of)[:3]})")
+          raise ValueError(
+            f"{weights_file}: tensor {key!r} adapts {hf!r}, which is not a dense layer ftjax "
+            f"can adapt in this {model_type} model (e.g. {sorted(module_of)[:3]})"
+          )
         ours = module_of[hf]
         layers.setdefault(ours, {})[leaf] = value if leaf == "magnitude" else value.T
         break
     else:
       head_name, _, leaf = name.rpartition(".")
       if head_name not in heads or leaf not in ("weight", "bias"):
-        raise ValueError(f"{weights_file}: tensor {key!r} is neither a LoRA factor nor a weight of "
-                         f"modules_to_save {heads}")
+        raise ValueError(
+          f"{weights_file}: tensor {key!r} is neither a LoRA factor nor a weight of modules_to_save {heads}"
+        )
       head.setdefault(head_name, {})["kernel" if leaf == "weight" else "bias"] = value.T if leaf == "weight" else value
 
   dora, rank = bool(config.get("use_dora")), int(config["r"])
@@ -363,16 +408,17 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
     hf = modules[ours]
     needed = {"a", "b"} | ({"magnitude"} if dora else set())
     if set(factors) != needed:
-      raise ValueError(f"{weights_file}: module {hf!r} has {sorted(factors)}, needs {sorted(needed)} "
-                       f"(use_dora={dora})")
+      raise ValueError(f"{weights_file}: module {hf!r} has {sorted(factors)}, needs {sorted(needed)} (use_dora={dora})")
     d_in, d_out = kernels[ours + "/kernel"].shape
     expected = {"a": (d_in, rank), "b": (rank, d_out), "magnitude": (d_out,)}
     for leaf, value in factors.items():
       if value.shape != expected[leaf]:
         torch_shape = value.shape if leaf == "magnitude" else value.shape[::-1]
-        raise ValueError(f"{weights_file}: tensor for {hf!r} {leaf} has shape {torch_shape} in PEFT's layout; "
-                         f"r={rank} and the layer's ({d_in} → {d_out}) need "
-                         f"{expected[leaf] if leaf == 'magnitude' else expected[leaf][::-1]}")
+        raise ValueError(
+          f"{weights_file}: tensor for {hf!r} {leaf} has shape {torch_shape} in PEFT's layout; "
+          f"r={rank} and the layer's ({d_in} → {d_out}) need "
+          f"{expected[leaf] if leaf == 'magnitude' else expected[leaf][::-1]}"
+        )
   if not layers:
     raise ValueError(f"{weights_file} holds no LoRA factors (…lora_A.weight / …lora_B.weight)")
   # Every module target_modules selects must have its factors (unless layers_to_transform narrows the
@@ -382,15 +428,27 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
     wanted = {hf for hf in module_of if _peft_matches(config, prefix + hf)}
     missing = sorted(wanted - {modules[o] for o in layers})
     if missing:
-      raise ValueError(f"{weights_file}: target_modules {config.get('target_modules')} selects {missing[0]!r}, "
-                       f"but the file has no {PEFT_PREFIX}…{missing[0]}.lora_A.weight")
+      raise ValueError(
+        f"{weights_file}: target_modules {config.get('target_modules')} selects {missing[0]!r}, "
+        f"but the file has no {PEFT_PREFIX}…{missing[0]}.lora_A.weight"
+      )
 
   # Our regex: the shortest path suffixes that select exactly the adapted layers.
   suffixes = _shortest_suffixes(set(layers), set(modules), "/")
-  spec = PeftSpec(lora_targets="(^|/)(" + "|".join(re.escape(s) for s in suffixes) + ")$", lora_rank=rank,
-                  lora_alpha=float(config["lora_alpha"]), lora_dropout=float(config.get("lora_dropout") or 0.0),
-                  lora_rslora=bool(config.get("use_rslora")), lora_dora=dora)
-  lora_tree = traverse_util.unflatten_dict({tuple(o.split("/")) + (leaf,): jnp.asarray(v, jnp.float32)
-                                            for o, factors in layers.items() for leaf, v in factors.items()})
+  spec = PeftSpec(
+    lora_targets="(^|/)(" + "|".join(re.escape(s) for s in suffixes) + ")$",
+    lora_rank=rank,
+    lora_alpha=float(config["lora_alpha"]),
+    lora_dropout=float(config.get("lora_dropout") or 0.0),
+    lora_rslora=bool(config.get("use_rslora")),
+    lora_dora=dora,
+  )
+  lora_tree = traverse_util.unflatten_dict(
+    {
+      tuple(o.split("/")) + (leaf,): jnp.asarray(v, jnp.float32)
+      for o, factors in layers.items()
+      for leaf, v in factors.items()
+    }
+  )
   head_tree = {k: {n: jnp.asarray(v, jnp.float32) for n, v in h.items()} for k, h in head.items()}
   return spec, lora_tree, head_tree or None

@@ -32,6 +32,7 @@ position_ids=, cache=, cache_index=, prepend_prompt=)` returning `.logits` and `
 have the batch as leading axis (beam search reorders them); `model.init_cache(batch, length)`;
 `model.peft.prompt_length` soft prompt tokens, which the caller lays out in the cache (see gpt2.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,6 +51,7 @@ _NEVER = -1.0e9
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """Everything that changes the traced program: one compilation per distinct value (and shapes)."""
+
   method: str
   max_new_tokens: int
   temperature: float = 1.0
@@ -62,10 +64,25 @@ class Settings:
   pad_token_id: int = 0
 
 
-def generate(model, params, input_ids, attention_mask=None, *, max_new_tokens: int, method: str = "greedy",
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 4,
-             length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, eos_token_id=None,
-             pad_token_id: int | None = None, rng=None, variables: dict | None = None) -> jax.Array:
+def generate(
+  model,
+  params,
+  input_ids,
+  attention_mask=None,
+  *,
+  max_new_tokens: int,
+  method: str = "greedy",
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  num_beams: int = 4,
+  length_penalty: float = 1.0,
+  no_repeat_ngram_size: int = 0,
+  eos_token_id=None,
+  pad_token_id: int | None = None,
+  rng=None,
+  variables: dict | None = None,
+) -> jax.Array:
   """Prompt + `max_new_tokens` new token ids, int32 (B, T + max_new_tokens); after EOS, `pad_token_id`.
 
   `input_ids` (B, T) are left-padded where `attention_mask` (B, T) is 0. `eos_token_id` is an int, a
@@ -91,10 +108,18 @@ def generate(model, params, input_ids, attention_mask=None, *, max_new_tokens: i
   # Knobs the method ignores keep their defaults, so that they cannot cause a recompilation.
   sampling = method == "sample"
   beam = method == "beam"
-  settings = Settings(method, int(max_new_tokens), float(temperature) if sampling else 1.0,
-                      int(top_k) if sampling else 0, float(top_p) if sampling else 1.0,
-                      int(num_beams) if beam else 4, float(length_penalty) if beam else 1.0,
-                      int(no_repeat_ngram_size), eos, int(pad_token_id))
+  settings = Settings(
+    method,
+    int(max_new_tokens),
+    float(temperature) if sampling else 1.0,
+    int(top_k) if sampling else 0,
+    float(top_p) if sampling else 1.0,
+    int(num_beams) if beam else 4,
+    float(length_penalty) if beam else 1.0,
+    int(no_repeat_ngram_size),
+    eos,
+    int(pad_token_id),
+  )
   input_ids = jnp.asarray(input_ids, jnp.int32)
   attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
   if attention_mask.shape != input_ids.shape:
@@ -134,17 +159,29 @@ def _prefill(model, variables, input_ids, attention_mask, batch_repeats: int, ma
   cache = model.init_cache(batch, mask.shape[1])
   out = model.apply(variables, input_ids, attention_mask=mask, position_ids=positions, cache=cache, cache_index=0)
   logits, cache = out.logits[:, -1].astype(jnp.float32), out.cache
-  next_position = prompt_mask.sum(axis=1)       # real tokens so far: the next token's position
+  next_position = prompt_mask.sum(axis=1)  # real tokens so far: the next token's position
   if batch_repeats > 1:
     repeat = lambda x: jnp.repeat(x, batch_repeats, axis=0)
-    logits, cache, mask, next_position = repeat(logits), jax.tree.map(repeat, cache), repeat(mask), repeat(next_position)
+    logits, cache, mask, next_position = (
+      repeat(logits),
+      jax.tree.map(repeat, cache),
+      repeat(mask),
+      repeat(next_position),
+    )
   return logits, cache, mask, next_position, n_soft + prompt_len
 
 
 def _step(model, variables, tokens, mask, positions, cache, slot):
   """Feeds one token per sequence (B,) at cache `slot`; returns next-token logits and the cache."""
-  out = model.apply(variables, tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
-                    cache=cache, cache_index=slot, prepend_prompt=False)
+  out = model.apply(
+    variables,
+    tokens[:, None],
+    attention_mask=mask,
+    position_ids=positions[:, None],
+    cache=cache,
+    cache_index=slot,
+    prepend_prompt=False,
+  )
   return out.logits[:, -1].astype(jnp.float32), out.cache
 
 
@@ -163,10 +200,10 @@ def ban_repeated_ngrams(scores: jax.Array, tokens: jax.Array, valid: jax.Array, 
   # n-gram j is tokens[j : j + n]; it is complete once j + n <= length.
   match = (jnp.arange(starts) + n <= length)[None, :] & context_valid[:, None] & (length >= n - 1)
   for k in range(n):
-    match &= valid[:, k:k + starts]
+    match &= valid[:, k : k + starts]
     if k < n - 1:
-      match &= tokens[:, k:k + starts] == context[:, k:k + 1]
-  banned = jnp.zeros(scores.shape, jnp.int32).at[jnp.arange(batch)[:, None], tokens[:, n - 1:]].add(match)
+      match &= tokens[:, k : k + starts] == context[:, k : k + 1]
+  banned = jnp.zeros(scores.shape, jnp.int32).at[jnp.arange(batch)[:, None], tokens[:, n - 1 :]].add(match)
   return jnp.where(banned > 0, -jnp.inf, scores)
 
 
@@ -177,7 +214,7 @@ def _warp(logits: jax.Array, s: Settings) -> jax.Array:
     kth = jax.lax.top_k(logits, s.top_k)[0][:, -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if s.top_p < 1.0:
-    order = jnp.argsort(logits, axis=-1)                                # ascending
+    order = jnp.argsort(logits, axis=-1)  # ascending
     ascending = jnp.take_along_axis(logits, order, axis=-1)
     # Drop the unlikely tail whose total mass is ≤ 1 - p; the likeliest token always stays.
     drop = (jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1) <= 1.0 - s.top_p).at[:, -1].set(False)
@@ -192,7 +229,8 @@ def _warp(logits: jax.Array, s: Settings) -> jax.Array:
 def _sample_or_greedy(model, s: Settings, variables, input_ids, attention_mask, rng):
   batch, prompt_len = input_ids.shape
   logits, cache, mask, next_position, first_slot = _prefill(
-      model, variables, input_ids, attention_mask, 1, s.max_new_tokens)
+    model, variables, input_ids, attention_mask, 1, s.max_new_tokens
+  )
   tokens = jnp.concatenate([input_ids, jnp.full((batch, s.max_new_tokens), s.pad_token_id, jnp.int32)], axis=1)
   valid = jnp.concatenate([attention_mask > 0, jnp.ones((batch, s.max_new_tokens), bool)], axis=1)
   eos = jnp.asarray(s.eos_token_ids, jnp.int32)
@@ -257,18 +295,23 @@ def _beam_search(model, s: Settings, variables, input_ids, attention_mask, rng):
     position = prompt_len + t
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     if s.no_repeat_ngram_size:
-      log_probs = ban_repeated_ngrams(log_probs, running_seqs.reshape(batch * k, length), valid, position,
-                                      s.no_repeat_ngram_size)
+      log_probs = ban_repeated_ngrams(
+        log_probs, running_seqs.reshape(batch * k, length), valid, position, s.no_repeat_ngram_size
+      )
     log_probs = (log_probs.reshape(batch, k, vocab) + running_scores[:, :, None]).reshape(batch, k * vocab)
     top_scores, top_index = jax.lax.top_k(log_probs, keep)
     parent, token = top_index // vocab, top_index % vocab
     top_seqs = gather(running_seqs, parent).at[:, :, position].set(token)
-    ends = jnp.isin(token, eos) | (t == steps - 1)          # EOS, or the length limit for everyone
+    ends = jnp.isin(token, eos) | (t == steps - 1)  # EOS, or the length limit for everyone
 
     # Running beams: the best K extensions that did not end.
     running_candidates = top_scores + ends.astype(jnp.float32) * _NEVER
     best = jax.lax.top_k(running_candidates, k)[1]
-    running_seqs, running_scores, parent = gather(top_seqs, best), gather(running_candidates, best), gather(parent, best)
+    running_seqs, running_scores, parent = (
+      gather(top_seqs, best),
+      gather(running_candidates, best),
+      gather(parent, best),
+    )
 
     # Finished hypotheses: top-K extensions that ended, length-penalised, merged into the K best so far.
     just_finished = ends & in_top_k[None]
@@ -297,7 +340,16 @@ def _beam_search(model, s: Settings, variables, input_ids, attention_mask, rng):
 
   # Only the first beam starts live, so the first step does not pick the same extension K times.
   running_scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_NEVER)
-  state = (jnp.int32(0), running_seqs, running_scores, running_seqs, jnp.full((batch, k), _NEVER, jnp.float32),
-           jnp.zeros((batch, k), bool), jnp.ones((batch,), bool), logits, cache)
+  state = (
+    jnp.int32(0),
+    running_seqs,
+    running_scores,
+    running_seqs,
+    jnp.full((batch, k), _NEVER, jnp.float32),
+    jnp.zeros((batch, k), bool),
+    jnp.ones((batch,), bool),
+    logits,
+    cache,
+  )
   seqs = jax.lax.while_loop(running, body, state)[3]
   return seqs[:, 0]

@@ -12,6 +12,7 @@ object a line: step, split, metrics), tensorboard/, checkpoints/ (see checkpoint
 ner_report_<split>.txt for NER, train.lock (workdir_lock.py: held while a process trains in the
 folder; a second process on the same workdir stops with an error).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,13 @@ from ftjax.tasks import datasets
 from ftjax.workdir_lock import exclusive_workdir
 
 # The dev metric a task is usually selected on, and whether larger is better.
-DEFAULT_SELECTION = {"classification": ("accuracy", "max"), "regression": ("pearson", "max"),
-                     "token_classification": ("f1", "max"), "question_answering": ("f1", "max"),
-                     "causal_lm": ("perplexity", "min")}
+DEFAULT_SELECTION = {
+  "classification": ("accuracy", "max"),
+  "regression": ("pearson", "max"),
+  "token_classification": ("f1", "max"),
+  "question_answering": ("f1", "max"),
+  "causal_lm": ("perplexity", "min"),
+}
 MATTHEWS_TASKS = ("glue/cola",)  # CoLA is reported (and selected) by Matthews correlation
 
 
@@ -72,8 +77,9 @@ def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int)
     rows = batch["example_index"]
     keep = rows >= 0
     parts = jax.tree.map(lambda x: [], out) if parts is None else parts
-    parts = jax.tree.map(lambda acc, x: acc + [(rows[keep], x[keep])], parts, out,
-                         is_leaf=lambda x: isinstance(x, list))
+    parts = jax.tree.map(
+      lambda acc, x: acc + [(rows[keep], x[keep])], parts, out, is_leaf=lambda x: isinstance(x, list)
+    )
   if parts is None:  # the step returns no per-row outputs (language models: the loss is the score)
     return None, loss_sum, count
   num_rows = len(features["input_ids"])
@@ -85,6 +91,7 @@ def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int)
     for rows, x in chunks:
       full[(rows,) + ((slice(0, x.shape[1]),) if width else ())] = x
     return full
+
   return jax.tree.map(assemble, parts, is_leaf=lambda x: isinstance(x, list)), loss_sum, count
 
 
@@ -100,19 +107,30 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
   ROUGE-L, CIDEr; else BLEU and ROUGE-L), and writes the outputs to workdir/generations_<split>.txt."""
   from ftjax import generation, metrics
   from ftjax.data import features as feats
+
   g = config.generation
-  examples = list(datasets.examples(config, split))[:g.eval_examples]
+  examples = list(datasets.examples(config, split))[: g.eval_examples]
   tok = exp.tokenizer
   variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
   hypotheses = []
   for start in tqdm.trange(0, len(examples), g.batch_size, desc=f"generate {split}", unit="batch"):
-    prompts = feats.generation_prompts(examples[start:start + g.batch_size], tok, config.max_length)
-    out = generation.generate(exp.model, tree["backbone"], prompts["input_ids"], prompts["attention_mask"],
-                              max_new_tokens=g.max_new_tokens, method=g.method, num_beams=g.num_beams,
-                              length_penalty=g.length_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                              rng=jax.random.key(config.seed), variables=variables)
-    new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1]:]
+    prompts = feats.generation_prompts(examples[start : start + g.batch_size], tok, config.max_length)
+    out = generation.generate(
+      exp.model,
+      tree["backbone"],
+      prompts["input_ids"],
+      prompts["attention_mask"],
+      max_new_tokens=g.max_new_tokens,
+      method=g.method,
+      num_beams=g.num_beams,
+      length_penalty=g.length_penalty,
+      no_repeat_ngram_size=g.no_repeat_ngram_size,
+      eos_token_id=tok.eos_token_id,
+      pad_token_id=tok.pad_token_id,
+      rng=jax.random.key(config.seed),
+      variables=variables,
+    )
+    new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
     hypotheses += [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
   references = [list(e["refs"]) for e in examples]
   score = metrics.e2e if config.task.source == "e2e_nlg" else metrics.generation
@@ -138,19 +156,25 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
   threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0)
   xla_cpu.set_threefry_lowering(threefry)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  run_record = {"task": {"kind": exp.task.kind, "num_labels": exp.task.num_labels,
-                         "label_names": list(exp.task.label_names)},
-                "backbone": models.backbone_reference(config.model), "rules": list(exp.rules),
-                "cpu_threefry": threefry}
+  run_record = {
+    "task": {"kind": exp.task.kind, "num_labels": exp.task.num_labels, "label_names": list(exp.task.label_names)},
+    "backbone": models.backbone_reference(config.model),
+    "rules": list(exp.rules),
+    "cpu_threefry": threefry,
+  }
   (workdir / "run.json").write_text(json.dumps(run_record, indent=2))
 
   # --- data ----------------------------------------------------------------------------------------
   train = datasets.load(config, exp.tokenizer, config.task.train_split, config.max_train_examples)
-  dev = (datasets.load(config, exp.tokenizer, config.task.dev_split, config.max_eval_examples)
-         if config.task.dev_split else None)
+  dev = (
+    datasets.load(config, exp.tokenizer, config.task.dev_split, config.max_eval_examples)
+    if config.task.dev_split
+    else None
+  )
   if config.batch_size % config.grad_accum_steps:
-    raise InputError(f"config key batch_size={config.batch_size} is not divisible by grad_accum_steps="
-                     f"{config.grad_accum_steps}")
+    raise InputError(
+      f"config key batch_size={config.batch_size} is not divisible by grad_accum_steps={config.grad_accum_steps}"
+    )
   steps_per_epoch = pipeline.num_train_batches(train.num_rows, config.batch_size)
   if steps_per_epoch == 0:
     raise InputError(f"config key batch_size={config.batch_size} exceeds the {train.num_rows} training rows")
@@ -163,8 +187,15 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
   state = steps.create_state(trainable, frozen, tx, config.seed)
   metric_name, mode = selection(config, exp.task.kind)
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-  loop_state = {"best_value": None, "best_step": None, "best_metrics": None, "evals_without_improvement": 0,
-                "stopped_early": False, "wall_seconds": 0.0, "cpu_seconds": 0.0}  # times: to the latest checkpoint
+  loop_state = {
+    "best_value": None,
+    "best_step": None,
+    "best_metrics": None,
+    "evals_without_improvement": 0,
+    "stopped_early": False,
+    "wall_seconds": 0.0,
+    "cpu_seconds": 0.0,
+  }  # times: to the latest checkpoint
 
   # --- resume, or start from a finished run ------------------------------------------------------
   checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
@@ -182,18 +213,26 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
   # --- devices --------------------------------------------------------------------------------------
   par = parallel.make_parallel(config.parallel)
   adv = config.adversarial
-  train_step = par.compile_train_step(lambda axis_name: steps.make_train_step(
-      exp.model, exp.task, tx, adversarial_config=adv, grad_accum_steps=config.grad_accum_steps,
-      dropout=config.dropout, axis_name=axis_name))
+  train_step = par.compile_train_step(
+    lambda axis_name: steps.make_train_step(
+      exp.model,
+      exp.task,
+      tx,
+      adversarial_config=adv,
+      grad_accum_steps=config.grad_accum_steps,
+      dropout=config.dropout,
+      axis_name=axis_name,
+    )
+  )
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
   state = par.put_state(state)
 
   import tensorboardX
+
   writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
   def evaluate(split_data, step):
-    values, report = evaluate_split(par, eval_step, state.trainable, state.frozen, split_data,
-                                    config.eval_batch_size)
+    values, report = evaluate_split(par, eval_step, state.trainable, state.frozen, split_data, config.eval_batch_size)
     if values:
       append_metrics(workdir, step, split_data.split, values, writer)
     if report:
@@ -219,14 +258,20 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     fetched = jax.device_get([m for _, m in pending])
     for (s, _), m in zip(pending, fetched):
       if m["nonfinite"]:
-        raise NonFiniteError(f"non-finite loss or gradient at step {s} (loss sum {m['objective_sum']}, "
-                             f"gradient norm {m['grad_norm']}); the state was not updated and the last good "
-                             f"checkpoint under {workdir / 'checkpoints'} is intact")
+        raise NonFiniteError(
+          f"non-finite loss or gradient at step {s} (loss sum {m['objective_sum']}, "
+          f"gradient norm {m['grad_norm']}); the state was not updated and the last good "
+          f"checkpoint under {workdir / 'checkpoints'} is intact"
+        )
     last_step = pending[-1][0]
     loss = sum(m["loss_sum"] for m in fetched) / max(sum(m["count"] for m in fetched), 1.0)
     elapsed = max(time.time() - window_start, 1e-9)
-    values = {"loss": loss, "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-              "learning_rate": float(lr_schedule(last_step - 1)), "examples_per_second": window_examples / elapsed}
+    values = {
+      "loss": loss,
+      "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+      "learning_rate": float(lr_schedule(last_step - 1)),
+      "examples_per_second": window_examples / elapsed,
+    }
     if adv.method != "none":
       values["objective"] = sum(m["objective_sum"] for m in fetched) / max(sum(m["count"] for m in fetched), 1.0)
     append_metrics(workdir, last_step, "train", values, writer)
@@ -249,10 +294,17 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         flush()
         values = dev_history[step] = evaluate(dev, step)
         value = values.get(metric_name)
-        if value is not None and math.isfinite(value) and (loop_state["best_value"] is None
-                                                           or better(value, loop_state["best_value"])):
-          loop_state.update(best_value=value, best_step=step, evals_without_improvement=0,
-                            best_metrics={k: float(v) for k, v in values.items()})
+        if (
+          value is not None
+          and math.isfinite(value)
+          and (loop_state["best_value"] is None or better(value, loop_state["best_value"]))
+        ):
+          loop_state.update(
+            best_value=value,
+            best_step=step,
+            evals_without_improvement=0,
+            best_metrics={k: float(v) for k, v in values.items()},
+          )
           checkpoints.save_best(step, saved_part().trainable)
         else:
           loop_state["evals_without_improvement"] += 1
@@ -278,8 +330,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
   if config.early_stopping.restore_best and loop_state["best_step"] not in (None, step):
     host = par.get_state(state)
     state = par.put_state(host.replace(trainable=checkpoints.restore_trainable(host.trainable)))
-    print(f"restored the best checkpoint (step {loop_state['best_step']}, {metric_name} = "
-          f"{loop_state['best_value']:.3f})")
+    print(
+      f"restored the best checkpoint (step {loop_state['best_step']}, {metric_name} = {loop_state['best_value']:.3f})"
+    )
   params_step = loop_state["best_step"] if config.early_stopping.restore_best and loop_state["best_step"] else step
   if loop_state.get("best_metrics") and loop_state["best_step"] not in dev_history:  # scored before a resume
     dev_history[loop_state["best_step"]] = loop_state["best_metrics"]
@@ -288,8 +341,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     if split == config.task.dev_split and params_step in dev_history:  # these parameters were scored already
       final[split] = dev_history[params_step]
       continue
-    data = dev if split == config.task.dev_split else datasets.load(config, exp.tokenizer, split,
-                                                                   config.max_eval_examples)
+    data = (
+      dev if split == config.task.dev_split else datasets.load(config, exp.tokenizer, split, config.max_eval_examples)
+    )
     final[split] = evaluate(data, params_step)
   if exp.task.kind == "causal_lm" and config.generation.eval_examples > 0:
     split = config.generation.eval_split
@@ -300,8 +354,19 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     final[f"{split} generation"] = values
   checkpoints.close()
   writer.close()
-  summary = _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final,
-                     time.time() - started, time.process_time() - cpu_started)
+  summary = _summary(
+    config,
+    workdir,
+    trainable,
+    frozen,
+    step,
+    total_steps,
+    loop_state,
+    metric_name,
+    final,
+    time.time() - started,
+    time.process_time() - cpu_started,
+  )
   (workdir / "summary.txt").write_text(summary)
   print(summary)
   return final
@@ -322,28 +387,38 @@ def load_trained(workdir, trainable_template):
   if not (workdir / "checkpoints" / "best").is_dir():
     raise FileNotFoundError(f"config key init_from: {workdir} holds no finished run (no checkpoints/best)")
   import orbax.checkpoint as ocp
+
   manager = ckpt.Checkpoints(workdir)  # the whole best tree (kilobytes for PEFT), then the parts that fit
   saved = trainability.flatten(manager.best.restore(manager.best_step(), args=ocp.args.StandardRestore()))
   manager.close()
   template = trainability.flatten(trainable_template)
-  restored = trainability.unflatten({p: np.asarray(saved[p], np.asarray(v).dtype) for p, v in template.items()
-                                     if p in saved and np.shape(saved[p]) == np.shape(v)})
+  restored = trainability.unflatten(
+    {
+      p: np.asarray(saved[p], np.asarray(v).dtype)
+      for p, v in template.items()
+      if p in saved and np.shape(saved[p]) == np.shape(v)
+    }
+  )
   skipped = sorted(set(template) - set(trainability.flatten(restored)))
   if skipped:
-    print(f"init_from: {len(skipped)} parameters keep their fresh initialisation (not in {workdir} or "
-          f"shaped differently), e.g. {skipped[:3]}")
-  return trainability.combine(restored, trainability.unflatten(
-      {p: v for p, v in template.items() if p in skipped}))
+    print(
+      f"init_from: {len(skipped)} parameters keep their fresh initialisation (not in {workdir} or "
+      f"shaped differently), e.g. {skipped[:3]}"
+    )
+  return trainability.combine(restored, trainability.unflatten({p: v for p, v in template.items() if p in skipped}))
 
 
-def _summary(config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final, seconds,
-             cpu_seconds):
-  lines = ["=" * 72, f"ftjax run  {workdir}",
-           f"model {config.model}  task {config.task.source}  method {config.method}  "
-           f"adversarial {config.adversarial.method}",
-           trainability.summary(trainable, frozen).splitlines()[0],
-           f"steps {step}/{total_steps}  wall time {seconds / 60:.1f} min  CPU time {cpu_seconds / 60:.1f} min"
-           + ("  (stopped early)" if loop_state["stopped_early"] else "")]
+def _summary(
+  config, workdir, trainable, frozen, step, total_steps, loop_state, metric_name, final, seconds, cpu_seconds
+):
+  lines = [
+    "=" * 72,
+    f"ftjax run  {workdir}",
+    f"model {config.model}  task {config.task.source}  method {config.method}  adversarial {config.adversarial.method}",
+    trainability.summary(trainable, frozen).splitlines()[0],
+    f"steps {step}/{total_steps}  wall time {seconds / 60:.1f} min  CPU time {cpu_seconds / 60:.1f} min"
+    + ("  (stopped early)" if loop_state["stopped_early"] else ""),
+  ]
   if loop_state["best_step"] is not None:
     lines.append(f"best dev {metric_name} = {loop_state['best_value']:.3f} at step {loop_state['best_step']}")
   for split, values in final.items():

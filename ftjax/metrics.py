@@ -31,124 +31,130 @@ import numpy as np
 
 
 def classification(labels: Sequence[int], predictions: Sequence[int], num_classes: int = 2) -> dict[str, float]:
-    """accuracy, f1 (binary for 2 classes, else macro) and matthews, all x100."""
-    import sklearn.metrics
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
-    average = "binary" if num_classes == 2 else "macro"
-    return {
-        "accuracy": 100 * sklearn.metrics.accuracy_score(labels, predictions),
-        "f1": 100 * sklearn.metrics.f1_score(labels, predictions, average=average, zero_division=0),
-        "matthews": 100 * sklearn.metrics.matthews_corrcoef(labels, predictions),
-    }
+  """accuracy, f1 (binary for 2 classes, else macro) and matthews, all x100."""
+  import sklearn.metrics
+
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  average = "binary" if num_classes == 2 else "macro"
+  return {
+    "accuracy": 100 * sklearn.metrics.accuracy_score(labels, predictions),
+    "f1": 100 * sklearn.metrics.f1_score(labels, predictions, average=average, zero_division=0),
+    "matthews": 100 * sklearn.metrics.matthews_corrcoef(labels, predictions),
+  }
 
 
 def regression(labels: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
-    """pearson and spearman correlations x100 (STS-B)."""
-    import scipy.stats
-    return {
-        "pearson": 100 * float(scipy.stats.pearsonr(labels, predictions)[0]),
-        "spearman": 100 * float(scipy.stats.spearmanr(labels, predictions)[0]),
-    }
+  """pearson and spearman correlations x100 (STS-B)."""
+  import scipy.stats
+
+  return {
+    "pearson": 100 * float(scipy.stats.pearsonr(labels, predictions)[0]),
+    "spearman": 100 * float(scipy.stats.spearmanr(labels, predictions)[0]),
+  }
 
 
 def ner(labels: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]]) -> tuple[dict[str, float], str]:
-    """Entity-level precision, recall, f1 (seqeval, IOB2 tag strings, default mode) x100, and seqeval's
-    per-type classification report as a separate string so the numeric dict can be logged as is."""
-    import seqeval.metrics
-    scores = {
-        "precision": 100 * seqeval.metrics.precision_score(labels, predictions, zero_division=0),
-        "recall": 100 * seqeval.metrics.recall_score(labels, predictions, zero_division=0),
-        "f1": 100 * seqeval.metrics.f1_score(labels, predictions, zero_division=0),
-    }
-    return scores, seqeval.metrics.classification_report(labels, predictions, digits=4, zero_division=0)
+  """Entity-level precision, recall, f1 (seqeval, IOB2 tag strings, default mode) x100, and seqeval's
+  per-type classification report as a separate string so the numeric dict can be logged as is."""
+  import seqeval.metrics
+
+  scores = {
+    "precision": 100 * seqeval.metrics.precision_score(labels, predictions, zero_division=0),
+    "recall": 100 * seqeval.metrics.recall_score(labels, predictions, zero_division=0),
+    "f1": 100 * seqeval.metrics.f1_score(labels, predictions, zero_division=0),
+  }
+  return scores, seqeval.metrics.classification_report(labels, predictions, digits=4, zero_division=0)
 
 
 # ---------------------------------------------------------------- SQuAD v1.1 (the official script's logic)
 
 
 def normalize_answer(text: str) -> str:
-    """Lower case, drop punctuation, the articles a/an/the, and extra whitespace (official order)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+  """Lower case, drop punctuation, the articles a/an/the, and extra whitespace (official order)."""
+  text = text.lower()
+  text = "".join(ch for ch in text if ch not in set(string.punctuation))
+  text = re.sub(r"\b(a|an|the)\b", " ", text)
+  return " ".join(text.split())
 
 
 def _token_f1(prediction: str, reference: str) -> float:
-    prediction_tokens = normalize_answer(prediction).split()
-    reference_tokens = normalize_answer(reference).split()
-    common = collections.Counter(prediction_tokens) & collections.Counter(reference_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(prediction_tokens)
-    recall = num_same / len(reference_tokens)
-    return 2 * precision * recall / (precision + recall)
+  prediction_tokens = normalize_answer(prediction).split()
+  reference_tokens = normalize_answer(reference).split()
+  common = collections.Counter(prediction_tokens) & collections.Counter(reference_tokens)
+  num_same = sum(common.values())
+  if num_same == 0:
+    return 0.0
+  precision = num_same / len(prediction_tokens)
+  recall = num_same / len(reference_tokens)
+  return 2 * precision * recall / (precision + recall)
 
 
 def squad(references: dict[str, Sequence[str]], predictions: dict[str, str]) -> dict[str, float]:
-    """exact_match and f1 x100, each the max over an example's reference answers, averaged over every
-    question in `references` (a question without a prediction scores 0, as in the official script)."""
-    exact = f1 = 0.0
-    for qid, answers in references.items():
-        prediction = predictions.get(qid, "")
-        exact += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
-        f1 += max(_token_f1(prediction, a) for a in answers)
-    return {"exact_match": 100 * exact / len(references), "f1": 100 * f1 / len(references)}
+  """exact_match and f1 x100, each the max over an example's reference answers, averaged over every
+  question in `references` (a question without a prediction scores 0, as in the official script)."""
+  exact = f1 = 0.0
+  for qid, answers in references.items():
+    prediction = predictions.get(qid, "")
+    exact += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
+    f1 += max(_token_f1(prediction, a) for a in answers)
+  return {"exact_match": 100 * exact / len(references), "f1": 100 * f1 / len(references)}
 
 
 # ---------------------------------------------------------------------------------------- generation
 
 
 def generation(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu, 13a tokenisation, all references of each hypothesis) and ROUGE-L F-measure
-    (rouge-score with stemming, max over an example's references, averaged over examples), both 0-100."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
-    # sacrebleu wants one stream per reference position; examples with fewer references pad with None.
-    depth = max(len(r) for r in references)
-    streams = [[r[k] if k < len(r) else None for r in references] for k in range(depth)]
-    bleu = sacrebleu.corpus_bleu(list(hypotheses), streams).score
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [max(scorer.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for refs, hyp in zip(references, hypotheses)]
-    return {"bleu": bleu, "rougeL": 100 * float(np.mean(rouge))}
+  """Corpus BLEU (sacrebleu, 13a tokenisation, all references of each hypothesis) and ROUGE-L F-measure
+  (rouge-score with stemming, max over an example's references, averaged over examples), both 0-100."""
+  import sacrebleu
+  from rouge_score import rouge_scorer
+
+  # sacrebleu wants one stream per reference position; examples with fewer references pad with None.
+  depth = max(len(r) for r in references)
+  streams = [[r[k] if k < len(r) else None for r in references] for k in range(depth)]
+  bleu = sacrebleu.corpus_bleu(list(hypotheses), streams).score
+  scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+  rouge = [max(scorer.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for refs, hyp in zip(references, hypotheses)]
+  return {"bleu": bleu, "rougeL": 100 * float(np.mean(rouge))}
 
 
 def e2e(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
-    """The E2E NLG challenge's metrics: bleu and rougeL (above), nist (nltk's corpus NIST, 5-grams),
-    cider (pycocoevalcap's CIDEr, unscaled as the challenge reports it, e.g. 2.5) and meteor (pycocoevalcap's METEOR 1.5 — the
-    challenge's own version — which runs Java). NIST/CIDEr/METEOR are left out, with a note on stderr,
-    where nltk, pycocoevalcap or java are missing. Texts are lower-cased and whitespace-tokenised for
-    NIST, CIDEr and METEOR, as the challenge's scripts do."""
-    import shutil
-    import sys
-    result = generation(references, hypotheses)
-    hyp_tokens = [h.lower().split() for h in hypotheses]
-    ref_tokens = [[r.lower().split() for r in refs] for refs in references]
-    try:
-        from nltk.translate.nist_score import corpus_nist
-        # nltk divides by the number of hypothesis n-grams of each order: with outputs shorter than
-        # 5 tokens throughout, fall back to the longest order that exists (5 on any real E2E output).
-        longest = max((len(h) for h in hyp_tokens), default=0)
-        result["nist"] = float(corpus_nist(ref_tokens, hyp_tokens, n=min(5, longest))) if longest else 0.0
-    except ImportError:
-        print("metrics.e2e: nltk missing, no NIST", file=sys.stderr)
-    try:
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.meteor.meteor import Meteor
-    except ImportError:
-        print("metrics.e2e: pycocoevalcap missing, no CIDEr/METEOR", file=sys.stderr)
-        return result
-    refs = {i: [" ".join(r) for r in rs] for i, rs in enumerate(ref_tokens)}
-    hyps = {i: [" ".join(h) if h else "_"] for i, h in enumerate(hyp_tokens)}
-    result["cider"] = float(Cider().compute_score(refs, hyps)[0])
-    if shutil.which("java"):
-        result["meteor"] = 100 * float(Meteor().compute_score(refs, hyps)[0])
-    else:
-        print("metrics.e2e: java missing, no METEOR", file=sys.stderr)
+  """The E2E NLG challenge's metrics: bleu and rougeL (above), nist (nltk's corpus NIST, 5-grams),
+  cider (pycocoevalcap's CIDEr, unscaled as the challenge reports it, e.g. 2.5) and meteor (pycocoevalcap's METEOR 1.5 — the
+  challenge's own version — which runs Java). NIST/CIDEr/METEOR are left out, with a note on stderr,
+  where nltk, pycocoevalcap or java are missing. Texts are lower-cased and whitespace-tokenised for
+  NIST, CIDEr and METEOR, as the challenge's scripts do."""
+  import shutil
+  import sys
+
+  result = generation(references, hypotheses)
+  hyp_tokens = [h.lower().split() for h in hypotheses]
+  ref_tokens = [[r.lower().split() for r in refs] for refs in references]
+  try:
+    from nltk.translate.nist_score import corpus_nist
+
+    # nltk divides by the number of hypothesis n-grams of each order: with outputs shorter than
+    # 5 tokens throughout, fall back to the longest order that exists (5 on any real E2E output).
+    longest = max((len(h) for h in hyp_tokens), default=0)
+    result["nist"] = float(corpus_nist(ref_tokens, hyp_tokens, n=min(5, longest))) if longest else 0.0
+  except ImportError:
+    print("metrics.e2e: nltk missing, no NIST", file=sys.stderr)
+  try:
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+  except ImportError:
+    print("metrics.e2e: pycocoevalcap missing, no CIDEr/METEOR", file=sys.stderr)
     return result
+  refs = {i: [" ".join(r) for r in rs] for i, rs in enumerate(ref_tokens)}
+  hyps = {i: [" ".join(h) if h else "_"] for i, h in enumerate(hyp_tokens)}
+  result["cider"] = float(Cider().compute_score(refs, hyps)[0])
+  if shutil.which("java"):
+    result["meteor"] = 100 * float(Meteor().compute_score(refs, hyps)[0])
+  else:
+    print("metrics.e2e: java missing, no METEOR", file=sys.stderr)
+  return result
 
 
 def perplexity(nll_sum: float, num_tokens: float) -> dict[str, float]:
-    """exp of the mean token negative log-likelihood, from sums the eval loop accumulates exactly."""
-    return {"perplexity": math.exp(nll_sum / num_tokens)}
+  """exp of the mean token negative log-likelihood, from sums the eval loop accumulates exactly."""
+  return {"perplexity": math.exp(nll_sum / num_tokens)}

@@ -12,6 +12,7 @@ rate scales its weight decay too. The multipliers are a static pytree of floats 
     parameters of a layer follow that layer.
 No weight decay on biases, norms, and (unless `decay_embeddings`) embeddings and soft prompts.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,16 +33,17 @@ def schedule(config, total_steps: int) -> optax.Schedule:
   warmup = min(warmup, max(total_steps - 1, 0))
   decay_steps = max(total_steps - warmup, 1)
   decay = {
-      "linear": optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
-      "cosine": optax.cosine_decay_schedule(config.learning_rate, decay_steps),
-      "constant": optax.constant_schedule(config.learning_rate),
+    "linear": optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
+    "cosine": optax.cosine_decay_schedule(config.learning_rate, decay_steps),
+    "constant": optax.constant_schedule(config.learning_rate),
   }
   if config.schedule not in decay:
     raise InputError(f"config key schedule must be one of {sorted(decay)}, got {config.schedule!r}")
   if warmup == 0:
     return decay[config.schedule]
-  return optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup), decay[config.schedule]],
-                              [warmup])
+  return optax.join_schedules(
+    [optax.linear_schedule(0.0, config.learning_rate, warmup), decay[config.schedule]], [warmup]
+  )
 
 
 def _depth(path: str, num_layers: int) -> int:
@@ -68,6 +70,7 @@ def lr_multipliers(trainable: dict, config, num_layers: int) -> dict:
 
 def decay_mask(trainable: dict, decay_embeddings: bool) -> dict:
   """True where weight decay applies: matrices (kernels, adapter/LoRA factors), optionally embeddings."""
+
   def decays(path: str) -> bool:
     leaf = path.rsplit("/", 1)[-1]
     if leaf in ("bias", "scale", "magnitude") or leaf.endswith("_bias"):
@@ -75,12 +78,14 @@ def decay_mask(trainable: dict, decay_embeddings: bool) -> dict:
     if leaf == "embedding" or path.startswith("prompt/"):
       return decay_embeddings
     return True
+
   return trainability.unflatten({p: decays(p) for p in trainability.flatten(trainable)})
 
 
 def scale_by_multipliers(multipliers: dict) -> optax.GradientTransformation:
   def update(updates, state, params=None):
     return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -91,9 +96,9 @@ def make_optimizer(config, trainable: dict, total_steps: int, num_layers: int):
   if config.max_grad_norm > 0:
     chain.append(optax.clip_by_global_norm(config.max_grad_norm))
   chain += [
-      optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
-      optax.add_decayed_weights(config.weight_decay, mask=decay_mask(trainable, config.decay_embeddings)),
-      optax.scale_by_learning_rate(lr),
-      scale_by_multipliers(lr_multipliers(trainable, config, num_layers)),
+    optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+    optax.add_decayed_weights(config.weight_decay, mask=decay_mask(trainable, config.decay_embeddings)),
+    optax.scale_by_learning_rate(lr),
+    scale_by_multipliers(lr_multipliers(trainable, config, num_layers)),
   ]
   return optax.chain(*chain), lr

@@ -32,6 +32,7 @@ Multi-host (several processes, each with its own devices), mesh mode:
 pmap mode runs multi-host as well (pmap maps over local devices and psums over all), with each process
 feeding its local batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,8 @@ PMAP_AXIS = "batch"
 @dataclasses.dataclass(frozen=True)
 class Parallel:
   mode: str
-  devices: tuple            # this process's devices that take part (one for "none")
-  mesh: Mesh | None         # mesh mode only: all processes' devices, axis "data"
+  devices: tuple  # this process's devices that take part (one for "none")
+  mesh: Mesh | None  # mesh mode only: all processes' devices, axis "data"
 
   @property
   def num_devices(self) -> int:
@@ -81,25 +82,30 @@ class Parallel:
       def pmapped(state, batch):
         state, metrics = step(state, batch)
         return state, jax.tree.map(lambda x: x[0], metrics)  # identical on every device (psum'd)
+
       return pmapped
     if self.mode == "mesh":
       rep = self._replicated()
-      return jax.jit(make_step(None), in_shardings=(rep, self._batch_sharding()), out_shardings=(rep, rep),
-                     donate_argnums=(0,))
+      return jax.jit(
+        make_step(None), in_shardings=(rep, self._batch_sharding()), out_shardings=(rep, rep), donate_argnums=(0,)
+      )
     return jax.jit(make_step(None), donate_argnums=(0,))
 
   def compile_eval_step(self, eval_step: Callable) -> Callable:
     """`eval_step(trainable, frozen, batch) -> (outputs, sums)` compiled: outputs stay sharded along the
     batch (read them with `to_host`); the sums are device scalars over the whole global batch."""
     if self.mode == "pmap":
+
       def summed(trainable, frozen, batch):
         outputs, sums = eval_step(trainable, frozen, batch)
         return outputs, jax.lax.psum(sums, PMAP_AXIS)
+
       step = jax.pmap(summed, axis_name=PMAP_AXIS)
 
       def pmapped(trainable, frozen, batch):
         outputs, sums = step(trainable, frozen, batch)
         return outputs, jax.tree.map(lambda x: x[0], sums)
+
       return pmapped
     if self.mode == "mesh":
       rep = self._replicated()
@@ -129,14 +135,15 @@ class Parallel:
     batch = {k: v for k, v in batch.items() if k not in HOST_ONLY_KEYS}
     rows = {np.shape(v)[0] for v in batch.values()}
     if len(rows) != 1:
-      raise ValueError(f"batch entries disagree on the number of rows: "
-                       f"{ {k: np.shape(v) for k, v in batch.items()} }")
+      raise ValueError(f"batch entries disagree on the number of rows: { {k: np.shape(v) for k, v in batch.items()} }")
     rows = rows.pop()
     local = len(self.devices) if self.mode != "mesh" else len(self.mesh.local_devices)
     if rows % local:
-      raise InputError(f"batch size {rows * jax.process_count()} (this process: {rows} rows) is not "
-                       f"divisible by the {local * jax.process_count()} devices of parallel mode "
-                       f"{self.mode!r}; choose a batch size that is a multiple of the device count")
+      raise InputError(
+        f"batch size {rows * jax.process_count()} (this process: {rows} rows) is not "
+        f"divisible by the {local * jax.process_count()} devices of parallel mode "
+        f"{self.mode!r}; choose a batch size that is a multiple of the device count"
+      )
     if self.mode == "mesh":
       sharding = self._batch_sharding()
       return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
@@ -150,11 +157,13 @@ class Parallel:
     """numpy copies of device outputs; pmap's leading device axis folded back into the batch."""
     if self.mode == "mesh" and jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       x = multihost_utils.process_allgather(x, tiled=True)
 
     def fold(a):
       a = np.asarray(a)
       return a.reshape((-1,) + a.shape[2:]) if self.mode == "pmap" and a.ndim >= 2 else a
+
     return jax.tree.map(fold, x)
 
 

@@ -3,6 +3,7 @@
 Nothing here trains or scores: every number comes from the run's own files, as `train_and_evaluate`
 wrote them (config.json, run.json, metrics.jsonl, summary.txt, command.txt).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,22 @@ from pathlib import Path
 from ftjax import experiment
 from ftjax.loop import selection
 
-SHOWN = ("accuracy", "f1", "matthews", "pearson", "spearman", "precision", "recall", "exact_match",
-         "perplexity", "bleu", "nist", "meteor", "rougeL", "cider")
+SHOWN = (
+  "accuracy",
+  "f1",
+  "matthews",
+  "pearson",
+  "spearman",
+  "precision",
+  "recall",
+  "exact_match",
+  "perplexity",
+  "bleu",
+  "nist",
+  "meteor",
+  "rougeL",
+  "cider",
+)
 
 
 def is_finished(workdir: Path) -> bool:
@@ -41,17 +56,23 @@ def describe(workdir: Path) -> dict:
   steps = re.search(r"^steps (\d+)/(\d+)", summary, re.M)
   params = re.search(r"trainable parameters: ([\d,]+) of ([\d,]+)", summary)
   command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else "?"
-  return {"workdir": str(workdir), "task": config.task.source, "method": config.method,
-          "adversarial": config.adversarial.method, "seed": config.seed, "selected_on": metric,
-          "best_step": best.get("step"),
-          "dev": {k: best[k] for k in SHOWN if k in best},
-          "test": {k: test[-1][k] for k in SHOWN if k in test[-1]} if test else {},
-          "steps": f"{steps.group(1)}/{steps.group(2)}" if steps else "?",
-          "wall_minutes": float(wall.group(1)) if wall else None,
-          "cpu_minutes": float(cpu.group(1)) if cpu else None,
-          "trainable_params": int(params.group(1).replace(",", "")) if params else None,
-          "total_params": int(params.group(2).replace(",", "")) if params else None,
-          "command": command}
+  return {
+    "workdir": str(workdir),
+    "task": config.task.source,
+    "method": config.method,
+    "adversarial": config.adversarial.method,
+    "seed": config.seed,
+    "selected_on": metric,
+    "best_step": best.get("step"),
+    "dev": {k: best[k] for k in SHOWN if k in best},
+    "test": {k: test[-1][k] for k in SHOWN if k in test[-1]} if test else {},
+    "steps": f"{steps.group(1)}/{steps.group(2)}" if steps else "?",
+    "wall_minutes": float(wall.group(1)) if wall else None,
+    "cpu_minutes": float(cpu.group(1)) if cpu else None,
+    "trainable_params": int(params.group(1).replace(",", "")) if params else None,
+    "total_params": int(params.group(2).replace(",", "")) if params else None,
+    "command": command,
+  }
 
 
 def commit() -> str:

@@ -14,6 +14,7 @@
 With `axis_name` set (pmap), gradients and metric sums are summed over devices first; under jit with
 sharded batches XLA inserts that reduction itself.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,23 +31,29 @@ from ftjax.peft.spec import METHOD_COLLECTIONS
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array            # number of updates applied so far (int32 scalar)
-  trainable: Any             # the pytree the optimiser updates
-  frozen: Any                # everything else (backbone weights that do not train), never differentiated
-  opt_state: Any             # optimiser state, shaped like `trainable` only
-  rng: jax.Array             # base dropout key; per-step keys are derived, never stored
+  step: jax.Array  # number of updates applied so far (int32 scalar)
+  trainable: Any  # the pytree the optimiser updates
+  frozen: Any  # everything else (backbone weights that do not train), never differentiated
+  opt_state: Any  # optimiser state, shaped like `trainable` only
+  rng: jax.Array  # base dropout key; per-step keys are derived, never stored
 
 
 def create_state(trainable, frozen, tx: optax.GradientTransformation, seed: int) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen,
-                    opt_state=tx.init(trainable), rng=jax.random.key_data(jax.random.key(seed)))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    trainable=trainable,
+    frozen=frozen,
+    opt_state=tx.init(trainable),
+    rng=jax.random.key_data(jax.random.key(seed)),
+  )
 
 
 def apply_model(model, task, tree, batch, *, deterministic: bool, rng=None, perturbation=None):
   """The head's output for `batch`: the backbone with the method's collections, then the task head."""
   variables = {"params": tree["backbone"], **{c: tree[c] for c in METHOD_COLLECTIONS if c in tree}}
-  kwargs = dict(attention_mask=batch["attention_mask"], deterministic=deterministic,
-                embedding_perturbation=perturbation)
+  kwargs = dict(
+    attention_mask=batch["attention_mask"], deterministic=deterministic, embedding_perturbation=perturbation
+  )
   if not model.is_decoder:
     kwargs["token_type_ids"] = batch.get("token_type_ids")
   rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, 0)}
@@ -62,22 +69,30 @@ def embedding_width(model) -> int:
   return getattr(c, "hidden_size", None) or getattr(c, "n_embd")
 
 
-def make_train_step(model, task, tx: optax.GradientTransformation, *, adversarial_config,
-                    grad_accum_steps: int = 1, dropout: bool = True, axis_name: str | None = None):
+def make_train_step(
+  model,
+  task,
+  tx: optax.GradientTransformation,
+  *,
+  adversarial_config,
+  grad_accum_steps: int = 1,
+  dropout: bool = True,
+  axis_name: str | None = None,
+):
   """Builds `train_step(state, batch) -> (state, metrics)`, closed over everything static."""
 
   def micro_step(trainable, frozen, micro_batch, rng):
     def loss_fn(trainable, perturbation):
       tree = trainability.combine(trainable, frozen)
-      out = apply_model(model, task, tree, micro_batch, deterministic=not dropout, rng=rng,
-                        perturbation=perturbation)
+      out = apply_model(model, task, tree, micro_batch, deterministic=not dropout, rng=rng, perturbation=perturbation)
       loss_sum, count = task.loss(out, micro_batch)
       return loss_sum, {"loss_sum": loss_sum, "count": count}
 
     ids = micro_batch["input_ids"]
     shape = ids.shape + (embedding_width(model),)
     objective, aux, grads = adversarial.loss_and_grads(
-        loss_fn, trainable, shape, micro_batch["attention_mask"], adversarial_config, jax.random.fold_in(rng, 2))
+      loss_fn, trainable, shape, micro_batch["attention_mask"], adversarial_config, jax.random.fold_in(rng, 2)
+    )
     return grads, {"loss_sum": aux["loss_sum"], "objective_sum": objective, "count": aux["count"]}
 
   def train_step(state: TrainState, batch: dict):
@@ -89,16 +104,19 @@ def make_train_step(model, task, tx: optax.GradientTransformation, *, adversaria
       raise InputError(f"batch of {rows} rows does not split into grad_accum_steps={grad_accum_steps} micro-batches")
     # Micro-batch i takes rows i, i + A, i + 2A, ... (strided, not contiguous): with the batch sharded
     # over devices by rows, every micro-batch is then spread evenly over all devices.
-    micro = jax.tree.map(lambda x: x.reshape((rows // grad_accum_steps, grad_accum_steps) + x.shape[1:]).swapaxes(0, 1),
-                         batch)
+    micro = jax.tree.map(
+      lambda x: x.reshape((rows // grad_accum_steps, grad_accum_steps) + x.shape[1:]).swapaxes(0, 1), batch
+    )
 
     def accumulate(carry, xs):
       index, micro_batch = xs
       grads, metrics = micro_step(state.trainable, state.frozen, micro_batch, jax.random.fold_in(step_rng, index))
       return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
-    zeros = (jax.tree.map(jnp.zeros_like, state.trainable),
-             {"loss_sum": jnp.zeros(()), "objective_sum": jnp.zeros(()), "count": jnp.zeros(())})
+    zeros = (
+      jax.tree.map(jnp.zeros_like, state.trainable),
+      {"loss_sum": jnp.zeros(()), "objective_sum": jnp.zeros(()), "count": jnp.zeros(())},
+    )
     if grad_accum_steps == 1:
       grads, sums = micro_step(state.trainable, state.frozen, jax.tree.map(lambda x: x[0], micro), step_rng)
     else:
@@ -108,8 +126,9 @@ def make_train_step(model, task, tx: optax.GradientTransformation, *, adversaria
     count = jnp.maximum(sums["count"], 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-    new_state = state.replace(step=state.step + 1, trainable=optax.apply_updates(state.trainable, updates),
-                              opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1, trainable=optax.apply_updates(state.trainable, updates), opt_state=opt_state
+    )
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(sums["objective_sum"]) & jnp.isfinite(grad_norm)
     # Keep the last good state on a non-finite step (the loop stops and names the step).
@@ -122,11 +141,13 @@ def make_train_step(model, task, tx: optax.GradientTransformation, *, adversaria
 
 def make_eval_step(model, task):
   """`eval_step(trainable, frozen, batch) -> (head output, {"loss_sum", "count"})`, deterministic."""
+
   def eval_step(trainable, frozen, batch):
     tree = trainability.combine(trainable, frozen)
     out = apply_model(model, task, tree, batch, deterministic=True)
     loss_sum, count = task.loss(out, batch)
     if task.kind == "causal_lm":  # scored by the loss alone (perplexity): the logits, rows × tokens × 49k
-      out = None                  # vocabulary entries, never go to the host (they ran a test split out of memory)
+      out = None  # vocabulary entries, never go to the host (they ran a test split out of memory)
     return out, {"loss_sum": loss_sum, "count": count}
+
   return eval_step

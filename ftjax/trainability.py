@@ -13,6 +13,7 @@ Every leaf must be decided by some rule (big_vision's lesson: a parameter nobody
 Frozen leaves are split off into their own pytree: the step differentiates only the trainable pytree,
 so frozen parameters get no gradient computation and no optimiser state.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,15 +26,15 @@ from ftjax.errors import InputError
 _NORMS = r"(LayerNorm|ln_\w+|\w*norm)/"
 
 PRESETS: dict[str, tuple[str, ...]] = {
-    "full": ("train:^backbone/", "train:^head/"),
-    "head": ("train:^head/", "freeze:^backbone/"),
-    # BitFit (Ben Zaken et al. 2022): every bias term, LayerNorm biases included, plus the head.
-    "bitfit": ("train:^head/", "train:^backbone/.*/bias$", "freeze:^backbone/"),
-    "lora": ("train:^head/", "train:^lora/", "freeze:^backbone/"),
-    # Houlsby et al. train the layer norms along with the adapters; so do we, for both placements.
-    "adapter": ("train:^head/", "train:^adapter/", f"train:^backbone/.*{_NORMS}", "freeze:^backbone/"),
-    "prompt": ("train:^head/", "train:^prompt/", "freeze:^backbone/"),
-    "prefix": ("train:^head/", "train:^prefix/", "freeze:^backbone/"),
+  "full": ("train:^backbone/", "train:^head/"),
+  "head": ("train:^head/", "freeze:^backbone/"),
+  # BitFit (Ben Zaken et al. 2022): every bias term, LayerNorm biases included, plus the head.
+  "bitfit": ("train:^head/", "train:^backbone/.*/bias$", "freeze:^backbone/"),
+  "lora": ("train:^head/", "train:^lora/", "freeze:^backbone/"),
+  # Houlsby et al. train the layer norms along with the adapters; so do we, for both placements.
+  "adapter": ("train:^head/", "train:^adapter/", f"train:^backbone/.*{_NORMS}", "freeze:^backbone/"),
+  "prompt": ("train:^head/", "train:^prompt/", "freeze:^backbone/"),
+  "prefix": ("train:^head/", "train:^prefix/", "freeze:^backbone/"),
 }
 
 
@@ -78,8 +79,9 @@ def trainable_paths(tree: dict, rules) -> dict[str, bool]:
       undecided.append(path)
     decided[path] = match
   if undecided:
-    raise RuleError(f"{len(undecided)} parameters match no trainable rule, e.g. {undecided[:3]}; "
-                    f"rules were {list(rules)}")
+    raise RuleError(
+      f"{len(undecided)} parameters match no trainable rule, e.g. {undecided[:3]}; rules were {list(rules)}"
+    )
   return decided
 
 
@@ -87,8 +89,10 @@ def partition(tree: dict, rules) -> tuple[dict, dict]:
   """(trainable, frozen): two nested dicts holding disjoint leaves of `tree`."""
   decided = trainable_paths(tree, rules)
   flat = flatten(tree)
-  return (unflatten({p: v for p, v in flat.items() if decided[p]}),
-          unflatten({p: v for p, v in flat.items() if not decided[p]}))
+  return (
+    unflatten({p: v for p, v in flat.items() if decided[p]}),
+    unflatten({p: v for p, v in flat.items() if not decided[p]}),
+  )
 
 
 def combine(trainable: dict, frozen: dict) -> dict:

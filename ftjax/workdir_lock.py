@@ -5,6 +5,7 @@ Two processes in one folder would interleave their checkpoints and metrics.jsonl
 flock when its process dies, however it dies, so a killed run never leaves its folder locked. Without
 flock (Windows) nothing guards the folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,9 +69,11 @@ def exclusive_workdir(workdir: Path):
       time.sleep(0.1)
     else:
       holder = _holder(fd)
-      raise InputError(f"{workdir} is in use: another process (pid {holder}) is training in it. Wait for it "
-                       "or stop it (rerunning the command afterwards resumes from its latest checkpoint); "
-                       "two runs in one folder would interleave their checkpoints and metrics.jsonl")
+      raise InputError(
+        f"{workdir} is in use: another process (pid {holder}) is training in it. Wait for it "
+        "or stop it (rerunning the command afterwards resumes from its latest checkpoint); "
+        "two runs in one folder would interleave their checkpoints and metrics.jsonl"
+      )
     _claim(fd)
     yield
   finally:

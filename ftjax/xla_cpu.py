@@ -28,6 +28,7 @@ hash in a loop XLA cannot remove also compiles, in 39 s, but gives back most of 
 are written out and read back; an optimization_barrier does not help, XLA:CPU removes it before fusion.)
 It uses JAX internals (jax._src); where they have moved, it changes nothing and says so in the return value.
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,10 +60,12 @@ def set_threefry_lowering(kind: str) -> bool:
   try:
     from jax._src.interpreters import mlir
     from jax._src.random import threefry2x32
+
     primitive = threefry2x32.threefry2x32_p
     if kind == "unrolled":
-      rule = mlir.lower_fun(functools.partial(threefry2x32._threefry2x32_lowering, use_rolled_loops=False),
-                            multiple_results=True)
+      rule = mlir.lower_fun(
+        functools.partial(threefry2x32._threefry2x32_lowering, use_rolled_loops=False), multiple_results=True
+      )
     else:
       rule = threefry2x32._threefry2x32_cpu_lowering_rule
   except (ImportError, AttributeError):  # a JAX whose internals moved: keep its own rule

@@ -36,6 +36,7 @@ PyTorch's autograd buffers retained by the allocator; and the whole process's hi
 (`ru_maxrss`) at the end. The two frameworks share one process (they must alternate), so per-framework
 peaks are not separable exactly; the deltas are the honest approximation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,6 +100,7 @@ def parse_args(argv=None):
 
 # --- measurement helpers ---------------------------------------------------------------------------
 
+
 def rss_mb() -> float:
   for line in Path("/proc/self/status").read_text().splitlines():
     if line.startswith("VmRSS:"):
@@ -113,6 +115,7 @@ def peak_rss_mb() -> float:
 def matmul_gflops(n: int, reps: int = 5) -> dict[str, float]:
   """float32 N × N @ N × N throughput of jitted jax and torch.mm, alternating; 2N³ FLOPs each."""
   import torch
+
   a = np.random.default_rng(0).standard_normal((n, n), np.float32)
   ja, ta = jnp.asarray(a), torch.from_numpy(a.copy())
   mm = jax.jit(jnp.matmul)
@@ -120,28 +123,35 @@ def matmul_gflops(n: int, reps: int = 5) -> dict[str, float]:
   torch.mm(ta, ta)
   times = {"jax": [], "torch": []}
   for _ in range(reps):
-    t = time.perf_counter(); mm(ja, ja).block_until_ready(); times["jax"].append(time.perf_counter() - t)
-    t = time.perf_counter(); torch.mm(ta, ta); times["torch"].append(time.perf_counter() - t)
-  return {k: 2 * n ** 3 / statistics.median(v) / 1e9 for k, v in times.items()}
+    t = time.perf_counter()
+    mm(ja, ja).block_until_ready()
+    times["jax"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    torch.mm(ta, ta)
+    times["torch"].append(time.perf_counter() - t)
+  return {k: 2 * n**3 / statistics.median(v) / 1e9 for k, v in times.items()}
 
 
 def forward_flops(hf_config: dict, batch: int, length: int) -> float:
   L, H, I = hf_config["num_hidden_layers"], hf_config["hidden_size"], hf_config["intermediate_size"]
-  return 2 * batch * length * L * (4 * H * H + 2 * H * I) + 4 * batch * L * length ** 2 * H
+  return 2 * batch * length * L * (4 * H * H + 2 * H * I) + 4 * batch * L * length**2 * H
 
 
 def synthetic_batch(vocab: int, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
-  return {"input_ids": rng.integers(min(1000, vocab // 2), vocab, (batch, length)).astype(np.int32),
-          "attention_mask": np.ones((batch, length), np.int32),
-          "token_type_ids": np.zeros((batch, length), np.int32),
-          "labels": rng.integers(0, 2, batch).astype(np.int32),
-          "weights": np.ones((batch,), np.float32)}
+  return {
+    "input_ids": rng.integers(min(1000, vocab // 2), vocab, (batch, length)).astype(np.int32),
+    "attention_mask": np.ones((batch, length), np.int32),
+    "token_type_ids": np.zeros((batch, length), np.int32),
+    "labels": rng.integers(0, 2, batch).astype(np.int32),
+    "weights": np.ones((batch,), np.float32),
+  }
 
 
 def classifier_params(hf_config: dict):
   """A seed-0 two-class head, shared by every contestant (PyTorch copies it into its classifier)."""
   from ftjax.models.outputs import EncoderOutput
+
   width = hf_config["hidden_size"]
   dummy = EncoderOutput(last_hidden_state=jnp.zeros((1, 1, width)), pooler_output=jnp.zeros((1, width)))
   return jax.device_get(make_task("classification", 2).head.init(jax.random.key(0), dummy, jnp.ones((1, 1)))["params"])
@@ -164,11 +174,25 @@ class Contestant:
 
 # --- ftjax -----------------------------------------------------------------------------------------
 
+
 def optimizer_config():
-  return ml_collections.ConfigDict(dict(
-      learning_rate=LR, warmup_steps=0, warmup_ratio=0.0, schedule="constant", max_grad_norm=MAX_GRAD_NORM,
-      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=WEIGHT_DECAY, decay_embeddings=False,
-      head_lr_multiplier=1.0, lora_plus_ratio=1.0, layer_decay=1.0))
+  return ml_collections.ConfigDict(
+    dict(
+      learning_rate=LR,
+      warmup_steps=0,
+      warmup_ratio=0.0,
+      schedule="constant",
+      max_grad_norm=MAX_GRAD_NORM,
+      adam_b1=0.9,
+      adam_b2=0.999,
+      adam_eps=1e-8,
+      weight_decay=WEIGHT_DECAY,
+      decay_embeddings=False,
+      head_lr_multiplier=1.0,
+      lora_plus_ratio=1.0,
+      layer_decay=1.0,
+    )
+  )
 
 
 def xla_flops(compiled) -> float:
@@ -180,8 +204,11 @@ def xla_flops(compiled) -> float:
 def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   method = {"full": "full", "fgm": "full", "bf16_full": "full", "infer": "full"}.get(mode, mode)
   dtype = jnp.bfloat16 if mode == "bf16_full" else jnp.float32
-  peft = (PeftSpec(lora_targets=LORA["targets_jax"], lora_rank=LORA["rank"], lora_alpha=LORA["alpha"])
-          if mode == "lora" else PeftSpec())
+  peft = (
+    PeftSpec(lora_targets=LORA["targets_jax"], lora_rank=LORA["rank"], lora_alpha=LORA["alpha"])
+    if mode == "lora"
+    else PeftSpec()
+  )
   model, backbone = ftjax.from_pretrained(folder, dtype=dtype, peft=peft)
   task = make_task("classification", 2)
   tree = init_tree(model, task, backbone, seed=0)
@@ -193,14 +220,26 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
     t = time.perf_counter()
     compiled = fn.lower(trainable, frozen, dev_batch).compile()
     compile_s = time.perf_counter() - t
-    return Contestant("ftjax", lambda: jax.block_until_ready(compiled(trainable, frozen, dev_batch)[0]),
-                      compile_s, xla_flops(compiled), compiled)
+    return Contestant(
+      "ftjax",
+      lambda: jax.block_until_ready(compiled(trainable, frozen, dev_batch)[0]),
+      compile_s,
+      xla_flops(compiled),
+      compiled,
+    )
   num_layers = model.config.num_hidden_layers
   tx, _ = optim.make_optimizer(optimizer_config(), trainable, 1000, num_layers)
-  adversarial = ml_collections.ConfigDict(dict(method="fgm" if mode == "fgm" else "none", epsilon=FGM_EPSILON,
-                                               steps=1, step_size=0.0, weight=1.0, init_magnitude=0.0))
-  fn = jax.jit(ftstep.make_train_step(model, task, tx, adversarial_config=adversarial, dropout=True),
-               donate_argnums=0)
+  adversarial = ml_collections.ConfigDict(
+    dict(
+      method="fgm" if mode == "fgm" else "none",
+      epsilon=FGM_EPSILON,
+      steps=1,
+      step_size=0.0,
+      weight=1.0,
+      init_magnitude=0.0,
+    )
+  )
+  fn = jax.jit(ftstep.make_train_step(model, task, tx, adversarial_config=adversarial, dropout=True), donate_argnums=0)
   holder = {"state": ftstep.create_state(trainable, frozen, tx, seed=0)}
   t = time.perf_counter()
   compiled = fn.lower(holder["state"], dev_batch).compile()
@@ -209,15 +248,18 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   def run():
     holder["state"], metrics = compiled(holder["state"], dev_batch)
     metrics["loss_sum"].block_until_ready()
+
   return Contestant("ftjax", run, compile_s, xla_flops(compiled), compiled)
 
 
 # --- PyTorch ---------------------------------------------------------------------------------------
 
+
 def torch_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   import peft as hf_peft
   import torch
   from transformers import AutoModelForSequenceClassification
+
   torch.manual_seed(0)
   model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2)
   with torch.no_grad():  # the same head as ftjax's (Flax kernels are in × out; torch weights out × in)
@@ -231,11 +273,19 @@ def torch_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
     def run_infer():
       with torch.inference_mode():
         model(**inputs).logits.sum().item()
+
     return Contestant("torch", run_infer)
   if mode == "lora":
-    model = hf_peft.get_peft_model(model, hf_peft.LoraConfig(
-        task_type="SEQ_CLS", r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
-        target_modules=LORA["targets_torch"]))
+    model = hf_peft.get_peft_model(
+      model,
+      hf_peft.LoraConfig(
+        task_type="SEQ_CLS",
+        r=LORA["rank"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=0.0,
+        target_modules=LORA["targets_torch"],
+      ),
+    )
   elif mode in ("bitfit", "head"):
     for name, p in model.named_parameters():
       p.requires_grad_(name.startswith("classifier.") or (mode == "bitfit" and name.endswith("bias")))
@@ -258,18 +308,27 @@ def torch_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
     opt.step()
     opt.zero_grad(set_to_none=True)
     loss.item()
+
   return Contestant("torch", run)
 
 
 # --- the run -------------------------------------------------------------------------------------
 
+
 def tiny_bert_folder() -> Path:
   """A random 2-layer BERT saved as an HF folder, for --quick (both frameworks load it)."""
   from transformers import BertConfig, BertModel
   import torch
+
   torch.manual_seed(0)
-  config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=64, max_position_embeddings=64)
+  config = BertConfig(
+    vocab_size=200,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  )
   folder = Path(tempfile.mkdtemp(prefix="ftjax-bench-"))
   BertModel(config).save_pretrained(folder)
   return folder
@@ -286,7 +345,9 @@ def bench_shape(folder, hf_config, modes, batch_size, length, args) -> dict:
   results = {}
   for mode in groups:
     contestants = {}
-    names = [("ftjax", mode), ("torch", mode)] + ([("ftjax_bf16", "bf16_full")] if mode == "full" and "bf16_full" in modes else [])
+    names = [("ftjax", mode), ("torch", mode)] + (
+      [("ftjax_bf16", "bf16_full")] if mode == "full" and "bf16_full" in modes else []
+    )
     for key, m in names:
       gc.collect()
       before = rss_mb()
@@ -298,7 +359,7 @@ def bench_shape(folder, hf_config, modes, batch_size, length, args) -> dict:
       contestants[key] = c
     order = list(contestants.values())
     for rep in range(args.reps):
-      for c in (order if rep % 2 == 0 else order[::-1]):
+      for c in order if rep % 2 == 0 else order[::-1]:
         c.timed()
     if mode in modes:
       results[mode] = {"ftjax": contestants["ftjax"], "torch": contestants["torch"]}
@@ -315,65 +376,87 @@ def median_ms(c: Contestant) -> float:
 
 
 def machine() -> dict:
-  cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-              if l.startswith("model name")), platform.processor() or "unknown")
+  cpu = next(
+    (l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")),
+    platform.processor() or "unknown",
+  )
   import flax, optax, peft, torch, transformers
-  versions = {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jax.lib.__version__,
-              "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
-              "transformers": transformers.__version__, "peft": peft.__version__}
-  return {"cpu": cpu, "cores": os.cpu_count(), "versions": versions,
-          "xla_flags": os.environ.get("XLA_FLAGS", ""), "torch_threads": torch.get_num_threads()}
+
+  versions = {
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "jaxlib": jax.lib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+    "peft": peft.__version__,
+  }
+  return {
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "versions": versions,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "torch_threads": torch.get_num_threads(),
+  }
 
 
 def write_report(out: Path, args, info, throughput, hf_config, all_results, load_before, load_after, elapsed):
   peak = max(throughput.values())
   lines = [
-      "# ftjax vs PyTorch step time",
-      "",
-      f"Generated by `python {' '.join(sys.argv)}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} "
-      f"in {elapsed / 60:.1f} min.",
-      "",
-      f"- Machine: {info['cpu']}, {info['cores']} cores; load average {load_before} before, {load_after} after "
-      "(anything well above 0 means the timings are noisy).",
-      f"- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
-      f"- torch threads: {info['torch_threads']}; XLA_FLAGS: `{info['xla_flags'] or '(none)'}`.",
-      f"- Model: `{args.model if not args.quick else 'tiny random BERT (--quick)'}` "
-      f"(L={hf_config['num_hidden_layers']}, H={hf_config['hidden_size']}, I={hf_config['intermediate_size']}); "
-      f"float32 unless noted; dropout 0.1 in training modes; AdamW, clip 1.0.",
-      f"- {args.warmup} warm-up + {args.reps} timed steps per contestant, alternating ftjax / PyTorch; medians.",
-      f"- float32 matmul throughput ({args.matmul}², best of start and end of the run): jax {throughput['jax']:.1f} GFLOP/s, torch.mm "
-      f"{throughput['torch']:.1f} GFLOP/s; MFU below is against the better, {peak:.1f} GFLOP/s.",
-      "- Model FLOPs per step: forward F = 2·B·T·L·(4H² + 2HI) + 4·B·L·T²·H; full 3F, LoRA/BitFit 2F, head F, "
-      "FGM 6F, inference F. XLA GFLOP: `cost_analysis()` of the compiled ftjax step.",
-      "- ΔRSS: resident-set increase over that contestant's build + warm-up (one shared process; see "
-      f"scripts/bench.py). Process peak RSS (ru_maxrss) at the end: {peak_rss_mb():.0f} MB.",
-      "- bf16_full: ftjax with bfloat16 compute (float32 params) against PyTorch float32 full (the same torch "
-      "steps as the full row).",
-      "",
+    "# ftjax vs PyTorch step time",
+    "",
+    f"Generated by `python {' '.join(sys.argv)}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} "
+    f"in {elapsed / 60:.1f} min.",
+    "",
+    f"- Machine: {info['cpu']}, {info['cores']} cores; load average {load_before} before, {load_after} after "
+    "(anything well above 0 means the timings are noisy).",
+    "- Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
+    f"- torch threads: {info['torch_threads']}; XLA_FLAGS: `{info['xla_flags'] or '(none)'}`.",
+    f"- Model: `{args.model if not args.quick else 'tiny random BERT (--quick)'}` "
+    f"(L={hf_config['num_hidden_layers']}, H={hf_config['hidden_size']}, I={hf_config['intermediate_size']}); "
+    f"float32 unless noted; dropout 0.1 in training modes; AdamW, clip 1.0.",
+    f"- {args.warmup} warm-up + {args.reps} timed steps per contestant, alternating ftjax / PyTorch; medians.",
+    f"- float32 matmul throughput ({args.matmul}², best of start and end of the run): jax {throughput['jax']:.1f} GFLOP/s, torch.mm "
+    f"{throughput['torch']:.1f} GFLOP/s; MFU below is against the better, {peak:.1f} GFLOP/s.",
+    "- Model FLOPs per step: forward F = 2·B·T·L·(4H² + 2HI) + 4·B·L·T²·H; full 3F, LoRA/BitFit 2F, head F, "
+    "FGM 6F, inference F. XLA GFLOP: `cost_analysis()` of the compiled ftjax step.",
+    "- ΔRSS: resident-set increase over that contestant's build + warm-up (one shared process; see "
+    f"scripts/bench.py). Process peak RSS (ru_maxrss) at the end: {peak_rss_mb():.0f} MB.",
+    "- bf16_full: ftjax with bfloat16 compute (float32 params) against PyTorch float32 full (the same torch "
+    "steps as the full row).",
+    "",
   ]
   for (b, t), results in all_results.items():
     fwd = forward_flops(hf_config, b, t)
-    lines += [f"## batch {b} × {t}", "",
-              "| mode | ftjax ms/step | PyTorch ms/step | ratio | ftjax MFU | PyTorch MFU | model GFLOP | XLA GFLOP "
-              "| compile s | ftjax ΔRSS MB | PyTorch ΔRSS MB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+      f"## batch {b} × {t}",
+      "",
+      "| mode | ftjax ms/step | PyTorch ms/step | ratio | ftjax MFU | PyTorch MFU | model GFLOP | XLA GFLOP "
+      "| compile s | ftjax ΔRSS MB | PyTorch ΔRSS MB |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for mode in MODES:
       if mode not in results:
         continue
       fj, to = results[mode]["ftjax"], results[mode]["torch"]
       flops = FORWARDS[mode] * fwd
       mfu = lambda c: 100 * flops / (median_ms(c) / 1e3) / (peak * 1e9)
-      lines.append(f"| {mode} | {median_ms(fj):.1f} | {median_ms(to):.1f} | {median_ms(fj) / median_ms(to):.2f} "
-                   f"| {mfu(fj):.1f}% | {mfu(to):.1f}% | {flops / 1e9:.1f} | {fj.xla_flops / 1e9:.1f} "
-                   f"| {fj.compile_s:.1f} | {fj.rss_mb:.0f} | {to.rss_mb:.0f} |")
+      lines.append(
+        f"| {mode} | {median_ms(fj):.1f} | {median_ms(to):.1f} | {median_ms(fj) / median_ms(to):.2f} "
+        f"| {mfu(fj):.1f}% | {mfu(to):.1f}% | {flops / 1e9:.1f} | {fj.xla_flops / 1e9:.1f} "
+        f"| {fj.compile_s:.1f} | {fj.rss_mb:.0f} | {to.rss_mb:.0f} |"
+      )
     lines.append("")
   (out / "bench.md").write_text("\n".join(lines))
 
 
 def plot(out: Path, all_results):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(all_results), figsize=(6 * len(all_results), 4), squeeze=False)
   for ax, ((b, t), results) in zip(axes[0], all_results.items()):
     modes = [m for m in MODES if m in results]
@@ -392,7 +475,11 @@ def ratios_line(results) -> str:
   ms = lambda m, k="ftjax": median_ms(results[m][k]) if m in results else float("nan")
   r = {m: ms(m) / ms(m, "torch") for m in ("full", "lora", "bitfit", "head", "fgm")}
   r["bf16_full"] = ms("bf16_full") / ms("full", "torch") if "full" in results else float("nan")
-  r["lora_vs_full"], r["head_vs_full"], r["fgm_vs_plain"] = ms("lora") / ms("full"), ms("head") / ms("full"), ms("fgm") / ms("full")
+  r["lora_vs_full"], r["head_vs_full"], r["fgm_vs_plain"] = (
+    ms("lora") / ms("full"),
+    ms("head") / ms("full"),
+    ms("fgm") / ms("full"),
+  )
   return "RATIOS " + " ".join(f"{k}={v:.3f}" for k, v in r.items())
 
 
@@ -400,6 +487,7 @@ def main(argv=None):
   args = parse_args(argv)
   import torch
   import transformers
+
   torch.set_num_threads(2)
   transformers.logging.set_verbosity_error()  # the "classifier newly initialised" load report, every mode
   transformers.logging.disable_progress_bar()
@@ -407,9 +495,12 @@ def main(argv=None):
   load_before = Path("/proc/loadavg").read_text().split()[0]
   folder = tiny_bert_folder() if args.quick else resolve(args.model)
   import json
+
   hf_config = json.loads((Path(folder) / "config.json").read_text())
   throughput = matmul_gflops(args.matmul)
-  print(f"float32 matmul {args.matmul}²: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in throughput.items()), flush=True)
+  print(
+    f"float32 matmul {args.matmul}²: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in throughput.items()), flush=True
+  )
   all_results = {}
   for b, t in args.shape_list:
     all_results[(b, t)] = bench_shape(folder, hf_config, args.modes, b, t, args)
@@ -418,8 +509,9 @@ def main(argv=None):
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   load_after = Path("/proc/loadavg").read_text().split()[0]
-  write_report(out, args, machine(), throughput, hf_config, all_results, load_before, load_after,
-               time.perf_counter() - start)
+  write_report(
+    out, args, machine(), throughput, hf_config, all_results, load_before, load_after, time.perf_counter() - start
+  )
   plot(out, all_results)
   print(f"wrote {out / 'bench.md'} and {out / 'bench.png'}", flush=True)
   print(ratios_line(all_results[args.shape_list[0]]), flush=True)

@@ -3,6 +3,7 @@
 Loads the run's config and best checkpoint, scores the split, prints the metrics and appends them to
 the run's metrics.jsonl (split as given).
 """
+
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,12 @@ flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("split", "dev", "train | dev | test (or any split the data folder has)")
 flags.DEFINE_string("data_dir", None, "score another folder of the same task's raw files instead")
 flags.DEFINE_integer("max_examples", 0, ">0: score a fixed subset of N examples (as a run with max_eval_examples=N)")
-flags.DEFINE_integer("generate", 0, "decoders: also decode the first N examples with the run's generation "
-                     "settings and score them (BLEU, ROUGE-L; for E2E also NIST, METEOR, CIDEr)")
+flags.DEFINE_integer(
+  "generate",
+  0,
+  "decoders: also decode the first N examples with the run's generation "
+  "settings and score them (BLEU, ROUGE-L; for E2E also NIST, METEOR, CIDEr)",
+)
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 

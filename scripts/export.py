@@ -5,6 +5,7 @@ hf:   a merged transformers checkpoint (LoRA folded in) for the task's Auto clas
 peft: a LoRA run as a PEFT adapter for `peft.PeftModel.from_pretrained(base, OUT)`.
       (GPT-2 sequence classification: load the base with pad_token_id=eos_token_id.)
 """
+
 import sys
 from pathlib import Path
 
@@ -22,9 +23,13 @@ flags.mark_flags_as_required(["workdir", "out"])
 FLAGS = flags.FLAGS
 
 # ftjax task kind → export task
-EXPORT_TASKS = {"classification": "sequence_classification", "regression": "sequence_classification",
-                "token_classification": "token_classification", "question_answering": "question_answering",
-                "causal_lm": "causal_lm"}
+EXPORT_TASKS = {
+  "classification": "sequence_classification",
+  "regression": "sequence_classification",
+  "token_classification": "token_classification",
+  "question_answering": "question_answering",
+  "causal_lm": "causal_lm",
+}
 
 
 def main(argv):
@@ -32,13 +37,19 @@ def main(argv):
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
   tree = trainability.combine(trainable, frozen)
   task = exp.task
-  if (task.kind in ("classification", "regression") and not exp.model.is_decoder
-      and config.get("head_pooling", "pooler") != "pooler"):
-    raise InputError(f"config key head_pooling={config.head_pooling!r}: transformers' "
-                     "BertForSequenceClassification reads the pooler, so this run's head has no place there")
+  if (
+    task.kind in ("classification", "regression")
+    and not exp.model.is_decoder
+    and config.get("head_pooling", "pooler") != "pooler"
+  ):
+    raise InputError(
+      f"config key head_pooling={config.head_pooling!r}: transformers' "
+      "BertForSequenceClassification reads the pooler, so this run's head has no place there"
+    )
   labels = dict(enumerate(task.label_names)) if task.label_names else None
-  common = dict(model=exp.model, tree=tree, task=EXPORT_TASKS[task.kind],
-                num_labels=task.num_labels or None, id2label=labels)
+  common = dict(
+    model=exp.model, tree=tree, task=EXPORT_TASKS[task.kind], num_labels=task.num_labels or None, id2label=labels
+  )
   if FLAGS.format == "hf":
     out = export.export_hf(FLAGS.out, source_folder=models.resolve(config.model), **common)
   else:

@@ -12,6 +12,7 @@ Inputs and outputs per task:
   QA               question<TAB>context     → {"answer"}
   causal LM        a prompt                 → {"generated"} (the config's generation settings)
 """
+
 import json
 import sys
 from pathlib import Path
@@ -43,15 +44,21 @@ def parse(lines, kind, where):
     if kind in ("classification", "regression"):
       if len(fields) > 2:
         raise DataError(f"{where}:{number}: expected text or text<TAB>text, got {len(fields)} fields")
-      examples.append({"text": fields[0], **({"text_pair": fields[1]} if len(fields) == 2 else {}),
-                       "label": 0.0 if kind == "regression" else 0})
+      examples.append(
+        {
+          "text": fields[0],
+          **({"text_pair": fields[1]} if len(fields) == 2 else {}),
+          "label": 0.0 if kind == "regression" else 0,
+        }
+      )
     elif kind == "token_classification":
       examples.append({"tokens": line.split(), "tags": [0] * len(line.split())})
     elif kind == "question_answering":
       if len(fields) != 2:
         raise DataError(f"{where}:{number}: expected question<TAB>context")
-      examples.append({"id": str(number), "question": fields[0], "context": fields[1], "answer_texts": [],
-                       "answer_starts": []})
+      examples.append(
+        {"id": str(number), "question": fields[0], "context": fields[1], "answer_texts": [], "answer_starts": []}
+      )
     else:
       examples.append({"mr": line, "refs": [""]})
   if kind in ("classification", "regression") and len({"text_pair" in e for e in examples}) > 1:
@@ -65,7 +72,7 @@ def entities(words, tags):
   for i, tag in enumerate(tags + ["O"]):
     if current and not (tag.startswith("I-") and tag[2:] == current["type"]):
       current["end"] = i
-      current["text"] = " ".join(words[current["start"]:i])
+      current["text"] = " ".join(words[current["start"] : i])
       spans.append(current)
       current = None
     if tag.startswith("B-") or (tag.startswith("I-") and current is None):
@@ -87,16 +94,30 @@ def main(argv):
     variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
     prompts = feats.generation_prompts(examples, tok, config.max_length)
     g = config.generation
-    out = generation.generate(exp.model, tree["backbone"], prompts["input_ids"], prompts["attention_mask"],
-                              max_new_tokens=g.max_new_tokens, method=g.method, num_beams=g.num_beams,
-                              length_penalty=g.length_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, variables=variables)
-    new = np.asarray(out)[:, prompts["input_ids"].shape[1]:]
+    out = generation.generate(
+      exp.model,
+      tree["backbone"],
+      prompts["input_ids"],
+      prompts["attention_mask"],
+      max_new_tokens=g.max_new_tokens,
+      method=g.method,
+      num_beams=g.num_beams,
+      length_penalty=g.length_penalty,
+      no_repeat_ngram_size=g.no_repeat_ngram_size,
+      eos_token_id=tok.eos_token_id,
+      pad_token_id=tok.pad_token_id,
+      variables=variables,
+    )
+    new = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
     for row in new:
       print(json.dumps({"generated": tok.decode(row, skip_special_tokens=True).strip()}))
     return
-  featurize = {"classification": feats.classification, "regression": feats.classification,
-               "token_classification": feats.token_classification, "question_answering": feats.qa}[kind]
+  featurize = {
+    "classification": feats.classification,
+    "regression": feats.classification,
+    "token_classification": feats.token_classification,
+    "question_answering": feats.qa,
+  }[kind]
   features = featurize(examples, tok, config.max_length)
   par = parallel.make_parallel("none")
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
@@ -105,8 +126,15 @@ def main(argv):
     probs = np.exp(outputs - outputs.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     for p in probs:
-      print(json.dumps({"label": names[int(p.argmax())], "score": round(float(p.max()), 4),
-                        "scores": {n: round(float(x), 4) for n, x in zip(names, p)}}))
+      print(
+        json.dumps(
+          {
+            "label": names[int(p.argmax())],
+            "score": round(float(p.max()), 4),
+            "scores": {n: round(float(x), 4) for n, x in zip(names, p)},
+          }
+        )
+      )
   elif kind == "regression":
     for value in outputs[:, 0]:
       print(json.dumps({"score": round(float(value), 4)}))

@@ -5,6 +5,7 @@ Reads each workdir (config.json, metrics.jsonl, summary.txt, command.txt) and wr
 dev evaluation), the test metrics where the run scored a test split, steps, wall time and the exact
 command that produced it. Nothing is trained here: every number comes from a run's own metrics.jsonl.
 """
+
 import datetime
 import json
 import shlex
@@ -24,8 +25,11 @@ FLAGS = flags.FLAGS
 
 
 def regenerate_flags() -> list[str]:
-  return ([f"--out={FLAGS.out}"] + ([f"--title={FLAGS.title}"] if FLAGS["title"].present else [])
-          + ([f"--note={FLAGS.note}"] if FLAGS.note else []))
+  return (
+    [f"--out={FLAGS.out}"]
+    + ([f"--title={FLAGS.title}"] if FLAGS["title"].present else [])
+    + ([f"--note={FLAGS.note}"] if FLAGS.note else [])
+  )
 
 
 def main(argv):
@@ -33,17 +37,23 @@ def main(argv):
   if not runs:
     raise FileNotFoundError("name the run folders to tabulate")
   fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items()) or "—"
-  md = [f"# {FLAGS.title}", "",
-        f"Regenerate: `python scripts/report.py {shlex.join(regenerate_flags() + argv[1:])}` (reads the runs; trains "
-        "nothing).",
-        f"Commit {commit()}, {datetime.date.today()}, {machine()}, {len(runs)} runs.", "",
-        *([FLAGS.note, ""] if FLAGS.note else []),
-        "| run | task | method | selected on | dev (best step) | test | steps | wall time |",
-        "|---|---|---|---|---|---|---:|---:|"]
+  md = [
+    f"# {FLAGS.title}",
+    "",
+    f"Regenerate: `python scripts/report.py {shlex.join(regenerate_flags() + argv[1:])}` (reads the runs; trains "
+    "nothing).",
+    f"Commit {commit()}, {datetime.date.today()}, {machine()}, {len(runs)} runs.",
+    "",
+    *([FLAGS.note, ""] if FLAGS.note else []),
+    "| run | task | method | selected on | dev (best step) | test | steps | wall time |",
+    "|---|---|---|---|---|---|---:|---:|",
+  ]
   for r in runs:
-    md.append(f"| {Path(r['workdir']).name} | {r['task']} | {r['method']}{'' if r['adversarial'] == 'none' else ' + ' + r['adversarial']} | "
-              f"{r['selected_on']} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | {r['steps']} | "
-              f"{r['wall_minutes']} min |")
+    md.append(
+      f"| {Path(r['workdir']).name} | {r['task']} | {r['method']}{'' if r['adversarial'] == 'none' else ' + ' + r['adversarial']} | "
+      f"{r['selected_on']} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | {r['steps']} | "
+      f"{r['wall_minutes']} min |"
+    )
   md += ["", "Commands:", ""] + [f"- {Path(r['workdir']).name}: `{r['command']}`" for r in runs]
   out = Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ finish cells together write the table one after the other (results/.NAME.lock), 
 again from scratch into `<runs>/NAME.rerun/<cell>/`, and the table gains a *Re-runs* section (recorded
 number, re-run number, difference, both commits) that `--rebuild` keeps.
 """
+
 import dataclasses
 import datetime
 import json
@@ -47,13 +48,22 @@ flags.DEFINE_enum("table", None, sorted(TABLES), "which table of configs/tables.
 flags.DEFINE_string("runs", "runs/tables", "runs land in <runs>/<table>/<cell>/")
 flags.DEFINE_string("results", "results", "folder of <table>.md, .json, .png")
 flags.DEFINE_string("cells", "", "regex over cell names: run only the cells it matches (the table shows all)")
-flags.DEFINE_bool("rebuild", False, "train nothing: link cells that another table has run, then tabulate "
-                  "and plot the finished cells")
+flags.DEFINE_bool(
+  "rebuild", False, "train nothing: link cells that another table has run, then tabulate and plot the finished cells"
+)
 flags.DEFINE_bool("dry_run", False, "print the commands of the cells that would run, run nothing")
-flags.DEFINE_bool("rerun", False, "re-run the selected finished cells from scratch into <runs>/<table>.rerun/"
-                  "<cell>/ and tabulate how far each lands from its recorded number")
-flags.DEFINE_string("extra", "", "flags appended to every cell's command, e.g. '--config.max_steps=2' "
-                    "(smoke tests; they are part of each cell's recorded command)")
+flags.DEFINE_bool(
+  "rerun",
+  False,
+  "re-run the selected finished cells from scratch into <runs>/<table>.rerun/"
+  "<cell>/ and tabulate how far each lands from its recorded number",
+)
+flags.DEFINE_string(
+  "extra",
+  "",
+  "flags appended to every cell's command, e.g. '--config.max_steps=2' "
+  "(smoke tests; they are part of each cell's recorded command)",
+)
 flags.mark_flags_as_required(["table"])
 FLAGS = flags.FLAGS
 
@@ -67,8 +77,11 @@ def shown_path(path: Path) -> str:
 
 
 def cell_argv(cell, workdir: Path) -> list[str]:
-  return ([f"scripts/{cell.script}.py", f"--config={cell.config}", f"--workdir={shown_path(workdir)}"]
-          + cell.flags() + shlex.split(FLAGS.extra))
+  return (
+    [f"scripts/{cell.script}.py", f"--config={cell.config}", f"--workdir={shown_path(workdir)}"]
+    + cell.flags()
+    + shlex.split(FLAGS.extra)
+  )
 
 
 def recipe(argv: list[str]) -> list[str]:
@@ -97,8 +110,12 @@ def finished_twin(cell, table: Table, runs: Path) -> Path | None:
       continue
     for other in make().cells:
       workdir = runs / name / other.name
-      if (recipe(cell_argv(other, workdir)) == wanted and results.is_finished(workdir) and not workdir.is_symlink()
-          and not is_stale(other, workdir)):
+      if (
+        recipe(cell_argv(other, workdir)) == wanted
+        and results.is_finished(workdir)
+        and not workdir.is_symlink()
+        and not is_stale(other, workdir)
+      ):
         return workdir
   return None
 
@@ -132,8 +149,9 @@ def run_cell(cell, workdir: Path) -> int:
   with open(workdir / "train.log", "a") as log:
     log.write(f"\n=== {started:%Y-%m-%d %H:%M:%S} python {shlex.join(cell_argv(cell, workdir))}\n")
     log.flush()
-    child = subprocess.Popen([sys.executable] + cell_argv(cell, workdir), cwd=REPO, stdout=log,
-                             stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+      [sys.executable] + cell_argv(cell, workdir), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
       code = child.wait()
     except KeyboardInterrupt:
@@ -141,8 +159,11 @@ def run_cell(cell, workdir: Path) -> int:
       child.wait()
       raise
   if code == 0:
-    (workdir / "cell.json").write_text(json.dumps({"commit": commit, "machine": results.machine(),
-                                                   "finished": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}))
+    (workdir / "cell.json").write_text(
+      json.dumps(
+        {"commit": commit, "machine": results.machine(), "finished": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}
+      )
+    )
   return code
 
 
@@ -169,9 +190,11 @@ def read_record(out: Path, name: str) -> dict:
     data = json.loads(path.read_text())
     return {"cells": {c["cell"]: c for c in data["cells"]}, "reruns": list(data.get("reruns", []))}
   except (json.JSONDecodeError, KeyError, TypeError) as e:
-    raise InputError(f"{path}: not a table reproduce.py wrote ({type(e).__name__}: {e}); restore it with "
-                     f"`git checkout -- {shown_path(path)}`, or move it aside to tabulate only the runs in "
-                     "<runs>") from None
+    raise InputError(
+      f"{path}: not a table reproduce.py wrote ({type(e).__name__}: {e}); restore it with "
+      f"`git checkout -- {shown_path(path)}`, or move it aside to tabulate only the runs in "
+      "<runs>"
+    ) from None
 
 
 def recorded_workdir(record: dict) -> str:
@@ -195,15 +218,24 @@ def collect(table: Table, root: Path, out: Path) -> list[dict]:
     if results.is_finished(workdir):
       record = {"cell": cell.name, "row": cell.row, "column": cell.column, **results.describe(workdir)}
       meta = cell_meta(workdir)
-      record.update(commit=meta.get("commit", "?"), machine=meta.get("machine", "?"),
-                    same_run_as=shown_path(workdir.resolve()) if workdir.is_symlink() else None,
-                    stale=is_stale(cell, workdir))
+      record.update(
+        commit=meta.get("commit", "?"),
+        machine=meta.get("machine", "?"),
+        same_run_as=shown_path(workdir.resolve()) if workdir.is_symlink() else None,
+        stale=is_stale(cell, workdir),
+      )
     elif cell.name in records[table.name]:
       record = records[table.name][cell.name]
       record = {**record, "stale": command_recipe(record["command"]) != wanted}
     elif (twin := twins.get(tuple(wanted))) is not None:
-      record = {**twin, "cell": cell.name, "row": cell.row, "column": cell.column,
-                "same_run_as": twin["same_run_as"] or recorded_workdir(twin), "stale": False}
+      record = {
+        **twin,
+        "cell": cell.name,
+        "row": cell.row,
+        "column": cell.column,
+        "same_run_as": twin["same_run_as"] or recorded_workdir(twin),
+        "stale": False,
+      }
     else:
       continue
     found.append(record)
@@ -241,10 +273,19 @@ def collect_reruns(table: Table, finished: list[dict], root: Path, out: Path) ->
       measured = again[column.split].get(column.metric)
       if recorded is None or measured is None:
         continue
-      found.append({"cell": cell.name, "column": column.label, "recorded": recorded, "rerun": measured,
-                    "difference": measured - recorded, "recorded_commit": by_name[cell.name]["commit"],
-                    "rerun_commit": meta.get("commit", "?"), "rerun_wall_minutes": again["wall_minutes"],
-                    "rerun_command": again["command"]})
+      found.append(
+        {
+          "cell": cell.name,
+          "column": column.label,
+          "recorded": recorded,
+          "rerun": measured,
+          "difference": measured - recorded,
+          "recorded_commit": by_name[cell.name]["commit"],
+          "rerun_commit": meta.get("commit", "?"),
+          "rerun_wall_minutes": again["wall_minutes"],
+          "rerun_command": again["command"],
+        }
+      )
   return found
 
 
@@ -276,8 +317,9 @@ def fmt_entry(entry: dict | None, with_params: bool) -> str:
     return f"not run (0/{entry['expected']})"
   text = fmt_number(entry["mean"])
   if entry["expected"] > 1:
-    text += f" ± {entry['std']:.1f} ({entry['n']}/{entry['expected']})" if entry["n"] > 1 else \
-        f" (1/{entry['expected']})"
+    text += (
+      f" ± {entry['std']:.1f} ({entry['n']}/{entry['expected']})" if entry["n"] > 1 else f" (1/{entry['expected']})"
+    )
   if with_params and entry.get("trainable_params"):
     text += f" · {fmt_params(entry['trainable_params'], entry['total_params'])}"
   return text
@@ -317,25 +359,34 @@ def compute_line(table: Table, finished: list[dict]) -> str:
   priced = [statistics.mean(price[(c.row, c.column)]) for c in todo if (c.row, c.column) in price]
   text += f" Still to run: {len(todo)} cell{'s' * (len(todo) != 1)}"
   if priced:
-    text += (f", ~{sum(priced) / 60:.1f} CPU-hours for the {len(priced)} of them priced by finished runs of "
-             f"the same row and column (their CPU time, or wall time where it was not recorded)")
+    text += (
+      f", ~{sum(priced) / 60:.1f} CPU-hours for the {len(priced)} of them priced by finished runs of "
+      f"the same row and column (their CPU time, or wall time where it was not recorded)"
+    )
   return text + "."
 
 
-def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict], root: Path,
-             plot_name: str | None) -> str:
+def markdown(
+  table: Table, grid: dict, finished: list[dict], reruns: list[dict], root: Path, plot_name: str | None
+) -> str:
   per_cell_params = table.params_per_cell
-  header = ["", *( ["trainable"] if not per_cell_params else []), *(c.label for c in table.columns)]
+  header = ["", *(["trainable"] if not per_cell_params else []), *(c.label for c in table.columns)]
   if table.average:
     header.append("average")
   header += [label for label, _ in table.row_references]
-  lines = [f"# {table.title}", "",
-           f"Regenerate: `python scripts/reproduce.py --table={table.name}` (trains the cells that have not "
-           f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {results.commit()} on "
-           f"{datetime.date.today()}; {len(finished)} of {len(table.cells)} cells finished; the cells ran "
-           f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.{compute_line(table, finished)}", "",
-           table.notes, "",
-           "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+  lines = [
+    f"# {table.title}",
+    "",
+    f"Regenerate: `python scripts/reproduce.py --table={table.name}` (trains the cells that have not "
+    f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {results.commit()} on "
+    f"{datetime.date.today()}; {len(finished)} of {len(table.cells)} cells finished; the cells ran "
+    f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.{compute_line(table, finished)}",
+    "",
+    table.notes,
+    "",
+    "| " + " | ".join(header) + " |",
+    "|" + "---|" + "---:|" * (len(header) - 1),
+  ]
   for row, entries in grid.items():
     cells = [row]
     if not per_cell_params:
@@ -345,7 +396,8 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
     if table.average:
       means = [entries[c.label]["mean"] for c in table.columns if "mean" in entries.get(c.label, {})]
       complete = len(means) == len(table.columns) and all(
-          entries[c.label]["n"] == entries[c.label]["expected"] for c in table.columns)
+        entries[c.label]["n"] == entries[c.label]["expected"] for c in table.columns
+      )
       cells.append(f"{sum(means) / len(means):.1f}" if complete else "")
     cells += [f"{values[row]:.1f}" if row in values else "" for _, values in table.row_references]
     lines.append("| " + " | ".join(cells) + " |")
@@ -356,10 +408,16 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
     lines.append("| " + " | ".join(ref) + " |")
   if plot_name:
     lines += ["", f"![{table.name}]({plot_name})"]
-  lines += ["", "## Cells", "", "Each number above comes from these runs; the command re-runs the cell "
-            "(same seed, same kind of machine) into a fresh folder.", "",
-            "| cell | seed | dev | test | trainable | steps | wall (min) | CPU (min) | commit | command |",
-            "|---|---:|---|---|---:|---:|---:|---:|---|---|"]
+  lines += [
+    "",
+    "## Cells",
+    "",
+    "Each number above comes from these runs; the command re-runs the cell "
+    "(same seed, same kind of machine) into a fresh folder.",
+    "",
+    "| cell | seed | dev | test | trainable | steps | wall (min) | CPU (min) | commit | command |",
+    "|---|---:|---|---|---:|---:|---:|---:|---|---|",
+  ]
   by_name = {r["cell"]: r for r in finished}
   fmt = lambda d: ", ".join(f"{k} {fmt_number(v)}" for k, v in d.items()) or "—"
   for cell in table.cells:
@@ -372,35 +430,49 @@ def markdown(table: Table, grid: dict, finished: list[dict], reruns: list[dict],
     cpu = "—" if r["cpu_minutes"] is None else r["cpu_minutes"]
     flag = " (stale: ran another command than the table's now)" if r["stale"] else ""
     flag += f" (the run of {r['same_run_as']})" if r["same_run_as"] else ""
-    lines.append(f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
-                 f"{params} | {r['steps']} | {r['wall_minutes']} | {cpu} | {r['commit']} | `{r['command']}` |")
+    lines.append(
+      f"| {cell.name}{flag} | {cell.seed} | {fmt(r['dev'])} (step {r['best_step']}) | {fmt(r['test'])} | "
+      f"{params} | {r['steps']} | {r['wall_minutes']} | {cpu} | {r['commit']} | `{r['command']}` |"
+    )
   if reruns:
     within = sum(abs(r["difference"]) <= REPRODUCE_WITHIN for r in reruns)
-    lines += ["", "## Re-runs", "",
-              f"`python scripts/reproduce.py --table={table.name} --cells=REGEX --rerun` ran these cells' commands "
-              f"again from scratch (into `{shown_path(rerun_root(root))}/`): {within} of {len(reruns)} numbers "
-              f"within {REPRODUCE_WITHIN} points of the table's.", "",
-              "| cell | column | table | re-run | difference | commits (table → re-run) | re-run wall (min) |",
-              "|---|---|---:|---:|---:|---|---:|"]
-    lines += [f"| {r['cell']} | {r['column']} | {fmt_number(r['recorded'])} | {fmt_number(r['rerun'])} | "
-              f"{r['difference']:+.2f} | {r['recorded_commit']} → {r['rerun_commit']} | {r['rerun_wall_minutes']} |"
-              for r in reruns]
+    lines += [
+      "",
+      "## Re-runs",
+      "",
+      f"`python scripts/reproduce.py --table={table.name} --cells=REGEX --rerun` ran these cells' commands "
+      f"again from scratch (into `{shown_path(rerun_root(root))}/`): {within} of {len(reruns)} numbers "
+      f"within {REPRODUCE_WITHIN} points of the table's.",
+      "",
+      "| cell | column | table | re-run | difference | commits (table → re-run) | re-run wall (min) |",
+      "|---|---|---:|---:|---:|---|---:|",
+    ]
+    lines += [
+      f"| {r['cell']} | {r['column']} | {fmt_number(r['recorded'])} | {fmt_number(r['rerun'])} | "
+      f"{r['difference']:+.2f} | {r['recorded_commit']} → {r['rerun_commit']} | {r['rerun_wall_minutes']} |"
+      for r in reruns
+    ]
   return "\n".join(lines) + "\n"
 
 
 def plot(table: Table, grid: dict, path: Path) -> bool:
   """bars: one group per column, a bar per row (± std); params: the metric against trainable parameters."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   rows = [r for r in grid if any("mean" in e for e in grid[r].values())]
   if not rows:
     return False
   if table.plot == "params":
     fig, ax = plt.subplots(figsize=(8, 5))
     for column in table.columns:
-      points = sorted((e["trainable_params"], e["mean"], row) for row in rows
-                      if "mean" in (e := grid[row].get(column.label, {})) and e.get("trainable_params"))
+      points = sorted(
+        (e["trainable_params"], e["mean"], row)
+        for row in rows
+        if "mean" in (e := grid[row].get(column.label, {})) and e.get("trainable_params")
+      )
       if not points:
         continue
       ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=column.label)
@@ -423,8 +495,15 @@ def plot(table: Table, grid: dict, path: Path) -> bool:
       ax.bar(xs, ys, width, yerr=errs, capsize=2, label=row)
     refs = [(j, c.reference) for j, c in enumerate(table.columns) if c.reference is not None]
     if refs:
-      ax.scatter([j for j, _ in refs], [v for _, v in refs], marker="_", s=900, color="black",
-                 label=table.reference_label, zorder=3)
+      ax.scatter(
+        [j for j, _ in refs],
+        [v for _, v in refs],
+        marker="_",
+        s=900,
+        color="black",
+        label=table.reference_label,
+        zorder=3,
+      )
     ax.set_xticks(range(len(table.columns)), [c.label for c in table.columns])
     splits = sorted({c.split for c in table.columns})
     ax.set_ylabel(f"{' / '.join(splits)} score (mean ± std over seeds)")
@@ -459,12 +538,27 @@ def write_results(table: Table, root: Path, out: Path, say=print) -> list[dict]:
     reruns = collect_reruns(table, finished, root, out)
     png = out / f"{table.name}.png"
     has_plot = plot(table, grid, png)
-    write_atomically(out / f"{table.name}.md", markdown(table, grid, finished, reruns, root,
-                                                       png.name if has_plot else None))
-    write_atomically(out / f"{table.name}.json", json.dumps(
-        {"table": table.name, "title": table.title, "notes": table.notes, "commit": results.commit(),
-         "date": str(datetime.date.today()), "columns": [dataclasses.asdict(c) for c in table.columns],
-         "grid": grid, "cells": finished, "reruns": reruns}, indent=2) + "\n")
+    write_atomically(
+      out / f"{table.name}.md", markdown(table, grid, finished, reruns, root, png.name if has_plot else None)
+    )
+    write_atomically(
+      out / f"{table.name}.json",
+      json.dumps(
+        {
+          "table": table.name,
+          "title": table.title,
+          "notes": table.notes,
+          "commit": results.commit(),
+          "date": str(datetime.date.today()),
+          "columns": [dataclasses.asdict(c) for c in table.columns],
+          "grid": grid,
+          "cells": finished,
+          "reruns": reruns,
+        },
+        indent=2,
+      )
+      + "\n",
+    )
   return finished
 
 
@@ -475,9 +569,11 @@ def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
   finished = {r["cell"]: r for r in collect(table, root, out)}
   ready = [c for c in chosen if c.name in finished and not finished[c.name]["stale"]]
   if not ready:
-    raise InputError(f"--rerun: none of the {len(chosen)} cells --cells={FLAGS.cells!r} selects has a finished, "
-                     f"current run (in {root} or recorded in {out / table.name}.json) to compare with (run "
-                     "them first)")
+    raise InputError(
+      f"--rerun: none of the {len(chosen)} cells --cells={FLAGS.cells!r} selects has a finished, "
+      f"current run (in {root} or recorded in {out / table.name}.json) to compare with (run "
+      "them first)"
+    )
   reruns = rerun_root(root)
   todo = [c for c in ready if not results.is_finished(reruns / c.name) or is_stale(c, reruns / c.name)]
   print(f"table {table.name}: {len(ready)} finished cells selected, {len(todo)} to re-run into {reruns}")
@@ -494,8 +590,10 @@ def rerun(table: Table, selected: re.Pattern, root: Path, out: Path) -> None:
   for r in collect_reruns(table, write_results(table, root, out), root, out):
     if selected.search(r["cell"]):
       beyond = "" if abs(r["difference"]) <= REPRODUCE_WITHIN else f", beyond {REPRODUCE_WITHIN} points"
-      print(f"{r['cell']} {r['column']}: table {fmt_number(r['recorded'])}, re-run {fmt_number(r['rerun'])} "
-            f"({r['difference']:+.2f}{beyond})")
+      print(
+        f"{r['cell']} {r['column']}: table {fmt_number(r['recorded'])}, re-run {fmt_number(r['rerun'])} "
+        f"({r['difference']:+.2f}{beyond})"
+      )
 
 
 def main(argv):
@@ -508,16 +606,22 @@ def main(argv):
   except re.error as e:
     raise InputError(f"--cells={FLAGS.cells!r} is not a regex: {e}") from None
   if FLAGS.cells and not any(selected.search(c.name) for c in table.cells):
-    raise InputError(f"--cells={FLAGS.cells!r} matches none of the {len(table.cells)} cells of table "
-                     f"{table.name!r} (e.g. {table.cells[0].name})")
+    raise InputError(
+      f"--cells={FLAGS.cells!r} matches none of the {len(table.cells)} cells of table "
+      f"{table.name!r} (e.g. {table.cells[0].name})"
+    )
   if FLAGS.rerun:
     return rerun(table, selected, root, out)
   own = read_record(out, table.name)["cells"]
   linked = set()  # a run of the same recipe on this machine is linked (a recorded one is only read)
   for cell in table.cells:
     workdir = root / cell.name
-    if (not selected.search(cell.name) or workdir.exists() or workdir.is_symlink()
-        or (cell.name in own and command_recipe(own[cell.name]["command"]) == recipe(cell_argv(cell, workdir)))):
+    if (
+      not selected.search(cell.name)
+      or workdir.exists()
+      or workdir.is_symlink()
+      or (cell.name in own and command_recipe(own[cell.name]["command"]) == recipe(cell_argv(cell, workdir)))
+    ):
       continue
     if not FLAGS.dry_run and link_twin(cell, table, root):
       linked.add(cell.name)
@@ -528,13 +632,14 @@ def main(argv):
   stale = [c for c in table.cells if selected.search(c.name) and c.name in finished and finished[c.name]["stale"]]
   for cell in stale:
     if FLAGS.rebuild or FLAGS.dry_run:
-      print(f"stale: {cell.name} ran another command than the table's now; without --rebuild/--dry_run it "
-            "runs again")
+      print(f"stale: {cell.name} ran another command than the table's now; without --rebuild/--dry_run it runs again")
     elif (root / cell.name).exists():
       print(f"stale: {cell.name} ran another command than the table's now; kept as {move_aside(root / cell.name).name}")
     else:  # only its record in results/ is stale; the new run replaces it there
-      print(f"stale: {cell.name} (recorded in {shown_path(out / table.name)}.json) ran another command than the "
-            "table's now; it runs again")
+      print(
+        f"stale: {cell.name} (recorded in {shown_path(out / table.name)}.json) ran another command than the "
+        "table's now; it runs again"
+      )
   todo = [c for c in table.cells if selected.search(c.name) and (c.name not in finished or c in stale)]
   if FLAGS.dry_run:
     for cell in todo:
@@ -542,13 +647,20 @@ def main(argv):
         print("python " + shlex.join(cell_argv(cell, root / cell.name)))
     return
   here = sum(results.is_finished(root / name) for name in finished)
-  print(f"table {table.name}: {len(finished)} of {len(table.cells)} cells finished"
-        + (f" ({len(finished) - here} of them only recorded in {shown_path(out / table.name)}.json: their run "
-           "folders are not on this machine)" if here < len(finished) else "")
-        + f", {0 if FLAGS.rebuild else len(todo)} to run")
+  print(
+    f"table {table.name}: {len(finished)} of {len(table.cells)} cells finished"
+    + (
+      f" ({len(finished) - here} of them only recorded in {shown_path(out / table.name)}.json: their run "
+      "folders are not on this machine)"
+      if here < len(finished)
+      else ""
+    )
+    + f", {0 if FLAGS.rebuild else len(todo)} to run"
+  )
   failed, busy = [], []
   if todo and not FLAGS.rebuild:
     import tqdm
+
     bar = tqdm.tqdm(todo, desc=table.name, unit="cell", dynamic_ncols=True)
     for cell in bar:
       bar.set_postfix_str(cell.name)
@@ -572,15 +684,20 @@ def main(argv):
         raise SystemExit(130)
       if code:
         failed.append(cell.name)
-        tqdm.tqdm.write(f"cell {cell.name} failed (exit {code}); the last lines of {workdir / 'train.log'}:\n"
-                        + log_tail(workdir))
+        tqdm.tqdm.write(
+          f"cell {cell.name} failed (exit {code}); the last lines of {workdir / 'train.log'}:\n" + log_tail(workdir)
+        )
       write_results(table, root, out, tqdm.tqdm.write)  # the table grows as cells finish
     bar.close()
   finished = write_results(table, root, out)
-  print(f"wrote {out / table.name}.md, .json, .png: {len(finished)} of {len(table.cells)} cells finished"
-        + (f"; {len(busy)} skipped, in training elsewhere: {', '.join(busy)}" if busy else ""))
+  print(
+    f"wrote {out / table.name}.md, .json, .png: {len(finished)} of {len(table.cells)} cells finished"
+    + (f"; {len(busy)} skipped, in training elsewhere: {', '.join(busy)}" if busy else "")
+  )
   if failed:
-    raise InputError(f"{len(failed)} cells failed: {', '.join(failed)} (each log: <runs>/{table.name}/<cell>/train.log)")
+    raise InputError(
+      f"{len(failed)} cells failed: {', '.join(failed)} (each log: <runs>/{table.name}/<cell>/train.log)"
+    )
 
 
 if __name__ == "__main__":

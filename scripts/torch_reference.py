@@ -17,6 +17,7 @@ dropout masks: their dev numbers should agree within seed noise.
 Scope: encoder classification and regression tasks (GLUE), methods full and lora, float32, one process.
 Torch is a test/benchmark dependency of ftjax, never the library's.
 """
+
 import json
 import math
 import re
@@ -49,9 +50,11 @@ def build_torch_model(config, exp, num_labels: int):
   """transformers' BERT with ftjax's initial head, and peft's LoRA on the modules the config targets."""
   import torch
   import transformers
+
   torch.manual_seed(config.seed)
   model = transformers.BertForSequenceClassification.from_pretrained(
-      models.resolve(config.model), num_labels=num_labels, classifier_dropout=config.head_dropout)
+    models.resolve(config.model), num_labels=num_labels, classifier_dropout=config.head_dropout
+  )
   head = exp.tree["head"]["classifier"]
   with torch.no_grad():  # Flax kernels are (in, out), torch weights (out, in)
     model.classifier.weight.copy_(torch.from_numpy(np.asarray(head["kernel"]).T.copy()))
@@ -62,14 +65,26 @@ def build_torch_model(config, exp, num_labels: int):
         module.p = 0.0
   if config.method == "lora":
     import peft
+
     pattern = re.compile(config.lora.targets)
-    targets = [name for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and pattern.search(name.replace(".", "/"))]
+    targets = [
+      name
+      for name, module in model.named_modules()
+      if isinstance(module, torch.nn.Linear) and pattern.search(name.replace(".", "/"))
+    ]
     if not targets:
       raise InputError(f"config key lora.targets={config.lora.targets!r} matches no Linear of the torch model")
-    model = peft.get_peft_model(model, peft.LoraConfig(
-        r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout if config.dropout else 0.0,
-        target_modules=targets, modules_to_save=["classifier"], use_rslora=config.lora.rslora))
+    model = peft.get_peft_model(
+      model,
+      peft.LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout if config.dropout else 0.0,
+        target_modules=targets,
+        modules_to_save=["classifier"],
+        use_rslora=config.lora.rslora,
+      ),
+    )
     with torch.no_grad():  # ftjax's initial A (B starts at zero in both), so only the code differs
       for path, leaves in lora_layers(exp.tree.get("lora", {})).items():
         module = model.base_model.model.get_submodule(torch_module_name("/".join(path)))
@@ -86,12 +101,16 @@ def torch_module_name(path: str) -> str:
 def make_optimizer(config, model, total_steps: int):
   import torch
   import transformers
+
   named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
   decay = [p for n, p in named if config.decay_embeddings or not NO_DECAY.search(n)]
   no_decay = [p for n, p in named if not (config.decay_embeddings or not NO_DECAY.search(n))]
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate,
-                          betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps)
+  opt = torch.optim.AdamW(
+    [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    lr=config.learning_rate,
+    betas=(config.adam_b1, config.adam_b2),
+    eps=config.adam_eps,
+  )
   warmup = config.warmup_steps if config.warmup_steps >= 0 else int(config.warmup_ratio * total_steps)
   warmup = min(warmup, max(total_steps - 1, 0))  # as ftjax.optim
   return opt, transformers.get_linear_schedule_with_warmup(opt, warmup, total_steps), [p for _, p in named]
@@ -99,8 +118,12 @@ def make_optimizer(config, model, total_steps: int):
 
 def to_torch(batch, kind):
   import torch
-  inputs = {k: torch.from_numpy(batch[k].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")
-            if k in batch}
+
+  inputs = {
+    k: torch.from_numpy(batch[k].astype(np.int64))
+    for k in ("input_ids", "attention_mask", "token_type_ids")
+    if k in batch
+  }
   labels = torch.from_numpy(batch["labels"].astype(np.float32 if kind == "regression" else np.int64))
   return inputs, labels, torch.from_numpy(batch["weights"])
 
@@ -108,6 +131,7 @@ def to_torch(batch, kind):
 def loss_sums(logits, labels, weights, kind):
   """(sum of per-example losses over real rows, their count), as ftjax.tasks.losses computes them."""
   import torch
+
   if kind == "regression":
     per_example = torch.square(logits[:, 0] - labels)
   else:
@@ -117,6 +141,7 @@ def loss_sums(logits, labels, weights, kind):
 
 def evaluate(model, data, batch_size, kind):
   import torch
+
   model.eval()
   outputs = np.zeros((data.num_rows, 1 if kind == "regression" else max(len(data.label_names), 2)), np.float32)
   loss_sum = count = 0.0
@@ -136,6 +161,7 @@ def evaluate(model, data, batch_size, kind):
 def main(argv):
   del argv
   import torch
+
   config = flags.FLAGS.config
   workdir = Path(flags.FLAGS.workdir).expanduser().resolve()
   if config.method not in METHODS:
@@ -148,18 +174,24 @@ def main(argv):
   exp = experiment.build(config)  # tokenizer, task, label names and ftjax's initial head for this seed
   kind = exp.task.kind
   if kind not in ("classification", "regression"):
-    raise InputError(f"config key task.source={config.task.source}: the torch reference covers classification "
-                     "and regression")
+    raise InputError(
+      f"config key task.source={config.task.source}: the torch reference covers classification and regression"
+    )
   workdir.mkdir(parents=True, exist_ok=True)
   if not (workdir / "command.txt").exists():
     (workdir / "command.txt").write_text(" ".join(["python"] + [shlex.quote(a) for a in sys.argv]) + "\n")
   (workdir / "metrics.jsonl").write_text("")  # no resume: a rerun starts over
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  (workdir / "run.json").write_text(json.dumps({"task": {"kind": kind, "num_labels": exp.task.num_labels,
-                                                         "label_names": list(exp.task.label_names)},
-                                                "backbone": models.backbone_reference(config.model),
-                                                "implementation": f"torch {torch.__version__} + transformers + peft"},
-                                               indent=2))
+  (workdir / "run.json").write_text(
+    json.dumps(
+      {
+        "task": {"kind": kind, "num_labels": exp.task.num_labels, "label_names": list(exp.task.label_names)},
+        "backbone": models.backbone_reference(config.model),
+        "implementation": f"torch {torch.__version__} + transformers + peft",
+      },
+      indent=2,
+    )
+  )
   train = datasets.load(config, exp.tokenizer, config.task.train_split, config.max_train_examples)
   dev = datasets.load(config, exp.tokenizer, config.task.dev_split, config.max_eval_examples)
   steps_per_epoch = pipeline.num_train_batches(train.num_rows, config.batch_size)
@@ -187,8 +219,15 @@ def main(argv):
       window.append((float(loss_sum), float(count), grad_norm))
       last = step == total_steps
       if step % config.log_every == 0 or last:
-        append_metrics(workdir, step, "train", {"loss": sum(w[0] for w in window) / max(sum(w[1] for w in window), 1),
-                                                "grad_norm": float(np.mean([w[2] for w in window]))})
+        append_metrics(
+          workdir,
+          step,
+          "train",
+          {
+            "loss": sum(w[0] for w in window) / max(sum(w[1] for w in window), 1),
+            "grad_norm": float(np.mean([w[2] for w in window])),
+          },
+        )
         window = []
       if (config.eval_every and step % config.eval_every == 0) or last:
         values = evaluate(model, dev, config.eval_batch_size, kind)
@@ -199,13 +238,21 @@ def main(argv):
         print(f"step {step}/{total_steps}: dev {metric} {value:.3f}", flush=True)
       if last:
         break
-  summary = "\n".join([
-      "=" * 72, f"torch reference run  {workdir}",
-      f"model {config.model}  task {config.task.source}  method {config.method}  adversarial none",
-      f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)",
-      f"steps {step}/{total_steps}  wall time {(time.time() - started) / 60:.1f} min  "
-      f"CPU time {(time.process_time() - cpu_started) / 60:.1f} min",
-      f"best dev {metric} = {best:.3f} at step {best_step}", "=" * 72]) + "\n"
+  summary = (
+    "\n".join(
+      [
+        "=" * 72,
+        f"torch reference run  {workdir}",
+        f"model {config.model}  task {config.task.source}  method {config.method}  adversarial none",
+        f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)",
+        f"steps {step}/{total_steps}  wall time {(time.time() - started) / 60:.1f} min  "
+        f"CPU time {(time.process_time() - cpu_started) / 60:.1f} min",
+        f"best dev {metric} = {best:.3f} at step {best_step}",
+        "=" * 72,
+      ]
+    )
+    + "\n"
+  )
   (workdir / "summary.txt").write_text(summary)
   print(summary)
 

@@ -4,6 +4,7 @@ Rerunning the same command on the same workdir resumes from its latest checkpoin
 config or the data (a malformed row, an unknown label, a missing file, ...) stops the run with one line,
 `error: <message>` naming the key or the file and line, and exit status 2.
 """
+
 import shlex
 import sys
 from pathlib import Path

@@ -5,6 +5,7 @@ The tiny BERT (hidden 32, 2 layers, MiniLM's 30,522-token vocabulary and tokeniz
 take seconds; what these tests check is mechanics (resume, early stopping, NaN guard, file formats,
 command lines), not accuracy.
 """
+
 import json
 import os
 import shutil
@@ -24,8 +25,12 @@ if str(REPO) not in sys.path:  # the configs/ package lives beside ftjax/, as th
 
 # Subprocesses compile with most XLA optimisations off (about 4x faster on CPU, same results), exactly as
 # the in-process runs do under the `fast_compiles` fixture, so the two can be compared bit for bit.
-SCRIPT_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false",
-              "TF_CPP_MIN_LOG_LEVEL": "3"}
+SCRIPT_ENV = {
+  "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+  "JAX_PLATFORMS": "cpu",
+  "TOKENIZERS_PARALLELISM": "false",
+  "TF_CPP_MIN_LOG_LEVEL": "3",
+}
 
 
 def needs_data(*names):
@@ -48,9 +53,16 @@ def tiny_bert(tmp_path_factory):
   """A random 2-layer BERT (hidden 32) in Hugging Face layout, with MiniLM's tokenizer files."""
   import transformers
   from ftjax import models
+
   folder = tmp_path_factory.mktemp("tiny_bert")
-  config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                   intermediate_size=64, vocab_size=30522, max_position_embeddings=128)
+  config = transformers.BertConfig(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    vocab_size=30522,
+    max_position_embeddings=128,
+  )
   transformers.BertModel(config).save_pretrained(folder)
   minilm = models.resolve("minilm")
   for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -144,15 +156,27 @@ def tiny_config(config, model, tfds_dir, **overrides):
 
 def tiny_flags(model, tfds_dir, **overrides) -> list[str]:
   """The command-line equivalent of tiny_config."""
-  values = dict(model=model, tfds_dir=tfds_dir, parallel="none", batch_size=8, eval_batch_size=32,
-                max_eval_examples=32, max_steps=6, eval_every=3, checkpoint_every=3, log_every=2, max_length=64,
-                warmup_steps=0)
+  values = dict(
+    model=model,
+    tfds_dir=tfds_dir,
+    parallel="none",
+    batch_size=8,
+    eval_batch_size=32,
+    max_eval_examples=32,
+    max_steps=6,
+    eval_every=3,
+    checkpoint_every=3,
+    log_every=2,
+    max_length=64,
+    warmup_steps=0,
+  )
   values.update(overrides)
   return [f"--config.{k}={v}" for k, v in values.items()]
 
 
-def script(name: str, *args, input: str | None = None, timeout: float = 300, check: bool = True,
-           log: Path | None = None):
+def script(
+  name: str, *args, input: str | None = None, timeout: float = 300, check: bool = True, log: Path | None = None
+):
   """Runs scripts/<name>.py in a subprocess: the CompletedProcess, or with `log` (a file for its stdout and
   stderr) the Popen of a run started in the background."""
   cmd = [sys.executable, str(REPO / "scripts" / f"{name}.py"), *map(str, args)]
@@ -162,8 +186,9 @@ def script(name: str, *args, input: str | None = None, timeout: float = 300, che
       return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
   result = subprocess.run(cmd, cwd=REPO, env=env, input=input, capture_output=True, text=True, timeout=timeout)
   if check and result.returncode != 0:
-    raise AssertionError(f"{' '.join(cmd)} exited with {result.returncode}:\n{result.stdout[-3000:]}\n"
-                         f"{result.stderr[-5000:]}")
+    raise AssertionError(
+      f"{' '.join(cmd)} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
   return result
 
 
@@ -181,15 +206,19 @@ def scripts_together(runs: dict, max_workers: int = 4) -> dict:
   """Runs {name: (script name, args, stdin or None)} as concurrent subprocesses (each spends most of its time
   in single-threaded imports and model loading); returns {name: CompletedProcess} without checking them."""
   import concurrent.futures
+
   with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-    futures = {name: pool.submit(script, script_name, *args, input=stdin, check=False)
-               for name, (script_name, args, stdin) in runs.items()}
+    futures = {
+      name: pool.submit(script, script_name, *args, input=stdin, check=False)
+      for name, (script_name, args, stdin) in runs.items()
+    }
     return {name: f.result() for name, f in futures.items()}
 
 
 def load_script(name: str):
   """scripts/<name>.py as a module (the scripts are not a package), for tests of its functions."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -199,8 +228,9 @@ def load_script(name: str):
 def check(result) -> str:
   """stdout of a finished script run, or an AssertionError with its output."""
   if result.returncode != 0:
-    raise AssertionError(f"{' '.join(result.args)} exited with {result.returncode}:\n{result.stdout[-3000:]}\n"
-                         f"{result.stderr[-5000:]}")
+    raise AssertionError(
+      f"{' '.join(result.args)} exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
   return result.stdout
 
 
@@ -209,10 +239,12 @@ def parse_config(*args):
   `--config.key=value`), in this process."""
   from absl import flags
   from ml_collections import config_flags
+
   argv = ["train.py", *[a.replace("--config=configs/", f"--config={REPO}/configs/") for a in map(str, args)]]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "experiment config file", flag_values=values, lock_config=True,
-                                  sys_argv=argv)  # the overrides it accepts are read from argv
+  config_flags.DEFINE_config_file(
+    "config", None, "experiment config file", flag_values=values, lock_config=True, sys_argv=argv
+  )  # the overrides it accepts are read from argv
   values(argv)
   return values.config
 

@@ -3,6 +3,7 @@ a JSON report that test_parallel.py checks. A separate process: the device count
 
   python tests/parallel_check.py
 """
+
 import json
 import os
 import sys
@@ -23,9 +24,17 @@ STEPS, BATCH = 3, 16
 
 def train(mode, dropout, state0, model, task, tx, grad_accum_steps=1):
   par = parallel.make_parallel(mode)
-  train_step = par.compile_train_step(lambda axis_name: step.make_train_step(
-      model, task, tx, adversarial_config=tiny.adversarial_config(), dropout=dropout, axis_name=axis_name,
-      grad_accum_steps=grad_accum_steps))
+  train_step = par.compile_train_step(
+    lambda axis_name: step.make_train_step(
+      model,
+      task,
+      tx,
+      adversarial_config=tiny.adversarial_config(),
+      dropout=dropout,
+      axis_name=axis_name,
+      grad_accum_steps=grad_accum_steps,
+    )
+  )
   state = par.put_state(state0)
   losses = []
   for i in range(STEPS):
@@ -51,7 +60,10 @@ def main():
   # BitFit: a frozen part (the step must leave it alone on every device) and a trainable one.
   model, task, tx, state0 = tiny.tiny_run(method="bitfit")
   state0 = tiny.host(state0)  # numpy: every mode puts its own copy (the steps donate theirs)
-  report = {"devices": jax.device_count(), "threefry_partitionable": bool(jax.config.values["jax_threefry_partitionable"])}
+  report = {
+    "devices": jax.device_count(),
+    "threefry_partitionable": bool(jax.config.values["jax_threefry_partitionable"]),
+  }
 
   single, single_losses = train("none", True, state0, model, task, tx)
   mesh, mesh_losses = train("mesh", True, state0, model, task, tx)
@@ -60,25 +72,31 @@ def main():
   # Accumulation on the mesh: 2 micro-batches of 8 rows, each spread over the 8 devices.
   mesh_accum, _ = train("mesh", False, state0, model, task, tx, grad_accum_steps=2)
   report.update(
-      mesh_vs_single=max_diff(mesh.trainable, single.trainable),
-      mesh_losses=mesh_losses, single_losses=single_losses,
-      pmap_vs_single=max_diff(pmap_off.trainable, single_off.trainable),
-      mesh_accum_vs_single=max_diff(mesh_accum.trainable, single_off.trainable),
-      dropout_effect=max_diff(single.trainable, single_off.trainable),
-      moved=max_diff(single.trainable, state0.trainable),
-      steps={"mesh": int(mesh.step), "pmap": int(pmap_off.step)},
-      frozen_unchanged=max_diff(mesh.frozen, state0.frozen) == 0 and max_diff(pmap_off.frozen, state0.frozen) == 0)
+    mesh_vs_single=max_diff(mesh.trainable, single.trainable),
+    mesh_losses=mesh_losses,
+    single_losses=single_losses,
+    pmap_vs_single=max_diff(pmap_off.trainable, single_off.trainable),
+    mesh_accum_vs_single=max_diff(mesh_accum.trainable, single_off.trainable),
+    dropout_effect=max_diff(single.trainable, single_off.trainable),
+    moved=max_diff(single.trainable, state0.trainable),
+    steps={"mesh": int(mesh.step), "pmap": int(pmap_off.step)},
+    frozen_unchanged=max_diff(mesh.frozen, state0.frozen) == 0 and max_diff(pmap_off.frozen, state0.frozen) == 0,
+  )
 
   evals = {mode: evaluate(mode, state0, model, task) for mode in ("none", "mesh", "pmap")}
   report["eval_shapes"] = {mode: list(out.shape) for mode, (out, _, _) in evals.items()}
-  report["eval_vs_single"] = {mode: max(max_diff(out, evals["none"][0]), abs(loss - evals["none"][1]))
-                              for mode, (out, loss, _) in evals.items()}
+  report["eval_vs_single"] = {
+    mode: max(max_diff(out, evals["none"][0]), abs(loss - evals["none"][1])) for mode, (out, loss, _) in evals.items()
+  }
   report["eval_counts"] = {mode: count for mode, (_, _, count) in evals.items()}
 
   par = parallel.make_parallel("mesh")
   sharded = par.put_batch(tiny.random_batch(0, batch_size=BATCH))
-  report["mesh_batch"] = {"keys": sorted(sharded), "spec": str(sharded["input_ids"].sharding.spec),
-                          "rows_per_device": sorted({s.data.shape[0] for s in sharded["input_ids"].addressable_shards})}
+  report["mesh_batch"] = {
+    "keys": sorted(sharded),
+    "spec": str(sharded["input_ids"].sharding.spec),
+    "rows_per_device": sorted({s.data.shape[0] for s in sharded["input_ids"].addressable_shards}),
+  }
   for mode in ("mesh", "pmap"):
     try:
       parallel.make_parallel(mode).put_batch(tiny.random_batch(0, batch_size=12))

@@ -1,4 +1,5 @@
 """scripts/bench.py runs end to end (tiny random BERT, one step per mode) and keeps its output contract."""
+
 import os
 import re
 import subprocess
@@ -17,8 +18,13 @@ KEYS = ("full", "lora", "bitfit", "head", "fgm", "bf16_full", "lora_vs_full", "h
 def test_bench_quick(tmp_path):
   # Most XLA optimisations off: the tiny steps compile several times faster; timings are meaningless anyway.
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
-                        capture_output=True, text=True, env=env, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   last = proc.stdout.strip().splitlines()[-1]
   number = r"(\d+(\.\d+)?|nan|inf)"
@@ -36,6 +42,7 @@ def test_profile_kinds_of_ops_from_a_compiled_module():
   """scripts/profile_step.py puts a dot, a dropout draw and an embedding-gradient scatter each in its kind."""
   import jax
   import jax.numpy as jnp
+
   sys.path.insert(0, str(ROOT / "scripts"))
   import profile_step
 
@@ -44,6 +51,7 @@ def test_profile_kinds_of_ops_from_a_compiled_module():
     y = jnp.where(keep, x, 0.0) @ w
     table_grad = jnp.zeros((50, 8)).at[ids].add(y[:, :8])
     return y.sum(), table_grad
+
   args = (jnp.ones((16, 16)), jnp.ones((32, 16)), jnp.arange(32) % 50, jax.random.key(0))
   kinds = {name: op.kind for name, op in profile_step.hlo_ops(jax.jit(step).lower(*args).compile().as_text()).items()}
   found = set(kinds.values())
@@ -54,8 +62,13 @@ def test_profile_kinds_of_ops_from_a_compiled_module():
 @pytest.mark.slow
 def test_profile_quick(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_step.py"), "--quick", "--modes=full",
-                         "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "profile_step.py"), "--quick", "--modes=full", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (tmp_path / "profile.md").read_text()
   assert "## full" in report and "| matmul |" in report

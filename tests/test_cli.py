@@ -7,6 +7,7 @@ two trainings and two bad-input runs, then evaluation and prediction on the fini
 config and the other bad inputs go through the same command-line parsing and `train_and_evaluate` in
 this process, which is much cheaper than a fresh interpreter each.
 """
+
 import csv
 import json
 
@@ -18,11 +19,21 @@ from configs import text_classification
 from ftjax import experiment, loop
 from ftjax.data import raw
 
-from conftest import (SHARED_DATA, check, metric_lines, needs_data, parse_config, script, scripts_together,
-                      tiny_config, tiny_flags)
+from conftest import (
+  SHARED_DATA,
+  check,
+  metric_lines,
+  needs_data,
+  parse_config,
+  script,
+  scripts_together,
+  tiny_config,
+  tiny_flags,
+)
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
+
 
 def write_reviews(path, rows):
   """SST-2 sentences as a CSV with its own column names: id, review, stars ("1" or "5")."""
@@ -61,20 +72,32 @@ def _reviews_with_empty_text(folder):
 
 TAB = "\t"
 BAD_INPUTS = {
-    # name: (command-line args given the case folder d, the message expected; "{d}" = the case folder)
-    "malformed_row": (lambda d: ["--config=configs/glue.py:rte",
-                                 f"--config.data_dir={_rte_with(d, 5, lambda f: TAB.join(f[:-1]))}"],
-                      "{d}/rte/train.tsv:5: malformed row: 3 columns, expected 4"),
-    "unknown_label": (lambda d: ["--config=configs/glue.py:rte",
-                                 f"--config.data_dir={_rte_with(d, 3, lambda f: TAB.join(f[:-1] + ['maybe']))}"],
-                      "{d}/rte/train.tsv:3: unknown label 'maybe'"),
-    "empty_text": (lambda d: ["--config=configs/text_classification.py", "--config.task.text_fields=review",
-                              "--config.task.label_field=stars",
-                              f"--config.task.train_file={_reviews_with_empty_text(d)}"],
-                   "{d}/train.csv:4: empty text in column 'review'"),
-    "unknown_config_key": (lambda d: ["--config=configs/glue.py:rte", "--config.no_such_key=1"], "no_such_key"),
-    "missing_data_dir": (lambda d: ["--config=configs/glue.py:rte", f"--config.data_dir={d}/no/such/folder"],
-                         "{d}/no/such/folder: data directory does not exist"),
+  # name: (command-line args given the case folder d, the message expected; "{d}" = the case folder)
+  "malformed_row": (
+    lambda d: ["--config=configs/glue.py:rte", f"--config.data_dir={_rte_with(d, 5, lambda f: TAB.join(f[:-1]))}"],
+    "{d}/rte/train.tsv:5: malformed row: 3 columns, expected 4",
+  ),
+  "unknown_label": (
+    lambda d: [
+      "--config=configs/glue.py:rte",
+      f"--config.data_dir={_rte_with(d, 3, lambda f: TAB.join(f[:-1] + ['maybe']))}",
+    ],
+    "{d}/rte/train.tsv:3: unknown label 'maybe'",
+  ),
+  "empty_text": (
+    lambda d: [
+      "--config=configs/text_classification.py",
+      "--config.task.text_fields=review",
+      "--config.task.label_field=stars",
+      f"--config.task.train_file={_reviews_with_empty_text(d)}",
+    ],
+    "{d}/train.csv:4: empty text in column 'review'",
+  ),
+  "unknown_config_key": (lambda d: ["--config=configs/glue.py:rte", "--config.no_such_key=1"], "no_such_key"),
+  "missing_data_dir": (
+    lambda d: ["--config=configs/glue.py:rte", f"--config.data_dir={d}/no/such/folder"],
+    "{d}/no/such/folder: data directory does not exist",
+  ),
 }
 SCRIPT_BAD_INPUTS = ("malformed_row", "unknown_config_key")  # through scripts/train.py; the others in process
 
@@ -87,33 +110,69 @@ def cli(tmp_path_factory, tiny_bert, tfds_dir, rte_dir, conll_dir):
   reviews = make_reviews(root / "reviews_data")
   work = {name: root / name for name in ("rte", "conll", "reviews")}
   runs = {
-      "train_rte": ("train", ["--config=configs/glue.py:rte", f"--workdir={work['rte']}",
-                              *tiny_flags(tiny_bert, tfds_dir, data_dir=rte_dir, method="lora",
-                                          learning_rate=1e-3)], None),
-      "train_conll": ("train", ["--config=configs/conll2003.py:lora", f"--workdir={work['conll']}",
-                                *tiny_flags(tiny_bert, tfds_dir, data_dir=conll_dir, learning_rate=1e-3,
-                                            max_steps=4, eval_every=4, checkpoint_every=4)], None),
+    "train_rte": (
+      "train",
+      [
+        "--config=configs/glue.py:rte",
+        f"--workdir={work['rte']}",
+        *tiny_flags(tiny_bert, tfds_dir, data_dir=rte_dir, method="lora", learning_rate=1e-3),
+      ],
+      None,
+    ),
+    "train_conll": (
+      "train",
+      [
+        "--config=configs/conll2003.py:lora",
+        f"--workdir={work['conll']}",
+        *tiny_flags(
+          tiny_bert, tfds_dir, data_dir=conll_dir, learning_rate=1e-3, max_steps=4, eval_every=4, checkpoint_every=4
+        ),
+      ],
+      None,
+    ),
   }
   bad = {}
   for name in SCRIPT_BAD_INPUTS:
     args, message = BAD_INPUTS[name]
     folder = root / f"bad_{name}"
     folder.mkdir()
-    runs[f"bad_{name}"] = ("train", [*args(folder), f"--workdir={folder / 'run'}", f"--config.model={tiny_bert}",
-                                     f"--config.tfds_dir={folder / 'tfds'}", "--config.parallel=none"], None)
+    runs[f"bad_{name}"] = (
+      "train",
+      [
+        *args(folder),
+        f"--workdir={folder / 'run'}",
+        f"--config.model={tiny_bert}",
+        f"--config.tfds_dir={folder / 'tfds'}",
+        "--config.parallel=none",
+      ],
+      None,
+    )
     bad[name] = (folder, message.format(d=folder))
   results = scripts_together(runs)
-  pairs = ("A man is playing a guitar on stage.\tA person plays music.\n"
-           "The company reported record profits.\tThe company lost money.\n")
-  after = {"predict_rte": ("predict", [f"--workdir={work['rte']}"], pairs),
-           "evaluate_conll": ("evaluate", [f"--workdir={work['conll']}", "--split=test", "--max_examples=32"], None),
-           "predict_conll": ("predict", [f"--workdir={work['conll']}"],
-                             "EU rejects German call to boycott British lamb .\nPeter Blackburn\n")}
+  pairs = (
+    "A man is playing a guitar on stage.\tA person plays music.\n"
+    "The company reported record profits.\tThe company lost money.\n"
+  )
+  after = {
+    "predict_rte": ("predict", [f"--workdir={work['rte']}"], pairs),
+    "evaluate_conll": ("evaluate", [f"--workdir={work['conll']}", "--split=test", "--max_examples=32"], None),
+    "predict_conll": (
+      "predict",
+      [f"--workdir={work['conll']}"],
+      "EU rejects German call to boycott British lamb .\nPeter Blackburn\n",
+    ),
+  }
   after = {k: v for k, v in after.items() if results["train_" + k.split("_")[1]].returncode == 0}
   before_evaluate = len(metric_lines(work["conll"])) if "evaluate_conll" in after else 0
   results.update(scripts_together(after))
-  return {"results": results, "work": work, "reviews": reviews, "bad": bad, "root": root,
-          "conll_lines_before_evaluate": before_evaluate}
+  return {
+    "results": results,
+    "work": work,
+    "reviews": reviews,
+    "bad": bad,
+    "root": root,
+    "conll_lines_before_evaluate": before_evaluate,
+  }
 
 
 def json_rows(output):
@@ -121,6 +180,7 @@ def json_rows(output):
 
 
 # --- GLUE (RTE format) --------------------------------------------------------------------------------
+
 
 def test_rte_trains_end_to_end_and_reports_accuracy(cli):
   check(cli["results"]["train_rte"])
@@ -144,10 +204,11 @@ def test_predict_classification_from_stdin(cli):
 
 # --- CoNLL-2003 ---------------------------------------------------------------------------------------
 
+
 def test_conll_trains_end_to_end_and_reports_entity_f1(cli):
   check(cli["results"]["train_conll"])
   workdir = cli["work"]["conll"]
-  lines = metric_lines(workdir)[:cli["conll_lines_before_evaluate"]]
+  lines = metric_lines(workdir)[: cli["conll_lines_before_evaluate"]]
   dev = [l for l in lines if l["split"] == "dev"]
   test = [l for l in lines if l["split"] == "test"]  # the config scores dev and test at the end
   assert len(dev) == len(test) == 1
@@ -181,15 +242,20 @@ def test_predict_entities_from_stdin(cli):
 
 # --- a CSV with arbitrary column names, and init_from --------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def reviews_run(cli, tiny_bert, tfds_dir, fast_compiles):
   """configs/text_classification.py on the reviews CSV, configured on the command line alone (parsed as
   scripts/train.py parses it, run in this process)."""
   reviews, workdir = cli["reviews"], cli["root"] / "reviews"
-  config = parse_config("--config=configs/text_classification.py", f"--config.task.train_file={reviews['train']}",
-                        f"--config.task.dev_file={reviews['dev']}", "--config.task.text_fields=review",
-                        "--config.task.label_field=stars",
-                        *tiny_flags(tiny_bert, tfds_dir, method="lora", learning_rate=1e-2))
+  config = parse_config(
+    "--config=configs/text_classification.py",
+    f"--config.task.train_file={reviews['train']}",
+    f"--config.task.dev_file={reviews['dev']}",
+    "--config.task.text_fields=review",
+    "--config.task.label_field=stars",
+    *tiny_flags(tiny_bert, tfds_dir, method="lora", learning_rate=1e-2),
+  )
   loop.train_and_evaluate(config, workdir)
   return workdir
 
@@ -204,10 +270,20 @@ def test_csv_with_arbitrary_columns_by_configuration_alone(reviews_run):
 def test_init_from_continues_a_finished_run_on_new_data(cli, reviews_run, tmp_path, tiny_bert, tfds_dir):
   reviews = cli["reviews"]
   # learning rate 0: the second run's parameters stay where it started, i.e. at the first run's best
-  config = tiny_config(text_classification.get_config(), tiny_bert, tfds_dir, method="lora", learning_rate=0.0,
-                       init_from=str(reviews_run), **{"task.train_file": str(reviews["train2"]),
-                                                      "task.dev_file": str(reviews["dev2"]),
-                                                      "task.text_fields": "review", "task.label_field": "stars"})
+  config = tiny_config(
+    text_classification.get_config(),
+    tiny_bert,
+    tfds_dir,
+    method="lora",
+    learning_rate=0.0,
+    init_from=str(reviews_run),
+    **{
+      "task.train_file": str(reviews["train2"]),
+      "task.dev_file": str(reviews["dev2"]),
+      "task.text_fields": "review",
+      "task.label_field": "stars",
+    },
+  )
   loop.train_and_evaluate(config, tmp_path / "continued")
   _, exp, first, _ = experiment.restore(reviews_run)
   _, _, second, _ = experiment.restore(tmp_path / "continued")
@@ -218,6 +294,7 @@ def test_init_from_continues_a_finished_run_on_new_data(cli, reviews_run, tmp_pa
 
 
 # --- bad input: one clear message, a non-zero exit, nothing half-written ------------------------------
+
 
 def assert_nothing_prepared(tfds):
   leftovers = [p.name for p in tfds.iterdir() if p.name.startswith(".prepare-")] if tfds.is_dir() else []
@@ -242,8 +319,9 @@ def test_bad_input_stops_the_script_with_one_line(cli, case):
 def test_bad_input_raises_a_data_error_naming_the_place(case, tmp_path, tiny_bert, fast_compiles):
   # the same path as scripts/train.py, in this process (the script turns a DataError into `error: ...`)
   args, message = BAD_INPUTS[case]
-  config = parse_config(*args(tmp_path), f"--config.model={tiny_bert}", f"--config.tfds_dir={tmp_path / 'tfds'}",
-                        "--config.parallel=none")
+  config = parse_config(
+    *args(tmp_path), f"--config.model={tiny_bert}", f"--config.tfds_dir={tmp_path / 'tfds'}", "--config.parallel=none"
+  )
   with pytest.raises(raw.DataError) as error:
     loop.train_and_evaluate(config, tmp_path / "run")
   assert message.format(d=tmp_path) in str(error.value)

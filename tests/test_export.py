@@ -4,6 +4,7 @@ MiniLM (the real packaged checkpoint) for sequence classification; tiny random B
 by transformers' `save_pretrained` for the other tasks. LoRA B (and DoRA's magnitude) are set randomly:
 at initialisation B = 0 and any export would trivially match.
 """
+
 import json
 
 import jax
@@ -36,17 +37,19 @@ def make_run(path, spec, head, seed=0, length=8):
   rng = np.random.default_rng(seed)
   vocab = model.config.vocab_size
   ids = jnp.asarray(rng.integers(1, min(vocab, 1000), (2, length)), jnp.int32)
-  mask = jnp.ones_like(ids).at[1, length - 3:].set(0)  # right padding in the second row
+  mask = jnp.ones_like(ids).at[1, length - 3 :].set(0)  # right padding in the second row
   tree = {"backbone": backbone}
   key = jax.random.key(seed)
   if spec.lora_targets:
     _, variables = model.apply({"params": backbone}, ids, mutable=["lora"], rngs={"params": key})
     tree["lora"] = randomize(variables["lora"], jax.random.fold_in(key, 1))
   if head is not None:
-    outputs = model.apply({"params": backbone, **({"lora": tree["lora"]} if "lora" in tree else {})}, ids,
-                          attention_mask=mask)
-    tree["head"] = randomize(head.init(jax.random.fold_in(key, 2), outputs, mask)["params"],
-                             jax.random.fold_in(key, 3), 0.1)
+    outputs = model.apply(
+      {"params": backbone, **({"lora": tree["lora"]} if "lora" in tree else {})}, ids, attention_mask=mask
+    )
+    tree["head"] = randomize(
+      head.init(jax.random.fold_in(key, 2), outputs, mask)["params"], jax.random.fold_in(key, 3), 0.1
+    )
   return model, tree, head, ids, mask
 
 
@@ -61,8 +64,10 @@ def ftjax_outputs(model, tree, head, ids, mask, lora=None):
 
 
 def torch_inputs(ids, mask):
-  return dict(input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
-              attention_mask=torch.tensor(np.asarray(mask), dtype=torch.long))
+  return dict(
+    input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
+    attention_mask=torch.tensor(np.asarray(mask), dtype=torch.long),
+  )
 
 
 def assert_close(ours, theirs, rows=None):
@@ -80,8 +85,14 @@ def minilm():
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
   folder = tmp_path_factory.mktemp("tiny_bert")
-  config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=64, max_position_embeddings=32)
+  config = transformers.BertConfig(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=32,
+  )
   torch.manual_seed(0)
   transformers.BertModel(config).save_pretrained(folder)
   return folder
@@ -90,8 +101,9 @@ def tiny_bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
   folder = tmp_path_factory.mktemp("tiny_gpt2")
-  config = transformers.GPT2Config(vocab_size=120, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                                   bos_token_id=0, eos_token_id=0)
+  config = transformers.GPT2Config(
+    vocab_size=120, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+  )
   torch.manual_seed(0)
   transformers.GPT2LMHeadModel(config).save_pretrained(folder)
   return folder
@@ -99,8 +111,14 @@ def tiny_gpt2(tmp_path_factory):
 
 def test_hf_export_minilm_sequence_classification(minilm, tmp_path):
   model, tree, head, ids, mask = minilm
-  export.export_hf(tmp_path, model=model, tree=tree, task="sequence_classification",
-                   id2label={0: "neg", 1: "neu", 2: "pos"}, source_folder=resolve("minilm"))
+  export.export_hf(
+    tmp_path,
+    model=model,
+    tree=tree,
+    task="sequence_classification",
+    id2label={0: "neg", 1: "neu", 2: "pos"},
+    source_folder=resolve("minilm"),
+  )
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["architectures"] == ["BertForSequenceClassification"]
   assert config["label2id"] == {"neg": 0, "neu": 1, "pos": 2} and "problem_type" not in config
@@ -115,8 +133,9 @@ def test_hf_export_minilm_sequence_classification(minilm, tmp_path):
 
 
 def test_hf_export_token_classification(tiny_bert, tmp_path):
-  model, tree, head, ids, mask = run = make_run(tiny_bert, PeftSpec(lora_targets="dense$", lora_rank=4),
-                                                heads.TokenClassificationHead(5))
+  model, tree, head, ids, mask = run = make_run(
+    tiny_bert, PeftSpec(lora_targets="dense$", lora_rank=4), heads.TokenClassificationHead(5)
+  )
   export.export_hf(tmp_path, model=model, tree=tree, task="token_classification", source_folder=tiny_bert)
   reference = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
   assert reference.config.num_labels == 5
@@ -136,8 +155,9 @@ def test_hf_export_dora_regression(tiny_bert, tmp_path):
 
 
 def test_hf_export_causal_lm(tiny_gpt2, tmp_path):
-  model, tree, head, ids, mask = run = make_run(tiny_gpt2, PeftSpec(lora_targets="c_attn|mlp/c_proj", lora_rank=4),
-                                                None)
+  model, tree, head, ids, mask = run = make_run(
+    tiny_gpt2, PeftSpec(lora_targets="c_attn|mlp/c_proj", lora_rank=4), None
+  )
   export.export_hf(tmp_path, model=model, tree=tree, task="causal_lm", source_folder=tiny_gpt2)
   reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
   assert type(reference).__name__ == "GPT2LMHeadModel"
@@ -146,8 +166,9 @@ def test_hf_export_causal_lm(tiny_gpt2, tmp_path):
 
 
 def test_hf_export_gpt2_sequence_classification(tiny_gpt2, tmp_path):
-  model, tree, head, ids, mask = run = make_run(tiny_gpt2, PeftSpec(lora_targets="c_attn", lora_rank=4),
-                                                heads.SequenceClassificationHead(2))
+  model, tree, head, ids, mask = make_run(
+    tiny_gpt2, PeftSpec(lora_targets="c_attn", lora_rank=4), heads.SequenceClassificationHead(2)
+  )
   ids = ids.at[1, -3:].set(0)  # GPT2ForSequenceClassification finds the last token by pad_token_id (= eos = 0)
   export.export_hf(tmp_path, model=model, tree=tree, task="sequence_classification", source_folder=tiny_gpt2)
   reference = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
@@ -217,8 +238,9 @@ def test_import_adapter_written_by_peft(tmp_path):
   folder = resolve("minilm")
   torch.manual_seed(0)
   base = transformers.AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
-  config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["key", "attention.output.dense"],
-                           init_lora_weights=False)  # random B: a non-trivial adapter
+  config = peft.LoraConfig(
+    task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["key", "attention.output.dense"], init_lora_weights=False
+  )  # random B: a non-trivial adapter
   reference = peft.get_peft_model(base, config)
   reference.save_pretrained(tmp_path)
   model, backbone = from_pretrained(folder)
@@ -230,12 +252,15 @@ def test_import_adapter_written_by_peft(tmp_path):
   mask = jnp.ones_like(ids).at[0, 6:].set(0)
   tree = {"backbone": backbone, "head": head_tree, "lora": lora_tree}
   with torch.no_grad():
-    assert_close(ftjax_outputs(model, tree, heads.SequenceClassificationHead(2), ids, mask),
-                 reference.eval()(**torch_inputs(ids, mask)).logits)
+    assert_close(
+      ftjax_outputs(model, tree, heads.SequenceClassificationHead(2), ids, mask),
+      reference.eval()(**torch_inputs(ids, mask)).logits,
+    )
 
 
 def test_import_names_the_bad_tensor(minilm, minilm_peft, tmp_path):
   from safetensors.numpy import load_file, save_file
+
   tensors = load_file(str(minilm_peft / "adapter_model.safetensors"))
   name = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"
   tensors[name] = tensors[name][:, :10]

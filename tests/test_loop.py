@@ -8,13 +8,13 @@
 - the run folder: metrics.jsonl lines, config.json, run.json, TensorBoard events, summary, and a resume
   truncates the metric lines written after its checkpoint.
 """
+
 import json
 import os
 import re
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -39,8 +39,9 @@ def latest_tree(workdir):
   """(trainable, opt_state, step, rng) and loop state of the latest checkpoint, as numpy."""
   manager = ckpt.Checkpoints(workdir)
   step = manager.latest_step()
-  restored = manager.latest.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                                  loop=ocp.args.JsonRestore()))
+  restored = manager.latest.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore())
+  )
   manager.close()
   return jax.tree.map(np.asarray, dict(restored["state"])), dict(restored["loop"])
 
@@ -66,10 +67,12 @@ def without_timing(lines):
 
 # --- the run folder ----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def rte_run(tmp_path_factory, tiny_bert, tfds_dir, rte_dir):
-  config = tiny_config(glue.get_config("rte"), tiny_bert, tfds_dir, data_dir=str(rte_dir), method="lora",
-                       learning_rate=1e-3)
+  config = tiny_config(
+    glue.get_config("rte"), tiny_bert, tfds_dir, data_dir=str(rte_dir), method="lora", learning_rate=1e-3
+  )
   workdir = tmp_path_factory.mktemp("rte_run")
   final = loop.train_and_evaluate(config, workdir)
   return config, workdir, final
@@ -94,8 +97,7 @@ def test_run_folder_records_metrics_config_and_events(rte_run):
   assert saved.task.source == "glue/rte" and saved.method == "lora" and saved.max_steps == 6
   assert saved.data_dir == config.data_dir
   run = json.loads((workdir / "run.json").read_text())
-  assert run["task"] == {"kind": "classification", "num_labels": 2,
-                         "label_names": ["entailment", "not_entailment"]}
+  assert run["task"] == {"kind": "classification", "num_labels": 2, "label_names": ["entailment", "not_entailment"]}
   assert run["backbone"]["sha256"] and run["rules"]
   assert run["cpu_threefry"] == "rolled"  # a LoRA run with input dropout: "auto" takes rolled (ftjax/xla_cpu.py)
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
@@ -136,8 +138,11 @@ def test_a_workdir_in_use_refuses_a_second_run_and_loses_nothing(rte_run, tmp_pa
   with workdir_lock.exclusive_workdir(workdir):
     assert workdir_lock.workdir_holder(workdir) == str(os.getpid())
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    with pytest.raises(loop.InputError, match=rf"{re.escape(str(workdir))} is in use: another process "
-                                              rf"\(pid {os.getpid()}\) is training in it"):
+    with pytest.raises(
+      loop.InputError,
+      match=rf"{re.escape(str(workdir))} is in use: another process "
+      rf"\(pid {os.getpid()}\) is training in it",
+    ):
       loop.train_and_evaluate(config, workdir)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
   assert workdir_lock.workdir_holder(workdir) is None  # released with the holder
@@ -145,15 +150,26 @@ def test_a_workdir_in_use_refuses_a_second_run_and_loses_nothing(rte_run, tmp_pa
 
 # --- resume after SIGKILL -----------------------------------------------------------------------------
 
+
 # `slow` (~55–80 s on 2 cores): with it the default suite ran past its 10-minute budget. The default suite
 # still resumes from a checkpoint (test_resume_truncates_metric_lines_after_the_checkpoint above).
 @pytest.mark.slow
 def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_bert, tfds_dir, rte_dir):
   # full fine-tuning with dropout on, 3 epochs of 8 steps: the kill lands mid-run, past an epoch boundary
-  overrides = dict(data_dir=str(rte_dir), method="full", learning_rate=1e-3, max_steps=24, eval_every=4,
-                   checkpoint_every=2, dropout=True)
-  command = ["--config=configs/glue.py:rte", f"--workdir={tmp_path / 'killed'}",
-             *tiny_flags(tiny_bert, tfds_dir, **overrides)]
+  overrides = dict(
+    data_dir=str(rte_dir),
+    method="full",
+    learning_rate=1e-3,
+    max_steps=24,
+    eval_every=4,
+    checkpoint_every=2,
+    dropout=True,
+  )
+  command = [
+    "--config=configs/glue.py:rte",
+    f"--workdir={tmp_path / 'killed'}",
+    *tiny_flags(tiny_bert, tfds_dir, **overrides),
+  ]
   process = script("train", *command, log=tmp_path / "killed.log")
   latest = tmp_path / "killed" / "checkpoints" / "latest"
   deadline = time.time() + 240
@@ -176,8 +192,9 @@ def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path, ti
   output = (tmp_path / "rerun.log").read_text()
   assert rerun.returncode == 0, output[-5000:]
   assert f"resuming {tmp_path / 'killed'} at step" in output
-  assert (json.loads((tmp_path / "killed" / "config.json").read_text())
-          == json.loads((tmp_path / "uninterrupted" / "config.json").read_text()))
+  assert json.loads((tmp_path / "killed" / "config.json").read_text()) == json.loads(
+    (tmp_path / "uninterrupted" / "config.json").read_text()
+  )
   a, b = tmp_path / "uninterrupted", tmp_path / "killed"
   state_a, loop_a = latest_tree(a)
   state_b, loop_b = latest_tree(b)
@@ -192,8 +209,8 @@ def test_sigkill_and_rerun_is_bit_identical_to_an_uninterrupted_run(tmp_path, ti
 
 # --- early stopping ---------------------------------------------------------------------------------
 
-def test_early_stopping_stops_after_patience_and_restores_the_best(tmp_path, tiny_bert, tfds_dir, rte_dir,
-                                                                   monkeypatch):
+
+def test_early_stopping_stops_after_patience_and_restores_the_best(tmp_path, tiny_bert, tfds_dir, rte_dir, monkeypatch):
   # The dev accuracy is scripted so that it provably stops improving: best at the 2nd evaluation
   # (step 4), then 2 evaluations without improvement (a tie is not an improvement) → stop at step 8.
   scripted = iter([50.0, 60.0, 55.0, 60.0])
@@ -206,9 +223,21 @@ def test_early_stopping_stops_after_patience_and_restores_the_best(tmp_path, tin
     return ({**values, "accuracy": next(scripted)} if data.split == "dev" else values), report
 
   monkeypatch.setattr(loop, "evaluate_split", evaluate_split)
-  config = tiny_config(glue.get_config("rte"), tiny_bert, tfds_dir, data_dir=str(rte_dir), method="lora",
-                       learning_rate=1e-2, schedule="constant", max_steps=40, eval_every=2, checkpoint_every=2,
-                       max_eval_examples=16, eval_splits=("dev", "train"), **{"early_stopping.patience": 2})
+  config = tiny_config(
+    glue.get_config("rte"),
+    tiny_bert,
+    tfds_dir,
+    data_dir=str(rte_dir),
+    method="lora",
+    learning_rate=1e-2,
+    schedule="constant",
+    max_steps=40,
+    eval_every=2,
+    checkpoint_every=2,
+    max_eval_examples=16,
+    eval_splits=("dev", "train"),
+    **{"early_stopping.patience": 2},
+  )
   workdir = tmp_path / "run"
   final = loop.train_and_evaluate(config, workdir)
 
@@ -233,8 +262,8 @@ def test_early_stopping_stops_after_patience_and_restores_the_best(tmp_path, tin
 
 # --- non-finite losses ------------------------------------------------------------------------------
 
-def test_nan_label_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_bert, tfds_dir,
-                                                                               stsb_dir):
+
+def test_nan_label_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_bert, tfds_dir, stsb_dir):
   # STS-B with one training score "nan", placed in the batch of step 5 (batch 8: the order of epoch 0
   # is a function of the seed alone).
   rows = (stsb_dir / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
@@ -248,8 +277,18 @@ def test_nan_label_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(t
   shutil.copy(stsb_dir / "dev.tsv", data / "dev.tsv")
 
   # log_every 50: the NaN is found at the checkpoint of step 6, which must then not be written
-  config = tiny_config(glue.get_config("stsb"), tiny_bert, tfds_dir, data_dir=str(data), method="lora",
-                       learning_rate=1e-3, max_steps=8, eval_every=0, checkpoint_every=2, log_every=50)
+  config = tiny_config(
+    glue.get_config("stsb"),
+    tiny_bert,
+    tfds_dir,
+    data_dir=str(data),
+    method="lora",
+    learning_rate=1e-3,
+    max_steps=8,
+    eval_every=0,
+    checkpoint_every=2,
+    log_every=50,
+  )
   workdir = tmp_path / "run"
   with pytest.raises(loop.NonFiniteError, match=r"at step 5\b"):
     loop.train_and_evaluate(config, workdir)

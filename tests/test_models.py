@@ -3,6 +3,7 @@
 The real all-MiniLM-L6-v2 (packaged) checks the BERT path on trained weights; tiny random checkpoints
 that transformers writes check GPT-2, the file formats and the error messages in milliseconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def max_abs_diff(ours, theirs, mask=None):
 
 # --- the real MiniLM -----------------------------------------------------------------------------------
 
-PAIRS = (["A man is playing a guitar.", "The weather is lovely today, isn't it?", "Short."],
-         ["Someone plays an instrument.", "It is raining.", "A much longer second segment that makes padding."])
+PAIRS = (
+  ["A man is playing a guitar.", "The weather is lovely today, isn't it?", "Short."],
+  ["Someone plays an instrument.", "It is raining.", "A much longer second segment that makes padding."],
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +75,17 @@ def test_minilm_bfloat16_compute_stays_close(minilm_batch, minilm_f32):
   mask = minilm_batch["attention_mask"]
   deviation = max_abs_diff(out.last_hidden_state, minilm_f32.last_hidden_state, mask)
   scale = float(np.abs(np.asarray(minilm_f32.last_hidden_state)[mask > 0]).max())
-  print(f"\nMiniLM bf16 vs f32: max |Δ last_hidden_state| = {deviation:.4f} (max |h| = {scale:.2f}); "
-        f"pooler {max_abs_diff(out.pooler_output, minilm_f32.pooler_output):.4f}")
+  print(
+    f"\nMiniLM bf16 vs f32: max |Δ last_hidden_state| = {deviation:.4f} (max |h| = {scale:.2f}); "
+    f"pooler {max_abs_diff(out.pooler_output, minilm_f32.pooler_output):.4f}"
+  )
   assert deviation < 5e-2
 
 
 def dot_generals(jaxpr):
   """Every dot_general of a jaxpr, nested jaxprs (jit, custom_vjp, scan) included."""
   import jax
+
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
       yield eqn
@@ -96,6 +102,7 @@ def test_minilm_bfloat16_training_gradients_run_bf16_matmuls_and_match_float32(m
   operands and accumulates in float32 (a float32 × bf16 product runs in float32 on CPU, at ~1/5 of
   the AMX bf16 rate), and the weight gradients stay within bf16 rounding of the float32 ones."""
   import jax
+
   batch = {k: jnp.asarray(v) for k, v in minilm_batch.items()}
   grads = {}
   for dtype in (jnp.float32, jnp.bfloat16):
@@ -126,16 +133,24 @@ def test_bfloat16_weight_gradient_compiles_to_a_bf16_matmul():
   import re
   import jax
   from ftjax.models.layers import batched_matmul, matmul
-  cases = {"dense 32 → 48": (matmul, jnp.ones((2, 128, 32)), jnp.ones((32, 48))),
-           "dense 48 → 32": (matmul, jnp.ones((2, 128, 48)), jnp.ones((48, 32))),
-           "attention q·kᵀ": (batched_matmul, jnp.ones((4, 3, 16, 8)), jnp.ones((4, 3, 8, 16))),
-           "attention p·v": (batched_matmul, jnp.ones((4, 3, 16, 16)), jnp.ones((4, 3, 16, 8)))}
+
+  cases = {
+    "dense 32 → 48": (matmul, jnp.ones((2, 128, 32)), jnp.ones((32, 48))),
+    "dense 48 → 32": (matmul, jnp.ones((2, 128, 48)), jnp.ones((48, 32))),
+    "attention q·kᵀ": (batched_matmul, jnp.ones((4, 3, 16, 8)), jnp.ones((4, 3, 8, 16))),
+    "attention p·v": (batched_matmul, jnp.ones((4, 3, 16, 16)), jnp.ones((4, 3, 16, 8))),
+  }
   for case, (product, x, w) in cases.items():
     hlo = jax.jit(jax.grad(lambda x, w: product(x, w, jnp.bfloat16).sum(), (0, 1))).lower(x, w).compile().as_text()
     types = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
-    products = [m for m in re.finditer(r"= f32\[[\d,]*\]\S* (?:fusion|dot)\(([^)]*)\)(.*)", hlo)
-                if m.group(0).split("(")[0].endswith(" dot") or "ynn" in m.group(2) or "xnn" in m.group(2)
-                or "onednn" in m.group(2)]
+    products = [
+      m
+      for m in re.finditer(r"= f32\[[\d,]*\]\S* (?:fusion|dot)\(([^)]*)\)(.*)", hlo)
+      if m.group(0).split("(")[0].endswith(" dot")
+      or "ynn" in m.group(2)
+      or "xnn" in m.group(2)
+      or "onednn" in m.group(2)
+    ]
     assert len(products) >= 3, (case, hlo)  # forward, input gradient, weight gradient
     for m in products:
       operands = [name.strip().lstrip("%") for name in m.group(1).split(",")]
@@ -144,8 +159,15 @@ def test_bfloat16_weight_gradient_compiles_to_a_bf16_matmul():
 
 # --- tiny random checkpoints written by transformers ---------------------------------------------------
 
-BERT = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=24, type_vocab_size=2)
+BERT = dict(
+  vocab_size=101,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=37,
+  max_position_embeddings=24,
+  type_vocab_size=2,
+)
 GPT2 = dict(vocab_size=99, n_positions=24, n_embd=32, n_layer=2, n_head=4, bos_token_id=98, eos_token_id=98)
 
 
@@ -155,7 +177,7 @@ def padded_batch(vocab, left_pad=False, seed=0):
   ids = rng.integers(1, vocab, (3, 9))
   mask = np.zeros_like(ids)
   for row, n in enumerate((9, 5, 2)):
-    mask[row, 9 - n:] = 1 if left_pad else 0
+    mask[row, 9 - n :] = 1 if left_pad else 0
     mask[row, :n] = 0 if left_pad else 1
   types = (np.arange(9)[None] >= 4).astype(np.int64) * mask
   return ids * mask, mask, types
@@ -171,8 +193,9 @@ def save_bert(folder, cls=transformers.BertModel, **save):
 def assert_bert_matches(folder, torch_bert):
   ids, mask, types = padded_batch(BERT["vocab_size"])
   model, params = from_pretrained(folder)
-  ours = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-                     token_type_ids=jnp.asarray(types))
+  ours = model.apply(
+    {"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask), token_type_ids=jnp.asarray(types)
+  )
   theirs = torch_outputs(torch_bert, input_ids=ids, attention_mask=mask, token_type_ids=types)
   assert max_abs_diff(ours.last_hidden_state, theirs.last_hidden_state, mask) < TOL
   assert max_abs_diff(ours.pooler_output, theirs.pooler_output) < TOL
@@ -199,7 +222,7 @@ def test_random_gpt2_matches_transformers(tmp_path):
 def test_sequence_classification_checkpoint_loads(tmp_path):
   classifier = save_bert(tmp_path, transformers.BertForSequenceClassification)
   names = safetensors.numpy.load_file(str(tmp_path / "model.safetensors"))
-  assert all(k.startswith(("bert.", "classifier.")) for k in names)   # the prefixed layout
+  assert all(k.startswith(("bert.", "classifier.")) for k in names)  # the prefixed layout
   assert_bert_matches(tmp_path, classifier.bert)
 
 

@@ -2,6 +2,7 @@
 
 Small hand-made trees with the paths a real run has, so every number can be checked by hand.
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,28 +17,41 @@ pytestmark = pytest.mark.usefixtures("fast_compiles")  # conftest.py: XLA compil
 
 
 def config(**overrides):
-  base = dict(learning_rate=LR, warmup_steps=10, warmup_ratio=0.0, schedule="linear", max_grad_norm=0.0,
-              adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0, decay_embeddings=False,
-              head_lr_multiplier=1.0, lora_plus_ratio=1.0, layer_decay=1.0)
+  base = dict(
+    learning_rate=LR,
+    warmup_steps=10,
+    warmup_ratio=0.0,
+    schedule="linear",
+    max_grad_norm=0.0,
+    adam_b1=0.9,
+    adam_b2=0.999,
+    adam_eps=1e-8,
+    weight_decay=0.0,
+    decay_embeddings=False,
+    head_lr_multiplier=1.0,
+    lora_plus_ratio=1.0,
+    layer_decay=1.0,
+  )
   return ml_collections.ConfigDict({**base, **overrides})
 
 
 def run_tree(num_layers=2):
   """The trainable tree of a BERT run with LoRA, a head, a soft prompt, biases, norms and embeddings."""
   flat = {
-      "backbone/embeddings/word_embeddings/embedding": np.ones((10, 4)),
-      "backbone/embeddings/position_embeddings/embedding": np.ones((8, 4)),
-      "backbone/embeddings/LayerNorm/scale": np.ones(4),
-      "backbone/embeddings/LayerNorm/bias": np.ones(4),
-      "backbone/pooler/kernel": np.ones((4, 4)),
-      "backbone/pooler/bias": np.ones(4),
-      "head/classifier/kernel": np.ones((4, 2)),
-      "head/classifier/bias": np.ones(2),
-      "prompt/embeddings/embeddings": np.ones((3, 4)),
+    "backbone/embeddings/word_embeddings/embedding": np.ones((10, 4)),
+    "backbone/embeddings/position_embeddings/embedding": np.ones((8, 4)),
+    "backbone/embeddings/LayerNorm/scale": np.ones(4),
+    "backbone/embeddings/LayerNorm/bias": np.ones(4),
+    "backbone/pooler/kernel": np.ones((4, 4)),
+    "backbone/pooler/bias": np.ones(4),
+    "head/classifier/kernel": np.ones((4, 2)),
+    "head/classifier/bias": np.ones(2),
+    "prompt/embeddings/embeddings": np.ones((3, 4)),
   }
   for i in range(num_layers):
     layer = f"encoder/layer_{i}"
-    flat.update({
+    flat.update(
+      {
         f"backbone/{layer}/attention/self/query/kernel": np.ones((4, 4)),
         f"backbone/{layer}/attention/self/query/bias": np.ones(4),
         f"backbone/{layer}/output/LayerNorm/scale": np.ones(4),
@@ -47,7 +61,8 @@ def run_tree(num_layers=2):
         f"lora/{layer}/attention/self/query/magnitude": np.ones(4),
         f"adapter/{layer}/output/ffn_down_kernel": np.ones((4, 2)),
         f"adapter/{layer}/output/ffn_down_bias": np.ones(2),
-    })
+      }
+    )
   return trainability.unflatten({p: jnp.asarray(v, jnp.float32) for p, v in flat.items()})
 
 
@@ -59,6 +74,7 @@ def first_update(cfg, params, grads, num_layers=2, total_steps=100):
 
 # ---------------------------------------------------------------------------------------------------
 # Schedule.
+
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
   lr = optim.schedule(config(schedule="linear"), total_steps=110)
@@ -84,6 +100,7 @@ def test_constant_schedule_and_warmup_ratio():
 # ---------------------------------------------------------------------------------------------------
 # Weight decay.
 
+
 @pytest.mark.parametrize("decay_embeddings", [False, True])
 def test_weight_decay_mask(decay_embeddings):
   mask = trainability.flatten(optim.decay_mask(run_tree(), decay_embeddings))
@@ -106,6 +123,7 @@ def test_weight_decay_applies_through_the_chain():
 
 # ---------------------------------------------------------------------------------------------------
 # Per-parameter learning rates.
+
 
 def adam_first_step_rates(cfg, params, num_layers=2):
   """|first update| / lr per path: Adam's first step is lr·g/(|g| + eps), so the ratio is the multiplier."""
@@ -135,8 +153,14 @@ def test_layer_decay_and_head_multiplier():
   cfg = config(warmup_steps=0, schedule="constant", layer_decay=0.5, head_lr_multiplier=10.0)
   rates = adam_first_step_rates(cfg, params, num_layers=2)
   # Top of the stack trains fastest: layer i of L=2 gets 0.5^(2−i), embeddings and prompt 0.5^3.
-  want = {"backbone/embeddings/": 0.125, "prompt/": 0.125, "encoder/layer_0/": 0.25, "encoder/layer_1/": 0.5,
-          "backbone/pooler/": 1.0, "head/": 10.0}
+  want = {
+    "backbone/embeddings/": 0.125,
+    "prompt/": 0.125,
+    "encoder/layer_0/": 0.25,
+    "encoder/layer_1/": 0.5,
+    "backbone/pooler/": 1.0,
+    "head/": 10.0,
+  }
   for path, rate in rates.items():
     expected = [w for key, w in want.items() if key in path]
     assert len(expected) == 1, path
@@ -144,24 +168,39 @@ def test_layer_decay_and_head_multiplier():
 
 
 def test_layer_decay_reads_gpt2_paths():
-  params = {"backbone": {"wte": {"embedding": jnp.ones((5, 2))}, "h_0": {"ln_1": {"scale": jnp.ones(2)}},
-                         "h_1": {"ln_1": {"scale": jnp.ones(2)}}, "ln_f": {"scale": jnp.ones(2)}},
-            "lora": {"h_1": {"attn": {"c_attn": {"a": jnp.ones((2, 1))}}}}}
+  params = {
+    "backbone": {
+      "wte": {"embedding": jnp.ones((5, 2))},
+      "h_0": {"ln_1": {"scale": jnp.ones(2)}},
+      "h_1": {"ln_1": {"scale": jnp.ones(2)}},
+      "ln_f": {"scale": jnp.ones(2)},
+    },
+    "lora": {"h_1": {"attn": {"c_attn": {"a": jnp.ones((2, 1))}}}},
+  }
   m = trainability.flatten(optim.lr_multipliers(params, config(layer_decay=0.5), num_layers=2))
-  assert m == {"backbone/wte/embedding": 0.125, "backbone/h_0/ln_1/scale": 0.25, "backbone/h_1/ln_1/scale": 0.5,
-               "backbone/ln_f/scale": 1.0, "lora/h_1/attn/c_attn/a": 0.5}
+  assert m == {
+    "backbone/wte/embedding": 0.125,
+    "backbone/h_0/ln_1/scale": 0.25,
+    "backbone/h_1/ln_1/scale": 0.5,
+    "backbone/ln_f/scale": 1.0,
+    "lora/h_1/attn/c_attn/a": 0.5,
+  }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Clipping.
+
 
 @pytest.mark.parametrize("max_grad_norm", [0.0, 1.0])
 def test_gradient_clipping_before_adam(max_grad_norm):
   params = {"w": jnp.zeros((4,))}
   grads = {"w": jnp.full((4,), 50.0)}  # global norm 100
   _, state = first_update(config(max_grad_norm=max_grad_norm), params, grads)
-  adam = [s for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
-          if isinstance(s, optax.ScaleByAdamState)]
+  adam = [
+    s
+    for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+    if isinstance(s, optax.ScaleByAdamState)
+  ]
   assert len(adam) == 1
   seen = 50.0 / 100.0 if max_grad_norm else 50.0  # what Adam's first moment saw, per element
   np.testing.assert_allclose(adam[0].mu["w"], (1 - 0.9) * seen * np.ones(4), rtol=1e-6)

@@ -3,6 +3,7 @@
 The 8-device checks run in a subprocess (tests/parallel_check.py): the device count is fixed when jax is
 imported, and this process has already imported it with one device.
 """
+
 import json
 import os
 import subprocess
@@ -22,11 +23,12 @@ HERE = Path(__file__).parent
 @pytest.fixture(scope="module")
 def report():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  done = subprocess.run([sys.executable, str(HERE / "parallel_check.py")], env=env, capture_output=True,
-                        text=True, timeout=300)
+  done = subprocess.run(
+    [sys.executable, str(HERE / "parallel_check.py")], env=env, capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 0, done.stderr[-4000:]
   line = next(l for l in done.stdout.splitlines() if l.startswith("REPORT "))
-  return json.loads(line[len("REPORT "):])
+  return json.loads(line[len("REPORT ") :])
 
 
 def test_mesh_with_dropout_matches_single_device(report):
@@ -52,8 +54,11 @@ def test_eval_outputs_gathered_in_batch_order(report):
 
 
 def test_batches_are_split_over_devices_without_host_keys(report):
-  assert report["mesh_batch"] == {"keys": ["attention_mask", "input_ids", "labels", "token_type_ids", "weights"],
-                                  "spec": "P('data',)", "rows_per_device": [2]}
+  assert report["mesh_batch"] == {
+    "keys": ["attention_mask", "input_ids", "labels", "token_type_ids", "weights"],
+    "spec": "P('data',)",
+    "rows_per_device": [2],
+  }
   for mode in ("mesh", "pmap"):
     assert "not divisible by the 8 devices" in report[f"{mode}_indivisible_error"]
 

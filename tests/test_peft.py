@@ -8,6 +8,7 @@
 - Merging LoRA into the kernels computes what the unmerged model computes; unmerging restores the
   kernels; DoRA merges too but refuses to unmerge.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,23 +21,35 @@ from ftjax.peft import METHOD_COLLECTIONS, NO_PEFT, PeftSpec
 from ftjax.peft import lora
 
 TINY = {
-    "bert": dict(model_type="bert", vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=64, type_vocab_size=2),
-    "gpt2": dict(model_type="gpt2", vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4),
+  "bert": dict(
+    model_type="bert",
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+  ),
+  "gpt2": dict(model_type="gpt2", vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4),
 }
 # LoRA targets per architecture (PEFT's usual choices).
-TARGETS = {"bert": r"attention/self/(query|value)$", "gpt2": r"attn/c_attn$", "minilm": r"attention/self/(query|value)$"}
+TARGETS = {
+  "bert": r"attention/self/(query|value)$",
+  "gpt2": r"attn/c_attn$",
+  "minilm": r"attention/self/(query|value)$",
+}
 
 # XLA with most optimisations off compiles the eager ops ~4x faster with the same results (conftest.py).
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 # The methods that must be the identity at init, as PeftSpec keyword arguments (targets filled per arch).
 IDENTITY_METHODS = {
-    "lora": dict(lora_rank=4),
-    "rslora": dict(lora_rank=4, lora_rslora=True),
-    "dora": dict(lora_rank=4, lora_dora=True),
-    "houlsby": dict(adapter="houlsby", adapter_size=8),
-    "pfeiffer": dict(adapter="pfeiffer", adapter_size=8),
+  "lora": dict(lora_rank=4),
+  "rslora": dict(lora_rank=4, lora_rslora=True),
+  "dora": dict(lora_rank=4, lora_dora=True),
+  "houlsby": dict(adapter="houlsby", adapter_size=8),
+  "pfeiffer": dict(adapter="pfeiffer", adapter_size=8),
 }
 
 
@@ -64,8 +77,9 @@ def outputs(model, variables, ids, mask):
 
 def init_method(model, backbone, ids, seed=1) -> dict:
   """The method's collections, created with the real backbone in place (as a run does)."""
-  _, method = model.apply({"params": backbone}, ids, mutable=list(METHOD_COLLECTIONS),
-                          rngs={"params": jax.random.key(seed)})
+  _, method = model.apply(
+    {"params": backbone}, ids, mutable=list(METHOD_COLLECTIONS), rngs={"params": jax.random.key(seed)}
+  )
   return dict(method)
 
 
@@ -85,6 +99,7 @@ def minilm():
 # ---------------------------------------------------------------------------------------------------
 # Identity at initialisation.
 
+
 @pytest.mark.parametrize("method", sorted(IDENTITY_METHODS))
 def test_method_is_identity_at_init_on_tiny_models(tiny, method):
   arch, model, backbone = tiny
@@ -95,8 +110,9 @@ def test_method_is_identity_at_init_on_tiny_models(tiny, method):
   if method in ("houlsby", "pfeiffer"):  # Houlsby: two separate adapters per layer (GPT-2's block hosts both)
     one = 2 * 32 * 8 + 8 + 32
     assert trainability.count(extra["adapter"]) == (2 if method == "houlsby" else 1) * 2 * one
-  for got, want in zip(outputs(adapted, {"params": backbone, **extra}, ids, mask),
-                       outputs(model, {"params": backbone}, ids, mask)):
+  for got, want in zip(
+    outputs(adapted, {"params": backbone, **extra}, ids, mask), outputs(model, {"params": backbone}, ids, mask)
+  ):
     np.testing.assert_array_equal(got, want)
 
 
@@ -108,8 +124,9 @@ def test_presets_without_method_parameters_give_the_backbone(tiny, preset):
   tree = {"backbone": backbone, "head": {"w": jnp.zeros((3,))}}
   trainable, frozen = trainability.partition(tree, trainability.rules_for(preset))
   joined = trainability.combine(trainable, frozen)
-  for got, want in zip(outputs(model, {"params": joined["backbone"]}, ids, mask),
-                       outputs(model, {"params": backbone}, ids, mask)):
+  for got, want in zip(
+    outputs(model, {"params": joined["backbone"]}, ids, mask), outputs(model, {"params": backbone}, ids, mask)
+  ):
     np.testing.assert_array_equal(got, want)
 
 
@@ -119,8 +136,9 @@ def test_method_is_identity_at_init_on_minilm(minilm, method):
   ids, mask = batch_inputs(model.config.vocab_size, length=12)
   adapted = model.clone(peft=spec_for("minilm", method))
   extra = init_method(adapted, backbone, ids)
-  for got, want in zip(outputs(adapted, {"params": backbone, **extra}, ids, mask),
-                       outputs(model, {"params": backbone}, ids, mask)):
+  for got, want in zip(
+    outputs(adapted, {"params": backbone, **extra}, ids, mask), outputs(model, {"params": backbone}, ids, mask)
+  ):
     np.testing.assert_array_equal(got, want)
 
 
@@ -163,8 +181,9 @@ def test_soft_methods_keep_shapes_attend_soft_positions_and_ignore_padding(tiny,
   # Padding still influences nothing: a different token under the mask leaves the real positions alone.
   other_ids = ids.at[1, padded].set((ids[1, padded] + 7) % vocab)
   other = adapted.apply({"params": backbone, **extra}, other_ids, attention_mask=mask)
-  np.testing.assert_allclose(np.asarray(other.last_hidden_state)[valid],
-                             np.asarray(out.last_hidden_state)[valid], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(other.last_hidden_state)[valid], np.asarray(out.last_hidden_state)[valid], rtol=0, atol=1e-6
+  )
   if not model.is_decoder:
     np.testing.assert_allclose(other.pooler_output, out.pooler_output, rtol=0, atol=1e-6)
 
@@ -172,10 +191,12 @@ def test_soft_methods_keep_shapes_attend_soft_positions_and_ignore_padding(tiny,
 # ---------------------------------------------------------------------------------------------------
 # Merging.
 
+
 def trained_lora(model, backbone, spec, ids, seed=3):
   """LoRA factors with B ≠ 0 (and DoRA magnitudes moved), as after some training."""
   extra = init_method(model.clone(peft=spec), backbone, ids)
   keys = iter(jax.random.split(jax.random.key(seed), 1000))
+
   def perturb(path, x):
     name = path[-1].key
     if name == "b":
@@ -183,6 +204,7 @@ def trained_lora(model, backbone, spec, ids, seed=3):
     if name == "magnitude":
       return x * (1.0 + 0.1 * jax.random.uniform(next(keys), x.shape))
     return x
+
   return jax.tree_util.tree_map_with_path(perturb, extra["lora"])
 
 

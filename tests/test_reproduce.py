@@ -4,6 +4,7 @@ Two cells of the `freeze` table run on a tiny BERT and 64 SST-2 rows (`--extra` 
 is part of each recorded command); what is checked is the mechanics: finished cells are kept, the table
 and plot come from the runs' own metrics, and a cell's printed command reproduces its number.
 """
+
 import json
 import os
 import shlex
@@ -23,15 +24,30 @@ CELLS = "^(top0-embeddings-frozen|layernorm-only)$"
 def grid(tmp_path_factory, tiny_bert, tfds_dir):
   root = tmp_path_factory.mktemp("reproduce")
   data = glue_folder(root / "data", "sst2", rows=64)
-  extra = " ".join([f"--config.model={tiny_bert}", f"--config.data_dir={data}", f"--config.tfds_dir={tfds_dir}",
-                    "--config.parallel=none", "--config.batch_size=8", "--config.max_steps=4",
-                    "--config.eval_every=2", "--config.checkpoint_every=2", "--config.log_every=2",
-                    "--config.max_eval_examples=32", "--config.max_length=64"])
-  args = ["--table=freeze", f"--cells={CELLS}", f"--runs={root / 'runs'}", f"--results={root / 'results'}",
-          f"--extra={extra}"]
+  extra = " ".join(
+    [
+      f"--config.model={tiny_bert}",
+      f"--config.data_dir={data}",
+      f"--config.tfds_dir={tfds_dir}",
+      "--config.parallel=none",
+      "--config.batch_size=8",
+      "--config.max_steps=4",
+      "--config.eval_every=2",
+      "--config.checkpoint_every=2",
+      "--config.log_every=2",
+      "--config.max_eval_examples=32",
+      "--config.max_length=64",
+    ]
+  )
+  args = [
+    "--table=freeze",
+    f"--cells={CELLS}",
+    f"--runs={root / 'runs'}",
+    f"--results={root / 'results'}",
+    f"--extra={extra}",
+  ]
   first = script("reproduce", *args, timeout=600)
-  return {"root": root, "args": args, "first": first, "runs": root / "runs" / "freeze",
-          "results": root / "results"}
+  return {"root": root, "args": args, "first": first, "runs": root / "runs" / "freeze", "results": root / "results"}
 
 
 def test_grid_runs_the_selected_cells_and_writes_table_json_and_plot(grid):
@@ -63,8 +79,9 @@ def test_finished_cells_are_kept_and_rebuild_trains_nothing(grid):
   again = script("reproduce", *grid["args"])
   assert "2 of 15 cells finished, 0 to run" in again.stdout
   (grid["results"] / "freeze.md").unlink()
-  rebuilt = script("reproduce", *grid["args"][:1], f"--runs={grid['root'] / 'runs'}",
-                   f"--results={grid['results']}", "--rebuild")
+  rebuilt = script(
+    "reproduce", *grid["args"][:1], f"--runs={grid['root'] / 'runs'}", f"--results={grid['results']}", "--rebuild"
+  )
   assert "2 of 15 cells finished" in rebuilt.stdout and (grid["results"] / "freeze.md").exists()
   assert marker.stat().st_mtime_ns == before
 
@@ -89,8 +106,9 @@ def test_a_cells_printed_command_reproduces_its_number(grid):
   assert json.loads((grid["results"] / "freeze.json").read_text())["reruns"][0]["rerun"] == dev
   again = check(script("reproduce", *args, "--rerun"))  # a finished re-run is kept, not trained again
   assert "1 finished cells selected, 0 to re-run" in again
-  unfinished = script("reproduce", *[a if not a.startswith("--cells=") else "--cells=^top3-" for a in args],
-                      "--rerun", check=False)
+  unfinished = script(
+    "reproduce", *[a if not a.startswith("--cells=") else "--cells=^top3-" for a in args], "--rerun", check=False
+  )
   assert unfinished.returncode == 2 and "has a finished, current run" in unfinished.stderr
 
 
@@ -149,8 +167,14 @@ def test_two_drivers_write_a_table_one_after_the_other(grid, tmp_path):
 
 
 def test_a_regex_that_matches_no_cell_is_one_line_error(grid):
-  result = script("reproduce", "--table=ner", "--cells=^nope$", f"--runs={grid['root'] / 'runs'}",
-                  f"--results={grid['results']}", check=False)
+  result = script(
+    "reproduce",
+    "--table=ner",
+    "--cells=^nope$",
+    f"--runs={grid['root'] / 'runs'}",
+    f"--results={grid['results']}",
+    check=False,
+  )
   assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: --cells='^nope$'")
 
 
@@ -162,8 +186,9 @@ def test_a_cell_whose_command_changed_is_stale_and_runs_again(grid):
   assert "stale: layernorm-only" in dry.stdout and "stale: top0-embeddings-frozen" in dry.stdout
   assert dry.stdout.count("python scripts/train.py") == 2
   assert (grid["runs"] / "layernorm-only" / "summary.txt").exists()  # a dry run moves nothing
-  failed = script("reproduce", *[a if not a.startswith("--cells=") else "--cells=^layernorm-only$" for a in args],
-                  check=False)
+  failed = script(
+    "reproduce", *[a if not a.startswith("--cells=") else "--cells=^layernorm-only$" for a in args], check=False
+  )
   assert "kept as layernorm-only.stale-1" in failed.stdout
   assert (grid["runs"] / "layernorm-only.stale-1" / "summary.txt").exists()
   assert failed.returncode == 2 and "1 cells failed: layernorm-only" in failed.stderr
@@ -177,9 +202,19 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   """The adversarial table's `full + none` cells and the torch table's ftjax cells are the methods table's
   runs: same recipe, so reproduce.py links the finished run instead of training it again."""
   data = glue_folder(tmp_path / "data", "rte", rows=32)
-  extra = " ".join([f"--config.model={tiny_bert}", f"--config.data_dir={data}", f"--config.tfds_dir={tfds_dir}",
-                    "--config.parallel=none", "--config.batch_size=8", "--config.max_steps=2",
-                    "--config.eval_every=2", "--config.checkpoint_every=2", "--config.max_length=64"])
+  extra = " ".join(
+    [
+      f"--config.model={tiny_bert}",
+      f"--config.data_dir={data}",
+      f"--config.tfds_dir={tfds_dir}",
+      "--config.parallel=none",
+      "--config.batch_size=8",
+      "--config.max_steps=2",
+      "--config.eval_every=2",
+      "--config.checkpoint_every=2",
+      "--config.max_length=64",
+    ]
+  )
   common = [f"--runs={tmp_path / 'runs'}", f"--results={tmp_path / 'results'}", f"--extra={extra}"]
   check(script("reproduce", "--table=methods", "--cells=^rte-full-s0$", *common, timeout=600))
   trained = tmp_path / "runs" / "methods" / "rte-full-s0"
@@ -195,8 +230,11 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   linked = check(script("reproduce", "--table=adversarial", "--cells=^rte-full-none-s0$", *common))
   assert "linked to it" in linked and "1 of 110 cells finished, 0 to run" in linked
   link = tmp_path / "runs" / "adversarial" / "rte-full-none-s0"
-  assert link.is_symlink() and link.resolve() == trained.resolve() and not (trained / "train.log").read_text().count(
-      "adversarial/")  # nothing trained into the link
+  assert (
+    link.is_symlink()
+    and link.resolve() == trained.resolve()
+    and not (trained / "train.log").read_text().count("adversarial/")
+  )  # nothing trained into the link
   record = json.loads((tmp_path / "results" / "adversarial.json").read_text())
   cell = next(c for c in record["cells"] if c["cell"] == "rte-full-none-s0")
   methods = json.loads((tmp_path / "results" / "methods.json").read_text())["cells"][0]
@@ -216,16 +254,26 @@ def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column(
   (CPU minutes, wall minutes where a run did not record CPU time) and counts the rest as unpriced."""
   from configs.tables import Cell, Column, Table
   from conftest import load_script
+
   reproduce = load_script("reproduce")
-  cells = tuple(Cell(f"{row}-{task}-s{seed}", row, task, seed, "configs/glue.py:rte")
-                for row in ("full", "lora") for task in ("rte", "cola") for seed in (0, 1, 2))
-  table = Table("t", "t", "", (Column("RTE", "rte", "dev", "accuracy"), Column("CoLA", "cola", "dev", "matthews")),
-                cells)
+  cells = tuple(
+    Cell(f"{row}-{task}-s{seed}", row, task, seed, "configs/glue.py:rte")
+    for row in ("full", "lora")
+    for task in ("rte", "cola")
+    for seed in (0, 1, 2)
+  )
+  table = Table(
+    "t", "t", "", (Column("RTE", "rte", "dev", "accuracy"), Column("CoLA", "cola", "dev", "matthews")), cells
+  )
+
   def run(name, row, column, cpu, wall):
-    return {"cell": name, "row": row, "column": column, "cpu_minutes": cpu, "wall_minutes": wall,
-            "same_run_as": None}
-  finished = [run("full-rte-s0", "full", "rte", 20.0, 30.0), run("full-rte-s1", "full", "rte", None, 40.0),
-              run("lora-cola-s0", "lora", "cola", 60.0, 61.0)]
+    return {"cell": name, "row": row, "column": column, "cpu_minutes": cpu, "wall_minutes": wall, "same_run_as": None}
+
+  finished = [
+    run("full-rte-s0", "full", "rte", 20.0, 30.0),
+    run("full-rte-s1", "full", "rte", None, 40.0),
+    run("lora-cola-s0", "lora", "cola", 60.0, 61.0),
+  ]
   line = reproduce.compute_line(table, finished)
   assert "2.2 wall-hours over the 3 runs" in line and "1.3 CPU-hours over the 2 that recorded" in line
   # full-rte-s2 at mean(20, 40) = 30 min, lora-cola-s1 and -s2 at 60 min each: 150 min; full-cola, lora-rte unpriced

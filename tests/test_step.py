@@ -27,15 +27,16 @@ def fast_compiles():
   yield
   jax.config.update("jax_disable_most_optimizations", old)
 
+
 SENTENCES = [
-    ("a gripping, beautifully acted film that stays with you", 1),
-    ("the plot is a mess and the jokes fall flat", 0),
-    ("one of the warmest and funniest movies of the year", 1),
-    ("tedious, overlong and utterly forgettable", 0),
-    ("an absolute delight from start to finish", 1),
-    ("i walked out halfway through", 0),
-    ("smart writing and a terrific lead performance", 1),
-    ("a lazy sequel with nothing new to say", 0),
+  ("a gripping, beautifully acted film that stays with you", 1),
+  ("the plot is a mess and the jokes fall flat", 0),
+  ("one of the warmest and funniest movies of the year", 1),
+  ("tedious, overlong and utterly forgettable", 0),
+  ("an absolute delight from start to finish", 1),
+  ("i walked out halfway through", 0),
+  ("smart writing and a terrific lead performance", 1),
+  ("a lazy sequel with nothing new to say", 0),
 ]
 
 
@@ -43,13 +44,16 @@ SENTENCES = [
 def minilm_run():
   """MiniLM backbone + a classification head trained briefly on the sentences (backbone frozen)."""
   model, backbone = ftjax.from_pretrained("minilm")
-  tokens = ftjax.load_tokenizer("minilm")([s for s, _ in SENTENCES], padding="max_length", max_length=16,
-                                          truncation=True, return_tensors="np")
-  batch = {"input_ids": tokens["input_ids"].astype(np.int32),
-           "attention_mask": tokens["attention_mask"].astype(np.int32),
-           "token_type_ids": tokens["token_type_ids"].astype(np.int32),
-           "labels": np.array([y for _, y in SENTENCES], np.int32),
-           "weights": np.ones(len(SENTENCES), np.float32)}
+  tokens = ftjax.load_tokenizer("minilm")(
+    [s for s, _ in SENTENCES], padding="max_length", max_length=16, truncation=True, return_tensors="np"
+  )
+  batch = {
+    "input_ids": tokens["input_ids"].astype(np.int32),
+    "attention_mask": tokens["attention_mask"].astype(np.int32),
+    "token_type_ids": tokens["token_type_ids"].astype(np.int32),
+    "labels": np.array([y for _, y in SENTENCES], np.int32),
+    "weights": np.ones(len(SENTENCES), np.float32),
+  }
   assert batch["attention_mask"].sum(1).min() < 16  # some padding, so the mask matters
   task = make_task("classification", 2)
   out = model.apply({"params": backbone}, batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -74,7 +78,7 @@ def test_fgm_perturbation_has_norm_epsilon_and_beats_random_directions(minilm_ru
 
   g = jax.grad(lambda r: per_example_loss(r).sum())(jnp.zeros(shape))
   r = adversarial.fgm_perturbation(g, mask, epsilon)
-  np.testing.assert_allclose(jnp.sqrt(jnp.sum(r ** 2, axis=(1, 2))), epsilon, rtol=1e-5)
+  np.testing.assert_allclose(jnp.sqrt(jnp.sum(r**2, axis=(1, 2))), epsilon, rtol=1e-5)
   assert jnp.all(r[mask == 0] == 0)  # padding positions are never perturbed
 
   clean = per_example_loss(jnp.zeros(shape))
@@ -83,7 +87,7 @@ def test_fgm_perturbation_has_norm_epsilon_and_beats_random_directions(minilm_ru
   random = []
   for _ in range(8):
     d = rng.standard_normal(shape).astype(np.float32) * np.asarray(mask)[:, :, None]
-    d *= epsilon / np.sqrt(np.sum(d ** 2, axis=(1, 2), keepdims=True))
+    d *= epsilon / np.sqrt(np.sum(d**2, axis=(1, 2), keepdims=True))
     random.append(per_example_loss(jnp.asarray(d)))
   random = jnp.mean(jnp.stack(random), axis=0)
   # Every example: FGM raises its loss, and by more than a random direction of the same norm does.
@@ -94,13 +98,16 @@ def test_fgm_perturbation_has_norm_epsilon_and_beats_random_directions(minilm_ru
 def gradient_capture() -> optax.GradientTransformation:
   """A "transformation" that leaves the parameters alone and keeps the gradient it was given as its
   state, so a train step's opt_state hands back exactly the gradient the step computed."""
-  return optax.GradientTransformation(lambda params: jax.tree.map(jnp.zeros_like, params),
-                                      lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+  return optax.GradientTransformation(
+    lambda params: jax.tree.map(jnp.zeros_like, params),
+    lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads),
+  )
 
 
 def cola_rows(per_label: int) -> list[tuple[str, int]]:
   """The first `per_label` acceptable and unacceptable sentences of CoLA's train.tsv (no header)."""
   from conftest import SHARED_DATA, needs_data
+
   needs_data("cola")
   rows = {0: [], 1: []}
   for line in (SHARED_DATA / "cola" / "train.tsv").read_text(encoding="utf-8").splitlines():
@@ -120,11 +127,11 @@ def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
   example, g of the wrong loss) cannot pass, nor can a missing or doubled adversarial term. (Padding's
   g is exactly 0 in an encoder, whose attention masks padded keys: masking it is a no-op here; it
   matters for FreeLB's random start.)"""
-  import torch
   from configs import glue
   from ftjax import experiment, trainability
   from ftjax.models import bert
   from conftest import load_script
+
   torch_reference = load_script("torch_reference")
 
   epsilon = 1.0
@@ -142,8 +149,9 @@ def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
   assert not trainability.flatten(frozen)
   state = step.create_state(trainable, frozen, capture, config.seed)
-  train_step = jax.jit(step.make_train_step(exp.model, exp.task, capture, adversarial_config=config.adversarial,
-                                            dropout=False))
+  train_step = jax.jit(
+    step.make_train_step(exp.model, exp.task, capture, adversarial_config=config.adversarial, dropout=False)
+  )
   after, metrics = train_step(state, batch)
   ours = trainability.flatten(host(after.opt_state))
 
@@ -175,8 +183,10 @@ def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
   np.testing.assert_allclose(float(metrics["loss_sum"]), clean, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["objective_sum"]), clean + adversarial_loss, rtol=1e-5)
   theirs = dict(model.named_parameters())
-  names = [(f"backbone/{path}", f"bert.{name}", transpose) for path, name, transpose
-           in bert._hf_names(exp.model.config, with_pooler=True)]
+  names = [
+    (f"backbone/{path}", f"bert.{name}", transpose)
+    for path, name, transpose in bert._hf_names(exp.model.config, with_pooler=True)
+  ]
   names += [("head/classifier/kernel", "classifier.weight", True), ("head/classifier/bias", "classifier.bias", False)]
   assert sorted(p for p, _, _ in names) == sorted(ours)
   for path, name, transpose in names:
@@ -190,18 +200,24 @@ def test_fgm_step_matches_a_pytorch_fgm_on_minilm_and_cola():
 def test_adversarial_lora_keeps_backbone_bit_identical(method):
   model, task, tx, state = tiny_run(peft=PeftSpec(lora_targets=r"attention/self/(query|value)$"), method="lora")
   # B = 0 at initialisation makes only B move on step one; a random B makes A's gradient non-zero too.
-  state = state.replace(trainable={**state.trainable, "lora": jax.tree.map(
-      lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), state.trainable["lora"])})
+  state = state.replace(
+    trainable={
+      **state.trainable,
+      "lora": jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(3), x.shape), state.trainable["lora"]),
+    }
+  )
   before = host(state)
-  train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=adversarial_config(method)),
-                       donate_argnums=0)
+  train_step = jax.jit(
+    step.make_train_step(model, task, tx, adversarial_config=adversarial_config(method)), donate_argnums=0
+  )
   for i in range(2):
     state, metrics = train_step(state, random_batch(i))
   after = host(state)
   assert "backbone" not in state.trainable and "lora" not in state.frozen
   jax.tree.map(np.testing.assert_array_equal, after.frozen, before.frozen)
-  for (path, new), old in zip(jax.tree_util.tree_flatten_with_path(after.trainable["lora"])[0],
-                              jax.tree.leaves(before.trainable["lora"])):
+  for (path, new), old in zip(
+    jax.tree_util.tree_flatten_with_path(after.trainable["lora"])[0], jax.tree.leaves(before.trainable["lora"])
+  ):
     assert not np.array_equal(new, old), f"{method}: LoRA leaf {jax.tree_util.keystr(path)} did not change"
   assert np.isfinite(float(metrics["loss_sum"])) and np.isfinite(float(metrics["objective_sum"]))
   assert int(metrics["nonfinite"]) == 0 and int(after.step) == 2
@@ -233,8 +249,11 @@ def test_gradient_accumulation_equals_one_large_batch():
   params = []
   for accum in (1, 4):
     model, task, tx, state = tiny_run()
-    train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=adversarial_config(),
-                                              grad_accum_steps=accum, dropout=False))
+    train_step = jax.jit(
+      step.make_train_step(
+        model, task, tx, adversarial_config=adversarial_config(), grad_accum_steps=accum, dropout=False
+      )
+    )
     state, metrics = train_step(state, {k: v for k, v in batch.items() if k != "example_index"})
     params.append((host(state.trainable), float(metrics["loss_sum"]), float(metrics["count"])))
   (one, loss_one, count_one), (four, loss_four, count_four) = params
@@ -265,9 +284,11 @@ def test_step_is_traced_once_per_input_shape():
 
   def make_step(axis_name):
     inner = step.make_train_step(model, task, tx, adversarial_config=adversarial_config(), axis_name=axis_name)
+
     def train_step(state, batch):
       traces.append(batch["input_ids"].shape)  # runs at trace time only
       return inner(state, batch)
+
     return train_step
 
   par = parallel.make_parallel("none")
@@ -287,10 +308,12 @@ def test_threefry_lowering_changes_no_number_and_a_bad_name_is_refused():
     for kind in ("rolled", "unrolled"):
       assert xla_cpu.set_threefry_lowering(kind) == (kind == "unrolled") == xla_cpu.unrolled_threefry_in_place()
       model, task, tx, state = tiny_run(total_steps=3)
-      train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=adversarial_config("fgm"),
-                                                dropout=True))
-      batches = [jax.device_put({k: v for k, v in random_batch(seed).items() if k != "example_index"})
-                 for seed in range(3)]
+      train_step = jax.jit(
+        step.make_train_step(model, task, tx, adversarial_config=adversarial_config("fgm"), dropout=True)
+      )
+      batches = [
+        jax.device_put({k: v for k, v in random_batch(seed).items() if k != "example_index"}) for seed in range(3)
+      ]
       while_loops = train_step.lower(state, batches[0]).as_text().count("stablehlo.while")
       losses = []
       for batch in batches:

@@ -10,6 +10,7 @@ step → evaluation (loop.run_eval / loop.evaluate_split) → the task's metrics
 Tiny random models (a BERT with MiniLM's tokenizer; a GPT-2 with a small BPE trained here): the checks are
 about shapes, names and plumbing, not about accuracy.
 """
+
 import json
 import math
 
@@ -37,9 +38,17 @@ def run_task(config, split="dev", limit=16):
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
   tx, _ = optim.make_optimizer(config, trainable, 2, exp.num_layers)
   par = parallel.make_parallel("none")
-  train_step = par.compile_train_step(lambda axis_name: steps.make_train_step(
-      exp.model, exp.task, tx, adversarial_config=config.adversarial, grad_accum_steps=1, dropout=True,
-      axis_name=axis_name))
+  train_step = par.compile_train_step(
+    lambda axis_name: steps.make_train_step(
+      exp.model,
+      exp.task,
+      tx,
+      adversarial_config=config.adversarial,
+      grad_accum_steps=1,
+      dropout=True,
+      axis_name=axis_name,
+    )
+  )
   state = par.put_state(steps.create_state(trainable, frozen, tx, config.seed))
   batch = next(pipeline.train_batches(data.features, min(config.batch_size, data.num_rows), config.seed, 0))
   state, metrics = train_step(state, par.put_batch(batch))
@@ -85,20 +94,33 @@ def test_token_classification(tiny_bert, tfds_dir, conll_dir):
 
 
 PASSAGES = [  # (context, [(id, question, [answers])]); offsets are found below, as annotators' tools do
-    ("The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair, and for forty years it was "
-     "the tallest structure in the world, until the Chrysler Building in New York overtook it in 1930.",
-     [("q1", "Where is the Eiffel Tower?", ["Paris"]),
-      ("q2", "What overtook the tower in 1930?", ["the Chrysler Building", "Chrysler Building"])]),
-    ("Water boils at 100 degrees Celsius at sea level.",
-     [("q3", "At what temperature does water boil?", ["100 degrees Celsius"])]),
+  (
+    "The Eiffel Tower is in Paris. It was completed in 1889 for the World's Fair, and for forty years it was "
+    "the tallest structure in the world, until the Chrysler Building in New York overtook it in 1930.",
+    [
+      ("q1", "Where is the Eiffel Tower?", ["Paris"]),
+      ("q2", "What overtook the tower in 1930?", ["the Chrysler Building", "Chrysler Building"]),
+    ],
+  ),
+  (
+    "Water boils at 100 degrees Celsius at sea level.",
+    [("q3", "At what temperature does water boil?", ["100 degrees Celsius"])],
+  ),
 ]
 
 
 @pytest.fixture(scope="module")
 def squad_dir(tmp_path_factory):
-  paragraphs = [{"context": context, "qas": [
-      {"id": id_, "question": question, "answers": [{"text": a, "answer_start": context.index(a)} for a in answers]}
-      for id_, question, answers in qas]} for context, qas in PASSAGES]
+  paragraphs = [
+    {
+      "context": context,
+      "qas": [
+        {"id": id_, "question": question, "answers": [{"text": a, "answer_start": context.index(a)} for a in answers]}
+        for id_, question, answers in qas
+      ],
+    }
+    for context, qas in PASSAGES
+  ]
   folder = tmp_path_factory.mktemp("squad")
   for name in ("train-v1.1.json", "dev-v1.1.json"):
     (folder / name).write_text(json.dumps({"version": "1.1", "data": [{"title": "Tests", "paragraphs": paragraphs}]}))
@@ -107,8 +129,9 @@ def squad_dir(tmp_path_factory):
 
 def test_question_answering(tiny_bert, tfds_dir, squad_dir):
   # 48 tokens with a 16-token stride: the long context becomes several windows
-  config = tiny_config(squad.get_config(), tiny_bert, tfds_dir, data_dir=str(squad_dir), max_length=48,
-                       **{"task.doc_stride": 16})
+  config = tiny_config(
+    squad.get_config(), tiny_bert, tfds_dir, data_dir=str(squad_dir), max_length=48, **{"task.doc_stride": 16}
+  )
   exp, data, outputs, values, _ = run_task(config, limit=0)
   rows, width = data.features["input_ids"].shape
   assert len(data.examples) == 3 and rows > 3
@@ -132,17 +155,20 @@ def tiny_gpt2(tmp_path_factory):
   needs_data("wikitext2")
   import tokenizers
   import transformers
+
   lines = (SHARED_DATA / "wikitext2" / "valid.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:40]
   tok = tokenizers.Tokenizer(tokenizers.models.BPE())
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
-  trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  trainer = tokenizers.trainers.BpeTrainer(
+    vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()
+  )
   tok.train_from_iterator(lines, trainer)
   folder = tmp_path_factory.mktemp("tiny_gpt2")
   transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
-  config = transformers.GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                   bos_token_id=0, eos_token_id=0)
+  config = transformers.GPT2Config(
+    vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+  )
   transformers.GPT2LMHeadModel(config).save_pretrained(folder)
   data = tmp_path_factory.mktemp("wikitext2")
   (data / "valid.txt").write_text("".join(lines), encoding="utf-8")
@@ -167,6 +193,7 @@ def test_causal_lm(tiny_gpt2, tfds_dir):
 def test_head_pooling_reads_cls_or_the_mean_of_real_tokens_only():
   from ftjax.models.outputs import EncoderOutput
   from ftjax.tasks.heads import pool
+
   hidden = np.random.default_rng(0).normal(size=(2, 5, 4)).astype(np.float32)
   mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
   out = EncoderOutput(last_hidden_state=hidden, pooler_output=np.ones((2, 4), np.float32))
@@ -184,6 +211,7 @@ def test_mean_pooling_suits_the_sentence_embedding_backbone(tfds_dir, tmp_path):
   needs_data("sst2")
   from sklearn.linear_model import LogisticRegression
   from ftjax.tasks.heads import pool
+
   config = glue.get_config("sst2")
   config.data_dir = str(glue_folder(tmp_path, "sst2", rows=400))  # the first 400 rows of train and of dev
   config.tfds_dir = str(tfds_dir)

@@ -6,6 +6,7 @@
   every preset; the optimiser state covers the trainable part only, and a head-only step does not
   differentiate the backbone (it costs a fraction of a full fine-tuning step).
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,35 +19,58 @@ from ftjax.models import build_model
 from ftjax.peft import METHOD_COLLECTIONS, NO_PEFT, PeftSpec
 from ftjax.tasks import make_task
 
-TINY_BERT = dict(model_type="bert", vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=64, type_vocab_size=2)
+TINY_BERT = dict(
+  model_type="bert",
+  vocab_size=97,
+  hidden_size=32,
+  num_hidden_layers=1,
+  num_attention_heads=4,
+  intermediate_size=64,
+  max_position_embeddings=64,
+  type_vocab_size=2,
+)
 QV = r"attention/self/(query|value)$"
 
 # XLA with most optimisations off compiles these steps ~4x faster with the same results (conftest.py).
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 # The PEFT spec each preset runs with.
 METHOD_SPECS = {
-    "full": NO_PEFT, "head": NO_PEFT, "bitfit": NO_PEFT,
-    "lora": PeftSpec(lora_targets=QV, lora_rank=4),
-    "adapter": PeftSpec(adapter="houlsby", adapter_size=8),
-    "prompt": PeftSpec(prompt_length=3),
-    "prefix": PeftSpec(prefix_length=3),
+  "full": NO_PEFT,
+  "head": NO_PEFT,
+  "bitfit": NO_PEFT,
+  "lora": PeftSpec(lora_targets=QV, lora_rank=4),
+  "adapter": PeftSpec(adapter="houlsby", adapter_size=8),
+  "prompt": PeftSpec(prompt_length=3),
+  "prefix": PeftSpec(prefix_length=3),
 }
 
 
 def run_tree(model, backbone, task, ids) -> dict:
   """`{"backbone", "head", <method collections>}` as a run builds it."""
-  _, method = model.apply({"params": backbone}, ids, mutable=list(METHOD_COLLECTIONS),
-                          rngs={"params": jax.random.key(1)})
+  _, method = model.apply(
+    {"params": backbone}, ids, mutable=list(METHOD_COLLECTIONS), rngs={"params": jax.random.key(1)}
+  )
   out = model.apply({"params": backbone, **method}, ids)
   head = task.head.init(jax.random.key(2), out, jnp.ones(ids.shape))["params"]
   return {"backbone": backbone, "head": head, **method}
 
 
 def optimizer_config(**overrides):
-  base = dict(learning_rate=1e-2, warmup_steps=0, warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0,
-              adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0, decay_embeddings=False,
-              head_lr_multiplier=1.0, lora_plus_ratio=1.0, layer_decay=1.0)
+  base = dict(
+    learning_rate=1e-2,
+    warmup_steps=0,
+    warmup_ratio=0.0,
+    schedule="constant",
+    max_grad_norm=1.0,
+    adam_b1=0.9,
+    adam_b2=0.999,
+    adam_eps=1e-8,
+    weight_decay=0.0,
+    decay_embeddings=False,
+    head_lr_multiplier=1.0,
+    lora_plus_ratio=1.0,
+    layer_decay=1.0,
+  )
   return ml_collections.ConfigDict({**base, **overrides})
 
 
@@ -54,9 +78,13 @@ def make_batch(vocab: int, batch=4, length=12, seed=0) -> dict:
   rng = np.random.default_rng(seed)
   mask = np.ones((batch, length), np.int32)
   mask[0, -4:] = 0
-  return {"input_ids": rng.integers(5, vocab, (batch, length)).astype(np.int32), "attention_mask": mask,
-          "token_type_ids": np.zeros((batch, length), np.int32),
-          "labels": rng.integers(0, 2, (batch,)).astype(np.int32), "weights": np.ones((batch,), np.float32)}
+  return {
+    "input_ids": rng.integers(5, vocab, (batch, length)).astype(np.int32),
+    "attention_mask": mask,
+    "token_type_ids": np.zeros((batch, length), np.int32),
+    "labels": rng.integers(0, 2, (batch,)).astype(np.int32),
+    "weights": np.ones((batch,), np.float32),
+  }
 
 
 def setup_run(model, backbone, preset, num_layers, batch, dropout=False):
@@ -66,8 +94,9 @@ def setup_run(model, backbone, preset, num_layers, batch, dropout=False):
   trainable, frozen = trainability.partition(tree, trainability.rules_for(preset))
   tx, _ = optim.make_optimizer(optimizer_config(), trainable, total_steps=10, num_layers=num_layers)
   state = step.create_state(trainable, frozen, tx, seed=0)
-  train_step = step.make_train_step(model, task, tx, adversarial_config=ml_collections.ConfigDict({"method": "none"}),
-                                         dropout=dropout)
+  train_step = step.make_train_step(
+    model, task, tx, adversarial_config=ml_collections.ConfigDict({"method": "none"}), dropout=dropout
+  )
   return jax.jit(train_step), state
 
 
@@ -131,23 +160,24 @@ def test_minilm_lora_count(minilm):
 
 
 def bitfit_by_hand(h=384, ffn=1536, layers=6):
-  per_layer = 4 * h + ffn + h + 2 * h   # q, k, v, attention output; intermediate; output; two LayerNorms
-  return h + layers * per_layer + h    # embedding LayerNorm + layers + pooler
+  per_layer = 4 * h + ffn + h + 2 * h  # q, k, v, attention output; intermediate; output; two LayerNorms
+  return h + layers * per_layer + h  # embedding LayerNorm + layers + pooler
 
 
 def test_minilm_bitfit_count(minilm):
   model, _ = minilm
   c = model.config
   trainable, _ = minilm_counts(minilm, NO_PEFT, trainability.rules_for("bitfit"))
-  assert trainability.count(trainable) == bitfit_by_hand(c.hidden_size, c.intermediate_size,
-                                                         c.num_hidden_layers) + HEAD_2_LABELS
+  assert (
+    trainability.count(trainable)
+    == bitfit_by_hand(c.hidden_size, c.intermediate_size, c.num_hidden_layers) + HEAD_2_LABELS
+  )
   assert bitfit_by_hand() == 26_112  # 384 + 6 × 4,224 + 384
   assert all(p.endswith("/bias") for p in trainability.flatten(trainable["backbone"]))
 
 
 def test_minilm_houlsby_adapter_count(minilm):
-  trainable, _ = minilm_counts(minilm, PeftSpec(adapter="houlsby", adapter_size=64),
-                               trainability.rules_for("adapter"))
+  trainable, _ = minilm_counts(minilm, PeftSpec(adapter="houlsby", adapter_size=64), trainability.rules_for("adapter"))
   one_adapter = 384 * 64 + 64 + 64 * 384 + 384
   assert trainability.count(trainable["adapter"]) == 6 * 2 * one_adapter == 595_200
   # Houlsby et al. also train the layer norms: the embedding one and two per layer, scale and bias.
@@ -163,6 +193,7 @@ def test_pfeiffer_has_half_of_houlsby_adapters(minilm):
 
 # ---------------------------------------------------------------------------------------------------
 # Rules.
+
 
 def test_override_lora_plus_top_two_layer_norms(minilm):
   rules = trainability.rules_for("lora", ["train:backbone/encoder/layer_[45]/.*LayerNorm"])
@@ -205,6 +236,7 @@ def test_first_matching_rule_decides():
 # ---------------------------------------------------------------------------------------------------
 # One real step.
 
+
 @pytest.mark.parametrize("preset", sorted(METHOD_SPECS))
 def test_step_moves_trainable_and_keeps_frozen_bit_identical(tiny, preset):
   model, backbone = tiny
@@ -241,5 +273,7 @@ def test_head_only_step_does_not_differentiate_the_backbone(tiny):
   # Full fine-tuning ≈ forward + backward (≈ 3 forwards); head-only ≈ one forward.
   assert flops["head"] < 0.5 * flops["full"], flops
   # The same in the traced program: head-only has the forward's matmuls and the head's, no more.
-  dots = {p: str(jax.make_jaxpr(train_step)(state, batch)).count("dot_general") for p, (train_step, state) in runs.items()}
+  dots = {
+    p: str(jax.make_jaxpr(train_step)(state, batch)).count("dot_general") for p, (train_step, state) in runs.items()
+  }
   assert dots["head"] < 0.5 * dots["full"], dots

@@ -27,179 +27,225 @@ HOST_KEYS = ("example_id", "word_ids", "offset_mapping")
 
 
 def _arrays(encoding, n_rows: int, max_length: int) -> dict[str, np.ndarray]:
-    """input_ids, attention_mask and token_type_ids (zeros for tokenizers without segments, e.g. GPT-2)."""
-    out = {k: np.asarray(encoding[k], np.int32) for k in ("input_ids", "attention_mask")}
-    if "token_type_ids" in encoding:
-        out["token_type_ids"] = np.asarray(encoding["token_type_ids"], np.int32)
-    else:
-        out["token_type_ids"] = np.zeros((n_rows, max_length), np.int32)
-    return out
+  """input_ids, attention_mask and token_type_ids (zeros for tokenizers without segments, e.g. GPT-2)."""
+  out = {k: np.asarray(encoding[k], np.int32) for k in ("input_ids", "attention_mask")}
+  if "token_type_ids" in encoding:
+    out["token_type_ids"] = np.asarray(encoding["token_type_ids"], np.int32)
+  else:
+    out["token_type_ids"] = np.zeros((n_rows, max_length), np.int32)
+  return out
 
 
 def classification(examples: Sequence[dict], tokenizer, max_length: int = 128) -> dict[str, np.ndarray]:
-    """Single sentences ("text") or pairs ("text", "text_pair"); float labels (STS-B) give regression."""
-    examples = list(examples)
-    texts = [e["text"] for e in examples]
-    pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
-    encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding="max_length")
-    labels = np.asarray([e["label"] for e in examples])
-    features = _arrays(encoding, len(examples), max_length)
-    features["labels"] = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int32)
-    return features
+  """Single sentences ("text") or pairs ("text", "text_pair"); float labels (STS-B) give regression."""
+  examples = list(examples)
+  texts = [e["text"] for e in examples]
+  pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
+  encoding = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding="max_length")
+  labels = np.asarray([e["label"] for e in examples])
+  features = _arrays(encoding, len(examples), max_length)
+  features["labels"] = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int32)
+  return features
 
 
 # ---------------------------------------------------------------------------------------------- NER
 
 
 def token_classification(examples: Sequence[dict], tokenizer, max_length: int = 128) -> dict[str, np.ndarray]:
-    """Words ("tokens") with one tag id each ("tags"). The tag goes on the first sub-token of each word and
-    -100 on the others and on special tokens, so each word is scored once."""
-    examples = list(examples)
-    encoding = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True,
-                         max_length=max_length, padding="max_length")
-    features = _arrays(encoding, len(examples), max_length)
-    word_ids = np.full((len(examples), max_length), -1, np.int32)
-    labels = np.full((len(examples), max_length), IGNORE, np.int32)
-    for row, example in enumerate(examples):
-        previous = None
-        for position, word in enumerate(encoding.word_ids(row)):
-            if word is None:
-                continue
-            word_ids[row, position] = word
-            if word != previous:
-                labels[row, position] = example["tags"][word]
-            previous = word
-    return {**features, "labels": labels, "word_ids": word_ids}
+  """Words ("tokens") with one tag id each ("tags"). The tag goes on the first sub-token of each word and
+  -100 on the others and on special tokens, so each word is scored once."""
+  examples = list(examples)
+  encoding = tokenizer(
+    [e["tokens"] for e in examples],
+    is_split_into_words=True,
+    truncation=True,
+    max_length=max_length,
+    padding="max_length",
+  )
+  features = _arrays(encoding, len(examples), max_length)
+  word_ids = np.full((len(examples), max_length), -1, np.int32)
+  labels = np.full((len(examples), max_length), IGNORE, np.int32)
+  for row, example in enumerate(examples):
+    previous = None
+    for position, word in enumerate(encoding.word_ids(row)):
+      if word is None:
+        continue
+      word_ids[row, position] = word
+      if word != previous:
+        labels[row, position] = example["tags"][word]
+      previous = word
+  return {**features, "labels": labels, "word_ids": word_ids}
 
 
-def word_predictions(features: dict[str, np.ndarray], predictions: np.ndarray, num_words: Sequence[int],
-                     fill: int = 0) -> list[list[int]]:
-    """Per-word tag ids from per-token predictions [N, T] (the first sub-token's), one list per example.
-    Words cut off by truncation get `fill` (0 = "O" in CoNLL2003_TAGS) so lists align with the gold tags."""
-    out = [[fill] * n for n in num_words]
-    for row in range(len(predictions)):
-        seen = set()
-        for position, word in enumerate(features["word_ids"][row]):
-            if word >= 0 and word not in seen:
-                seen.add(word)
-                out[row][word] = int(predictions[row, position])
-    return out
+def word_predictions(
+  features: dict[str, np.ndarray], predictions: np.ndarray, num_words: Sequence[int], fill: int = 0
+) -> list[list[int]]:
+  """Per-word tag ids from per-token predictions [N, T] (the first sub-token's), one list per example.
+  Words cut off by truncation get `fill` (0 = "O" in CoNLL2003_TAGS) so lists align with the gold tags."""
+  out = [[fill] * n for n in num_words]
+  for row in range(len(predictions)):
+    seen = set()
+    for position, word in enumerate(features["word_ids"][row]):
+      if word >= 0 and word not in seen:
+        seen.add(word)
+        out[row][word] = int(predictions[row, position])
+  return out
 
 
 # ----------------------------------------------------------------------------------- extractive QA
 
 
 def qa(examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: int = 128) -> dict[str, np.ndarray]:
-    """SQuAD examples to windows of (question, context chunk). doc_stride is the number of context tokens two
-    neighbouring windows share. Labels use the first answer; a window without the whole answer points at
-    CLS (index 0), as in Hugging Face's run_qa."""
-    examples = list(examples)
-    encoding = tokenizer([e["question"].lstrip() for e in examples], [e["context"] for e in examples],
-                         truncation="only_second", max_length=max_length, stride=doc_stride,
-                         return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
-    n = len(encoding["input_ids"])
-    features = _arrays(encoding, n, max_length)
-    example_id = np.asarray(encoding["overflow_to_sample_mapping"], np.int32)
-    offsets = np.full((n, max_length, 2), -1, np.int32)
-    starts, ends = np.zeros(n, np.int32), np.zeros(n, np.int32)
-    for row in range(n):
-        context = [i for i, s in enumerate(encoding.sequence_ids(row)) if s == 1]
-        for i in context:
-            offsets[row, i] = encoding["offset_mapping"][row][i]
-        example = examples[example_id[row]]
-        if not example["answer_texts"] or not context:
-            continue
-        start_char = example["answer_starts"][0]
-        end_char = start_char + len(example["answer_texts"][0])
-        first, last = context[0], context[-1]
-        if offsets[row, first, 0] > start_char or offsets[row, last, 1] < end_char:
-            continue  # the answer is not entirely inside this window
-        starts[row] = max(i for i in context if offsets[row, i, 0] <= start_char)
-        ends[row] = min(i for i in context if offsets[row, i, 1] >= end_char)
-    return {**features, "start_positions": starts, "end_positions": ends, "example_id": example_id,
-            "offset_mapping": offsets}
+  """SQuAD examples to windows of (question, context chunk). doc_stride is the number of context tokens two
+  neighbouring windows share. Labels use the first answer; a window without the whole answer points at
+  CLS (index 0), as in Hugging Face's run_qa."""
+  examples = list(examples)
+  encoding = tokenizer(
+    [e["question"].lstrip() for e in examples],
+    [e["context"] for e in examples],
+    truncation="only_second",
+    max_length=max_length,
+    stride=doc_stride,
+    return_overflowing_tokens=True,
+    return_offsets_mapping=True,
+    padding="max_length",
+  )
+  n = len(encoding["input_ids"])
+  features = _arrays(encoding, n, max_length)
+  example_id = np.asarray(encoding["overflow_to_sample_mapping"], np.int32)
+  offsets = np.full((n, max_length, 2), -1, np.int32)
+  starts, ends = np.zeros(n, np.int32), np.zeros(n, np.int32)
+  for row in range(n):
+    context = [i for i, s in enumerate(encoding.sequence_ids(row)) if s == 1]
+    for i in context:
+      offsets[row, i] = encoding["offset_mapping"][row][i]
+    example = examples[example_id[row]]
+    if not example["answer_texts"] or not context:
+      continue
+    start_char = example["answer_starts"][0]
+    end_char = start_char + len(example["answer_texts"][0])
+    first, last = context[0], context[-1]
+    if offsets[row, first, 0] > start_char or offsets[row, last, 1] < end_char:
+      continue  # the answer is not entirely inside this window
+    starts[row] = max(i for i in context if offsets[row, i, 0] <= start_char)
+    ends[row] = min(i for i in context if offsets[row, i, 1] >= end_char)
+  return {
+    **features,
+    "start_positions": starts,
+    "end_positions": ends,
+    "example_id": example_id,
+    "offset_mapping": offsets,
+  }
 
 
-def qa_answers(examples: Sequence[dict], features: dict[str, np.ndarray], start_logits: np.ndarray,
-               end_logits: np.ndarray, n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
-    """Best answer text per example id, the n-best search of Hugging Face's SQuAD post-processing: over the
-    n_best start and end tokens of every window of an example, the highest start+end logit with both inside
-    the context, start <= end and at most max_answer_length tokens."""
-    best: dict[int, tuple[float, str]] = {}
-    for row in range(len(start_logits)):
-        example_id = int(features["example_id"][row])
-        offsets = features["offset_mapping"][row]
-        context = examples[example_id]["context"]
-        for s in np.argsort(start_logits[row])[::-1][:n_best]:
-            for e in np.argsort(end_logits[row])[::-1][:n_best]:
-                if offsets[s, 0] < 0 or offsets[e, 0] < 0 or e < s or e - s + 1 > max_answer_length:
-                    continue
-                score = float(start_logits[row, s] + end_logits[row, e])
-                if example_id not in best or score > best[example_id][0]:
-                    best[example_id] = (score, context[offsets[s, 0]:offsets[e, 1]])
-    return {examples[i]["id"]: best[i][1] if i in best else "" for i in range(len(examples))}
+def qa_answers(
+  examples: Sequence[dict],
+  features: dict[str, np.ndarray],
+  start_logits: np.ndarray,
+  end_logits: np.ndarray,
+  n_best: int = 20,
+  max_answer_length: int = 30,
+) -> dict[str, str]:
+  """Best answer text per example id, the n-best search of Hugging Face's SQuAD post-processing: over the
+  n_best start and end tokens of every window of an example, the highest start+end logit with both inside
+  the context, start <= end and at most max_answer_length tokens."""
+  best: dict[int, tuple[float, str]] = {}
+  for row in range(len(start_logits)):
+    example_id = int(features["example_id"][row])
+    offsets = features["offset_mapping"][row]
+    context = examples[example_id]["context"]
+    for s in np.argsort(start_logits[row])[::-1][:n_best]:
+      for e in np.argsort(end_logits[row])[::-1][:n_best]:
+        if offsets[s, 0] < 0 or offsets[e, 0] < 0 or e < s or e - s + 1 > max_answer_length:
+          continue
+        score = float(start_logits[row, s] + end_logits[row, e])
+        if example_id not in best or score > best[example_id][0]:
+          best[example_id] = (score, context[offsets[s, 0] : offsets[e, 1]])
+  return {examples[i]["id"]: best[i][1] if i in best else "" for i in range(len(examples))}
 
 
 # ------------------------------------------------------------------------------ causal generation
 
 
 def _prompt_ids(tokenizer, prompts: list[str], separator: str) -> list[list[int]]:
-    return tokenizer([p + separator for p in prompts], add_special_tokens=False)["input_ids"]
+  return tokenizer([p + separator for p in prompts], add_special_tokens=False)["input_ids"]
 
 
-def generation(examples: Sequence[dict], tokenizer, max_length: int = 128, prompt_field: str = "mr",
-               targets_field: str = "refs", separator: str = " || ") -> dict[str, np.ndarray]:
-    """Training rows `prompt + separator + target + EOS`, one per reference, right-padded. `labels` are the
-    input ids with -100 on the prompt and the padding: aligned with input_ids, the loss shifts them."""
-    examples = list(examples)
-    prompts = _prompt_ids(tokenizer, [e[prompt_field] for e in examples], separator)
-    rows = [(i, t) for i, e in enumerate(examples) for t in e[targets_field]]
-    targets = tokenizer([t for _, t in rows], add_special_tokens=False)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = np.full((len(rows), max_length), pad, np.int32)
-    labels = np.full((len(rows), max_length), IGNORE, np.int32)
-    mask = np.zeros((len(rows), max_length), np.int32)
-    for row, ((example, _), target) in enumerate(zip(rows, targets)):
-        prompt = prompts[example]
-        ids = (prompt + target + [tokenizer.eos_token_id])[:max_length]
-        input_ids[row, :len(ids)] = ids
-        mask[row, :len(ids)] = 1
-        labels[row, len(prompt):len(ids)] = ids[len(prompt):]
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids),
-            "labels": labels, "example_id": np.asarray([i for i, _ in rows], np.int32)}
+def generation(
+  examples: Sequence[dict],
+  tokenizer,
+  max_length: int = 128,
+  prompt_field: str = "mr",
+  targets_field: str = "refs",
+  separator: str = " || ",
+) -> dict[str, np.ndarray]:
+  """Training rows `prompt + separator + target + EOS`, one per reference, right-padded. `labels` are the
+  input ids with -100 on the prompt and the padding: aligned with input_ids, the loss shifts them."""
+  examples = list(examples)
+  prompts = _prompt_ids(tokenizer, [e[prompt_field] for e in examples], separator)
+  rows = [(i, t) for i, e in enumerate(examples) for t in e[targets_field]]
+  targets = tokenizer([t for _, t in rows], add_special_tokens=False)["input_ids"]
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  input_ids = np.full((len(rows), max_length), pad, np.int32)
+  labels = np.full((len(rows), max_length), IGNORE, np.int32)
+  mask = np.zeros((len(rows), max_length), np.int32)
+  for row, ((example, _), target) in enumerate(zip(rows, targets)):
+    prompt = prompts[example]
+    ids = (prompt + target + [tokenizer.eos_token_id])[:max_length]
+    input_ids[row, : len(ids)] = ids
+    mask[row, : len(ids)] = 1
+    labels[row, len(prompt) : len(ids)] = ids[len(prompt) :]
+  return {
+    "input_ids": input_ids,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros_like(input_ids),
+    "labels": labels,
+    "example_id": np.asarray([i for i, _ in rows], np.int32),
+  }
 
 
-def generation_prompts(examples: Sequence[dict], tokenizer, max_length: int = 64, prompt_field: str = "mr",
-                       separator: str = " || ") -> dict[str, np.ndarray]:
-    """Prompts for decoding at eval time, one per example, LEFT-padded so every row's next token goes at the
-    same position. A prompt longer than max_length keeps its last tokens (those next to the separator)."""
-    examples = list(examples)
-    prompts = _prompt_ids(tokenizer, [e[prompt_field] for e in examples], separator)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = np.full((len(examples), max_length), pad, np.int32)
-    mask = np.zeros((len(examples), max_length), np.int32)
-    for row, prompt in enumerate(prompts):
-        prompt = prompt[-max_length:]
-        input_ids[row, max_length - len(prompt):] = prompt
-        mask[row, max_length - len(prompt):] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids),
-            "example_id": np.arange(len(examples), dtype=np.int32)}
+def generation_prompts(
+  examples: Sequence[dict], tokenizer, max_length: int = 64, prompt_field: str = "mr", separator: str = " || "
+) -> dict[str, np.ndarray]:
+  """Prompts for decoding at eval time, one per example, LEFT-padded so every row's next token goes at the
+  same position. A prompt longer than max_length keeps its last tokens (those next to the separator)."""
+  examples = list(examples)
+  prompts = _prompt_ids(tokenizer, [e[prompt_field] for e in examples], separator)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  input_ids = np.full((len(examples), max_length), pad, np.int32)
+  mask = np.zeros((len(examples), max_length), np.int32)
+  for row, prompt in enumerate(prompts):
+    prompt = prompt[-max_length:]
+    input_ids[row, max_length - len(prompt) :] = prompt
+    mask[row, max_length - len(prompt) :] = 1
+  return {
+    "input_ids": input_ids,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros_like(input_ids),
+    "example_id": np.arange(len(examples), dtype=np.int32),
+  }
 
 
 # ----------------------------------------------------------------------------- language modelling
 
 
-def language_modeling(examples: Sequence[dict], tokenizer, max_length: int = 1024,
-                      text_field: str = "text") -> dict[str, np.ndarray]:
-    """All texts tokenised, concatenated and cut into blocks of max_length (non-overlapping, for perplexity).
-    The last, shorter block is kept and padded (labels -100 there) so every token is scored."""
-    ids = [i for chunk in tokenizer([e[text_field] for e in examples], add_special_tokens=False)["input_ids"]
-           for i in chunk]
-    n_blocks = -(-len(ids) // max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    flat = np.full(n_blocks * max_length, pad, np.int32)
-    flat[:len(ids)] = ids
-    mask = (np.arange(n_blocks * max_length) < len(ids)).astype(np.int32).reshape(n_blocks, max_length)
-    input_ids = flat.reshape(n_blocks, max_length)
-    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids),
-            "labels": np.where(mask == 1, input_ids, IGNORE).astype(np.int32)}
+def language_modeling(
+  examples: Sequence[dict], tokenizer, max_length: int = 1024, text_field: str = "text"
+) -> dict[str, np.ndarray]:
+  """All texts tokenised, concatenated and cut into blocks of max_length (non-overlapping, for perplexity).
+  The last, shorter block is kept and padded (labels -100 there) so every token is scored."""
+  ids = [
+    i for chunk in tokenizer([e[text_field] for e in examples], add_special_tokens=False)["input_ids"] for i in chunk
+  ]
+  n_blocks = -(-len(ids) // max_length)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  flat = np.full(n_blocks * max_length, pad, np.int32)
+  flat[: len(ids)] = ids
+  mask = (np.arange(n_blocks * max_length) < len(ids)).astype(np.int32).reshape(n_blocks, max_length)
+  input_ids = flat.reshape(n_blocks, max_length)
+  return {
+    "input_ids": input_ids,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros_like(input_ids),
+    "labels": np.where(mask == 1, input_ids, IGNORE).astype(np.int32),
+  }

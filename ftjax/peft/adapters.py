@@ -12,6 +12,7 @@ its residual connection and LayerNorm):
 The parameters live in the `adapter` collection at the path of the module that calls the adapter, named
 after the site (`attention_down_kernel`, `ffn_up_bias`, ...): GPT-2's block hosts both Houlsby sites.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -29,8 +30,10 @@ def bottleneck_adapter(module: nn.Module, h: jax.Array, spec: PeftSpec, site: st
   # One module may host both sites (GPT-2's block does), so the site is part of each variable's name.
   name = lambda leaf: f"{site}_{leaf}"
   down = module.variable(
-      "adapter", name("down_kernel"),
-      lambda: nn.initializers.normal(1e-2)(module.make_rng("params"), (features, spec.adapter_size))).value
+    "adapter",
+    name("down_kernel"),
+    lambda: nn.initializers.normal(1e-2)(module.make_rng("params"), (features, spec.adapter_size)),
+  ).value
   down_bias = module.variable("adapter", name("down_bias"), lambda: jnp.zeros((spec.adapter_size,))).value
   up = module.variable("adapter", name("up_kernel"), lambda: jnp.zeros((spec.adapter_size, features))).value
   up_bias = module.variable("adapter", name("up_bias"), lambda: jnp.zeros((features,))).value

@@ -18,6 +18,7 @@ The factors live in the `lora` variable collection, at the module path of the la
 `lora[...path...] = {"a", "b"[, "magnitude"]}` beside `params[...path...] = {"kernel", "bias"}`.
 `merge` folds them into the kernels (for export or inference); `unmerge` takes them out again.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -40,12 +41,14 @@ def _column_norm(kernel: jax.Array) -> jax.Array:
   return jnp.linalg.norm(kernel.astype(jnp.float32), axis=0)
 
 
-def apply_lora(module: nn.Module, x: jax.Array, y: jax.Array, kernel: jax.Array, spec: PeftSpec,
-               deterministic: bool, matmul) -> jax.Array:
+def apply_lora(
+  module: nn.Module, x: jax.Array, y: jax.Array, kernel: jax.Array, spec: PeftSpec, deterministic: bool, matmul
+) -> jax.Array:
   """Returns the adapted pre-bias output of a Dense `module` whose plain output is y = x·kernel."""
   in_features, out_features = kernel.shape
-  a = module.variable("lora", "a", lambda: _kaiming_uniform_a(module.make_rng("params"), in_features,
-                                                             spec.lora_rank)).value
+  a = module.variable(
+    "lora", "a", lambda: _kaiming_uniform_a(module.make_rng("params"), in_features, spec.lora_rank)
+  ).value
   b = module.variable("lora", "b", lambda: jnp.zeros((spec.lora_rank, out_features), jnp.float32)).value
   h = x
   if spec.lora_dropout > 0.0:
@@ -84,8 +87,10 @@ def merge(params: dict, lora: dict, spec: PeftSpec) -> dict:
 def unmerge(params: dict, lora: dict, spec: PeftSpec) -> dict:
   """Inverse of `merge` for plain LoRA: subtracts s·A·B from each adapted kernel."""
   if spec.lora_dora:
-    raise ValueError("DoRA merges are not invertible (the merged weight has lost ‖W + sAB‖): "
-                     "keep the unmerged backbone instead of unmerging")
+    raise ValueError(
+      "DoRA merges are not invertible (the merged weight has lost ‖W + sAB‖): "
+      "keep the unmerged backbone instead of unmerging"
+    )
   flat = traverse_util.flatten_dict(params)
   for module_path, factors in lora_layers(lora).items():
     kernel_path = module_path + ("kernel",)

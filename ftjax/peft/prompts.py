@@ -10,6 +10,7 @@ Prefix tuning learns, for every layer, `prefix_length` key and value vectors per
 every query attends to (as if a prefix had been processed before the input). They do not occupy
 positions and are never masked.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -25,11 +26,13 @@ _INIT_VOCAB_RANGE = (1000, 6000)
 
 def soft_prompt(module: nn.Module, word_embeddings: jax.Array, spec: PeftSpec) -> jax.Array:
   """The (prompt_length, hidden) soft prompt of `module`, initialised from vocabulary rows."""
+
   def init():
     vocab = word_embeddings.shape[0]
     low, high = _INIT_VOCAB_RANGE if vocab > _INIT_VOCAB_RANGE[1] else (0, vocab)
     ids = jax.random.randint(module.make_rng("params"), (spec.prompt_length,), low, high)
     return word_embeddings[ids].astype(jnp.float32)
+
   return module.variable("prompt", "embeddings", init).value
 
 

@@ -5,6 +5,7 @@ prompts or key/value prefixes. It is a static module attribute (part of the arch
 hashable; the *values* of the method's parameters live in their own variable collections
 (`lora`, `adapter`, `prompt`, `prefix`), apart from the backbone's `params`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,12 +23,12 @@ class PeftSpec:
   lora_targets: str | None = None
   lora_rank: int = 8
   lora_alpha: float = 16.0
-  lora_dropout: float = 0.0           # dropout on the LoRA input only, as in the LoRA paper and PEFT
-  lora_rslora: bool = False           # scale alpha/sqrt(r) (Kalajdzievski 2023) instead of alpha/r
-  lora_dora: bool = False             # weight-decomposed LoRA (Liu et al. 2024): W' = m * V/||V||
+  lora_dropout: float = 0.0  # dropout on the LoRA input only, as in the LoRA paper and PEFT
+  lora_rslora: bool = False  # scale alpha/sqrt(r) (Kalajdzievski 2023) instead of alpha/r
+  lora_dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024): W' = m * V/||V||
   # Bottleneck adapters: "houlsby" (after attention and FFN) or "pfeiffer" (after FFN only).
   adapter: str | None = None
-  adapter_size: int = 64              # bottleneck width (features)
+  adapter_size: int = 64  # bottleneck width (features)
   # Prompt tuning (Lester et al. 2021): soft tokens inserted at the input, initialised from vocab rows.
   prompt_length: int = 0
   # Prefix tuning (Li & Liang 2021): per-layer key/value prefixes attended by every query.
@@ -45,7 +46,7 @@ class PeftSpec:
 
   @property
   def lora_scale(self) -> float:
-    return self.lora_alpha / (self.lora_rank ** 0.5 if self.lora_rslora else self.lora_rank)
+    return self.lora_alpha / (self.lora_rank**0.5 if self.lora_rslora else self.lora_rank)
 
   def lora_applies_to(self, module_path: tuple[str, ...]) -> bool:
     return self.lora_targets is not None and re.search(self.lora_targets, "/".join(module_path)) is not None

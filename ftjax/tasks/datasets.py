@@ -4,6 +4,7 @@
 split through TFDS (local raw files when `data_dir` is set), featurises it and returns a `TaskData`
 whose `score(outputs, loss_sum, count)` turns the model's outputs into the metrics of the task.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,8 @@ from ftjax.data.tfds_builders import DEFAULT_TFDS_DIR, load_split
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  kind: str                                  # a key of ftjax.tasks.KINDS
-  featurize: Callable                        # (examples, tokenizer, config) → features
+  kind: str  # a key of ftjax.tasks.KINDS
+  featurize: Callable  # (examples, tokenizer, config) → features
   label_names: Callable[[Any], tuple] = lambda config: ()
 
 
@@ -42,22 +43,24 @@ def _table_label_names(config) -> tuple:
 
 
 SOURCES: dict[str, Source] = {
-    **{f"glue/{task}": _glue(task) for task in raw.GLUE_TASKS},
-    "table": Source("classification", _classification, _table_label_names),
-    "conll2003": Source("token_classification",
-                        lambda ex, tok, config: feats.token_classification(ex, tok, config.max_length),
-                        lambda config: raw.CONLL2003_TAGS),
-    "squad": Source("question_answering",
-                    lambda ex, tok, config: feats.qa(ex, tok, config.max_length, config.task.doc_stride)),
-    "e2e_nlg": Source("causal_lm", lambda ex, tok, config: feats.generation(ex, tok, config.max_length)),
-    "wikitext2": Source("causal_lm", lambda ex, tok, config: feats.language_modeling(ex, tok, config.max_length)),
+  **{f"glue/{task}": _glue(task) for task in raw.GLUE_TASKS},
+  "table": Source("classification", _classification, _table_label_names),
+  "conll2003": Source(
+    "token_classification",
+    lambda ex, tok, config: feats.token_classification(ex, tok, config.max_length),
+    lambda config: raw.CONLL2003_TAGS,
+  ),
+  "squad": Source(
+    "question_answering", lambda ex, tok, config: feats.qa(ex, tok, config.max_length, config.task.doc_stride)
+  ),
+  "e2e_nlg": Source("causal_lm", lambda ex, tok, config: feats.generation(ex, tok, config.max_length)),
+  "wikitext2": Source("causal_lm", lambda ex, tok, config: feats.language_modeling(ex, tok, config.max_length)),
 }
 
 
 def source(config) -> Source:
   if config.task.source not in SOURCES:
-    raise raw.DataError(f"config key task.source: unknown source {config.task.source!r}; "
-                        f"known: {sorted(SOURCES)}")
+    raise raw.DataError(f"config key task.source: unknown source {config.task.source!r}; known: {sorted(SOURCES)}")
   return SOURCES[config.task.source]
 
 
@@ -68,8 +71,9 @@ def _table_folder(config) -> Path:
   for split, file in files.items():
     if file and not Path(file).expanduser().is_file():
       raise raw.DataError(f"config key task.{split}_file: {file} does not exist")
-  key = hashlib.sha256(repr(sorted((k, str(Path(v).expanduser().resolve())) for k, v in files.items() if v))
-                       .encode()).hexdigest()[:16]
+  key = hashlib.sha256(
+    repr(sorted((k, str(Path(v).expanduser().resolve())) for k, v in files.items() if v)).encode()
+  ).hexdigest()[:16]
   folder = Path(config.tfds_dir or DEFAULT_TFDS_DIR).expanduser() / "table_sources" / key
   folder.mkdir(parents=True, exist_ok=True)
   for split, file in files.items():
@@ -89,8 +93,11 @@ def examples(config, split: str):
     if not config.task.train_file or not config.task.label_field:
       raise raw.DataError("a table task needs config keys task.train_file and task.label_field")
     data_dir = _table_folder(config)
-    options = {"text_fields": config.task.text_fields, "label_field": config.task.label_field,
-               "label_names": list(_table_label_names(config))}
+    options = {
+      "text_fields": config.task.text_fields,
+      "label_field": config.task.label_field,
+      "label_names": list(_table_label_names(config)),
+    }
   try:
     return load_split(config.task.source, split, data_dir=data_dir, tfds_dir=config.tfds_dir, **options)
   except raw.DataError as e:
@@ -154,7 +161,10 @@ def load(config, tokenizer, split: str, limit: int = 0) -> TaskData:
   if not data:
     raise raw.DataError(f"{config.task.source} split {split!r} has no examples")
   if 0 < limit < len(data):
-    keep = np.arange(limit) if config.task.source == "wikitext2" else np.sort(
-        np.random.default_rng(0).permutation(len(data))[:limit])
+    keep = (
+      np.arange(limit)
+      if config.task.source == "wikitext2"
+      else np.sort(np.random.default_rng(0).permutation(len(data))[:limit])
+    )
     data = [data[i] for i in keep]
   return TaskData(split, src.kind, data, src.featurize(data, tokenizer, config), src.label_names(config))

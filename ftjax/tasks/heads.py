@@ -4,6 +4,7 @@ Names follow transformers' task classes (`classifier`, `qa_outputs`, `score`), s
 checkpoint loads with the matching Auto class. Heads are always trained from scratch: the checkpoint
 loader never reads them, and `init_from` carries them over from a finished run instead.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -23,6 +24,7 @@ class SequenceClassificationHead(nn.Module):
   pooler never was). Decoders read the hidden state of the last real token and have no bias, as
   `GPT2ForSequenceClassification` (`score`) does.
   """
+
   num_labels: int
   dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
@@ -56,6 +58,7 @@ def pool(outputs: EncoderOutput, attention_mask, pooling: str) -> jax.Array:
 
 class TokenClassificationHead(nn.Module):
   """Logits (B, T, num_labels) per token, as `BertForTokenClassification`."""
+
   num_labels: int
   dropout_rate: float = 0.1
   dtype: jnp.dtype = jnp.float32
@@ -68,6 +71,7 @@ class TokenClassificationHead(nn.Module):
 
 class QuestionAnsweringHead(nn.Module):
   """Start and end logits (B, T) each, as `BertForQuestionAnswering` (`qa_outputs`, no dropout)."""
+
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact

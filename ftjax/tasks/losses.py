@@ -3,9 +3,9 @@ average exactly: the step divides the summed loss of the whole batch by its summ
 
 `weights` (B,) is 1 for a real example and 0 for a padding row of an evaluation batch.
 """
+
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
