@@ -4,7 +4,19 @@ Run it (SST-2 dev accuracy with the packaged MiniLM; see configs/glue.py for the
   python scripts/train.py --config=configs/glue.py:sst2 --workdir=runs/sst2
 """
 
+from pathlib import Path
+
 import ml_collections
+
+# The real datasets the configs default to: ../shared/data beside the clone (one place for this path).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(*parts: str) -> str | None:
+  """SHARED_DATA/<parts...> where that folder exists, else None: the source is then read through TFDS by
+  name, which downloads it (needs the network). `--config.data_dir=FOLDER` always wins."""
+  folder = SHARED_DATA.joinpath(*parts)
+  return str(folder) if folder.is_dir() else None
 
 
 def get_config():

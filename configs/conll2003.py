@@ -12,18 +12,15 @@ Recipe (BERT paper's NER setting, adapted): AdamW, lr 5e-5 (LoRA and adapters: 1
 The run ends by scoring dev and test (eng.testa, eng.testb) and writes ner_report_<split>.txt.
 """
 
-from pathlib import Path
-
 from configs import base
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PEFT_LEARNING_RATE = 1e-3  # LoRA, adapters, prompt/prefix tuning want a larger rate than full fine-tuning
 
 
 def get_config(method="full"):
   c = base.get_config()
   c.task.source = "conll2003"
-  c.data_dir = str(SHARED_DATA / "conll2003")
+  c.data_dir = base.shared_data("conll2003")
   c.method = method
   c.num_epochs = 3
   c.learning_rate = 5e-5 if method in ("full", "bitfit") else PEFT_LEARNING_RATE

@@ -13,18 +13,14 @@ subset for every run: ftjax.tasks.datasets.load), 1 epoch; generation scored on 
 The run's numbers are in results/e2e.md beside the LoRA paper's GPT-2 M ones (BLEU 70.4, ROUGE-L 71.8).
 """
 
-from pathlib import Path
-
 from configs import base
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def get_config():
   c = base.get_config()
   c.model = "smollm2"
   c.task.source = "e2e_nlg"
-  c.data_dir = str(SHARED_DATA / "e2e" / "e2e-dataset")
+  c.data_dir = base.shared_data("e2e", "e2e-dataset")
   c.max_length = 96  # MR + " || " + reference + EOS fits in 96 SmolLM2 tokens for >99% of rows
   c.method = "lora"
   c.lora.targets = r"self_attn/(q_proj|v_proj)$"

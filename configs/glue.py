@@ -4,7 +4,8 @@
   python scripts/train.py --config=configs/glue.py:mrpc --workdir=runs/mrpc-lora --config.method=lora --config.learning_rate=5e-4
 
 Tasks: sst2, cola, mrpc, rte, stsb (and qnli, mnli, qqp, wnli given their files). The data folder
-defaults to ../shared/data/<task> beside the repo; set --config.data_dir elsewhere, or to None for TFDS.
+is ../shared/data/<task> beside the repo where it exists, else TFDS by name (downloads; needs the network);
+--config.data_dir=FOLDER points it elsewhere.
 
 Recipe (RECIPES below): AdamW with 10% linear warm-up then linear decay, batch 32, max length 128,
 lr 5e-5 (3e-5 for SST-2), a few epochs sized for 2 CPU cores. Dev results measured with these commands
@@ -18,11 +19,8 @@ the small tasks): the gap is expected. results/learning_rate.md: 1e-4 and 2e-4 l
 on 8,000 sentences) but lower RTE and CoLA, so on those two the gap is not the rate.
 """
 
-from pathlib import Path
-
 from configs import base
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # task → (epochs, learning rate, eval every [steps], training examples (0 = all)). Sized for 2 CPU cores:
 # a few epochs rather than the papers' 10 on the small tasks, and SST-2 on a fixed 20,000-sentence subset
@@ -46,7 +44,7 @@ def get_config(task="rte"):
   c = base.get_config()
   epochs, lr, every, examples = RECIPES[task]
   c.task.source = f"glue/{task}"
-  c.data_dir = str(SHARED_DATA / task)
+  c.data_dir = base.shared_data(task)
   c.num_epochs = epochs
   c.max_train_examples = examples
   c.learning_rate = lr

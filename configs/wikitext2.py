@@ -13,11 +13,7 @@ training (`task.dev_split = ""`), so test stays unseen until evaluate.py scores 
 non-overlapping blocks of `max_length` tokens; perplexity is exp(mean NLL) over every token of test.
 """
 
-from pathlib import Path
-
 from configs import base
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def get_config():
@@ -26,7 +22,7 @@ def get_config():
   c.task.source = "wikitext2"
   c.task.train_split = "dev"  # train on valid.txt (there is no train.txt here)
   c.task.dev_split = ""  # nothing to select on: train max_steps, score test afterwards
-  c.data_dir = str(SHARED_DATA / "wikitext2")
+  c.data_dir = base.shared_data("wikitext2")
   c.max_length = 256
   c.method = "lora"
   c.lora.targets = r"self_attn/(q_proj|v_proj)$"

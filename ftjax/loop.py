@@ -142,7 +142,7 @@ def train_and_evaluate(config, workdir) -> dict:
   """Fine-tunes as `config` says, in `workdir`; returns the final metrics per split."""
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  with exclusive_workdir(workdir):
+  with exclusive_workdir(workdir), xla_cpu.restoring_lowering():  # the run's lowering ends with the run
     return _train_and_evaluate(config, workdir)
 
 

@@ -8,10 +8,9 @@ fuses the hash into one loop over the elements: ~30 ms for the same mask (measur
 machine), the same bits, hence the same masks, losses and trained weights. It costs compile time (the
 MiniLM train step: 5.0 → 7.0 s, with FGM 5.9 → 11.3 s; scripts/bench.py).
 
-`set_threefry_lowering("unrolled" | "rolled")` registers ftjax's rule or JAX's own for the CPU platform;
-`import ftjax` sets "unrolled", and `train_and_evaluate` sets what its config's `cpu_threefry` says
-(`lowering_for` resolves "auto") before anything is compiled; code that does not go through a config
-calls set_threefry_lowering itself.
+`import ftjax` changes nothing: `train_and_evaluate` registers what its config's `cpu_threefry` says
+(`lowering_for` resolves "auto") before anything is compiled and puts JAX's table back as it was when the
+run ends; code that does not go through a config scopes it with `with threefry_lowering("unrolled"):`.
 
 Where "rolled" is needed: the unrolled hash is a chain of cheap integer ops, and XLA's fusion copies cheap
 producers into every consumer. LoRA's input dropout is the case found. With FGM/PGD, the mask on each
@@ -31,13 +30,13 @@ It uses JAX internals (jax._src); where they have moved, it changes nothing and 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from ftjax.errors import InputError
 
 LOWERINGS = ("unrolled", "rolled")
 CHOICES = ("auto",) + LOWERINGS  # what the config key cpu_threefry accepts
-_in_place = {"rule": None}  # the rule this process last registered: "unrolled", "rolled" or None (JAX's)
 
 
 def lowering_for(choice: str, lora_dropout: float) -> str:
@@ -50,30 +49,79 @@ def lowering_for(choice: str, lora_dropout: float) -> str:
   return "rolled" if lora_dropout > 0 else "unrolled"
 
 
-def set_threefry_lowering(kind: str) -> bool:
-  """Lower threefry2x32 on CPU unrolled (as on GPU and TPU) or rolled (JAX's CPU rule); True if unrolled
-  is now in place. Affects what is compiled afterwards, never a number."""
-  if kind not in LOWERINGS:
-    raise InputError(f"threefry lowering must be one of {LOWERINGS}, got {kind!r}")
-  if _in_place["rule"] == kind:
-    return kind == "unrolled"
+@functools.cache
+def _jax_internals():
+  """(mlir module, threefry primitive, {"unrolled": rule, "rolled": rule}), or None where JAX moved them.
+
+  "rolled" is JAX's own CPU rule object; "unrolled" is made once, so that the rule in place can be named
+  by identity (no module state records what was registered)."""
   try:
     from jax._src.interpreters import mlir
     from jax._src.random import threefry2x32
 
-    primitive = threefry2x32.threefry2x32_p
-    if kind == "unrolled":
-      rule = mlir.lower_fun(
-        functools.partial(threefry2x32._threefry2x32_lowering, use_rolled_loops=False), multiple_results=True
-      )
-    else:
-      rule = threefry2x32._threefry2x32_cpu_lowering_rule
-  except (ImportError, AttributeError):  # a JAX whose internals moved: keep its own rule
+    unrolled = mlir.lower_fun(
+      functools.partial(threefry2x32._threefry2x32_lowering, use_rolled_loops=False), multiple_results=True
+    )
+    rules = {"unrolled": unrolled, "rolled": threefry2x32._threefry2x32_cpu_lowering_rule}
+    return mlir, threefry2x32.threefry2x32_p, rules
+  except (ImportError, AttributeError):
+    return None
+
+
+def _cpu_table():
+  mlir, _, _ = _jax_internals()
+  return mlir._platform_specific_lowerings["cpu"]
+
+
+def threefry_lowering_in_place() -> str | None:
+  """ "unrolled" or "rolled" (JAX's CPU rule, its default), by the rule registered now; None if unknown."""
+  internals = _jax_internals()
+  if internals is None:
+    return None
+  _, primitive, rules = internals
+  entry = _cpu_table().get(primitive)
+  return next((kind for kind, rule in rules.items() if entry is not None and entry.rule is rule), None)
+
+
+def set_threefry_lowering(kind: str) -> bool:
+  """Lower threefry2x32 on CPU unrolled (as on GPU and TPU) or rolled (JAX's CPU rule) from now on, for
+  this process; True if unrolled is now in place. Affects what is compiled afterwards, never a number.
+  Prefer the scoped `threefry_lowering`: this one changes JAX's lowering table until changed back."""
+  if kind not in LOWERINGS:
+    raise InputError(f"threefry lowering must be one of {LOWERINGS}, got {kind!r}")
+  internals = _jax_internals()
+  if internals is None:  # a JAX whose internals moved: keep its own rule
     return False
-  mlir.register_lowering(primitive, rule, platform="cpu")
-  _in_place["rule"] = kind
+  mlir, primitive, rules = internals
+  if threefry_lowering_in_place() != kind:
+    mlir.register_lowering(primitive, rules[kind], platform="cpu")
   return kind == "unrolled"
 
 
-def unrolled_threefry_in_place() -> bool:
-  return _in_place["rule"] == "unrolled"
+@contextlib.contextmanager
+def restoring_lowering():
+  """Whatever the body registers for threefry on CPU, JAX's table is as it was on exit (even on error).
+  Programs compiled inside keep the rule they were compiled with."""
+  internals = _jax_internals()
+  if internals is None:
+    yield
+    return
+  _, primitive, _ = internals
+  table = _cpu_table()
+  before = table.get(primitive)
+  try:
+    yield
+  finally:
+    if before is None:
+      table.pop(primitive, None)
+    else:
+      table[primitive] = before
+
+
+@contextlib.contextmanager
+def threefry_lowering(kind: str):
+  """`with threefry_lowering("unrolled"): ...`: compile the body's programs with that lowering, then put
+  back the rule that was in place (what scripts/bench.py and code outside `train_and_evaluate` use)."""
+  with restoring_lowering():
+    set_threefry_lowering(kind)
+    yield

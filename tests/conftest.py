@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if str(REPO) not in sys.path:  # the configs/ package lives beside ftjax/, as the scripts expect
   sys.path.insert(0, str(REPO))
+
+from configs.base import SHARED_DATA  # noqa: E402  (the real datasets beside the clone)
 
 # Subprocesses compile with most XLA optimisations off (about 4x faster on CPU, same results), exactly as
 # the in-process runs do under the `fast_compiles` fixture, so the two can be compared bit for bit.

@@ -85,13 +85,12 @@ def test_prefetch_yields_the_same_batches():
 
 def test_real_sst2_dev_end_to_end():
   import importlib.resources
-  from pathlib import Path
-
   import transformers
 
+  from configs.base import SHARED_DATA
   from ftjax.data import features as features_lib, raw
 
-  data = Path(__file__).parents[1].parent / "shared" / "data" / "sst2"
+  data = SHARED_DATA / "sst2"
   if not data.is_dir():
     pytest.skip(f"{data} not present")
   tokenizer = transformers.AutoTokenizer.from_pretrained(

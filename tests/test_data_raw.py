@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from configs.base import SHARED_DATA as DATA
 from ftjax.data import raw
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
 
 

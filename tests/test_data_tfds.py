@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from configs.base import SHARED_DATA as DATA
 from ftjax.data import raw, tfds_builders
 
 GLUE_RTE_LIKE = (
@@ -46,12 +47,13 @@ def test_failed_prepare_leaves_nothing(tmp_path):
   assert list(tfds_dir.iterdir()) == []
 
 
-def test_hub_without_network_says_to_use_data_dir(tmp_path):
-  with pytest.raises(raw.DataError, match="set data_dir"):
-    tfds_builders.load_split("glue/sst2", "dev", tfds_dir=tmp_path)
-
-
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+def test_tfds_by_name_finds_its_builders_without_tensorflow(tmp_path):
+  """Up to the network call: without TensorFlow, TFDS registers no builder until its module is imported
+  (before the fix: "Dataset glue not found"); each source TFDS has by name builds, array_record, offline."""
+  for source in ("glue/rte", "conll2003", "squad"):
+    tfds_builders._import_hub_builder(source)
+    builder = tfds_builders.tfds.builder(source, data_dir=str(tmp_path), file_format="array_record")
+    assert builder.name == source.split("/")[0] and not builder.is_prepared()
 
 
 @pytest.mark.skipif(not (DATA / "rte").is_dir(), reason=f"{DATA} not present")
@@ -59,3 +61,32 @@ def test_real_rte_through_tfds(tmp_path):
   dev = tfds_builders.load_split("glue/rte", "dev", data_dir=DATA / "rte", tfds_dir=tmp_path)
   assert len(dev) == 277
   assert list(dev) == list(raw.read("glue/rte", DATA / "rte", "dev"))
+
+
+def test_without_shared_data_the_configs_fall_back_to_tfds_by_name_saying_so(tmp_path, monkeypatch, capsys):
+  """A clone without ../shared/data: the configs leave data_dir unset, the run reads TFDS by name and says so
+  (here a stand-in for the download, as this machine has no network), and without the network one error
+  names both ways out."""
+  from configs import base, conll2003, glue
+  from ftjax.tasks import datasets
+
+  monkeypatch.setattr(base, "SHARED_DATA", tmp_path / "no-shared-data")
+  config = glue.get_config("rte")
+  assert config.data_dir is None and conll2003.get_config().data_dir is None
+  config.tfds_dir = str(tmp_path / "tfds")
+
+  hub_rows = [{"idx": 0, "sentence1": b"A man sleeps.", "sentence2": b"Nobody sleeps.", "label": 1}]
+  monkeypatch.setattr(tfds_builders.tfds, "data_source", lambda name, split, data_dir, builder_kwargs: hub_rows)
+  rows = list(datasets.examples(config, "dev"))
+  assert rows[0]["text"] == "A man sleeps." and rows[0]["text_pair"] == "Nobody sleeps." and rows[0]["label"] == 1
+  assert "data_dir unset: reading 'glue/rte' dev through TFDS by name" in capsys.readouterr().out
+
+  def offline(name, split, data_dir, builder_kwargs):
+    raise ConnectionError("Failed to resolve host")
+
+  monkeypatch.setattr(tfds_builders.tfds, "data_source", offline)
+  with pytest.raises(raw.DataError) as error:
+    datasets.examples(config, "train")
+  message = str(error.value)
+  assert "\n" not in message and "--config.data_dir=FOLDER" in message and "network" in message
+  assert "ConnectionError: Failed to resolve host" in message

@@ -302,11 +302,13 @@ def test_step_is_traced_once_per_input_shape():
 
 def test_threefry_lowering_changes_no_number_and_a_bad_name_is_refused():
   """ftjax/xla_cpu.py lowers dropout's threefry hash unrolled on CPU (config key cpu_threefry; "rolled" is
-  JAX's own rule): the same masks, so FGM training with dropout is bit-identical either way."""
+  JAX's own rule): the same masks, so FGM training with dropout is bit-identical either way. The choice is
+  scoped: JAX's table is as it was after the block."""
+  before = xla_cpu.threefry_lowering_in_place()
   runs = {}
-  try:
-    for kind in ("rolled", "unrolled"):
-      assert xla_cpu.set_threefry_lowering(kind) == (kind == "unrolled") == xla_cpu.unrolled_threefry_in_place()
+  for kind in ("rolled", "unrolled"):
+    with xla_cpu.threefry_lowering(kind):
+      assert xla_cpu.threefry_lowering_in_place() == kind
       model, task, tx, state = tiny_run(total_steps=3)
       train_step = jax.jit(
         step.make_train_step(model, task, tx, adversarial_config=adversarial_config("fgm"), dropout=True)
@@ -320,8 +322,7 @@ def test_threefry_lowering_changes_no_number_and_a_bad_name_is_refused():
         state, metrics = train_step(state, batch)
         losses.append(np.asarray(metrics["loss_sum"]))
       runs[kind] = while_loops, losses, jax.tree.leaves(host(state.trainable))
-  finally:
-    xla_cpu.set_threefry_lowering("unrolled")  # what `import ftjax` set, for the tests after this one
+    assert xla_cpu.threefry_lowering_in_place() == before
   assert runs["rolled"][0] > 0 and runs["unrolled"][0] == 0, runs  # the lowering did change
   for rolled, unrolled in zip(runs["rolled"][1] + runs["rolled"][2], runs["unrolled"][1] + runs["unrolled"][2]):
     np.testing.assert_array_equal(rolled, unrolled)
@@ -332,3 +333,14 @@ def test_threefry_lowering_changes_no_number_and_a_bad_name_is_refused():
     xla_cpu.lowering_for("fast", 0.0)
   with pytest.raises(InputError, match="threefry lowering must be one of"):
     xla_cpu.set_threefry_lowering("auto")
+
+
+def test_restoring_lowering_puts_the_rule_back_even_when_the_body_fails():
+  before = xla_cpu.threefry_lowering_in_place()
+  other = "unrolled" if before == "rolled" else "rolled"
+  with pytest.raises(RuntimeError, match="boom"):
+    with xla_cpu.restoring_lowering():
+      xla_cpu.set_threefry_lowering(other)
+      assert xla_cpu.threefry_lowering_in_place() == other
+      raise RuntimeError("boom")
+  assert xla_cpu.threefry_lowering_in_place() == before

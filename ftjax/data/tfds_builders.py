@@ -202,6 +202,17 @@ def _from_hub(source: str):
   return None
 
 
+def _import_hub_builder(source: str) -> None:
+  """TFDS registers a builder when its module is imported, and without TensorFlow `import tensorflow_datasets`
+  imports none of them: import the module of each source that TFDS has by name (others fail as unknown)."""
+  if source.startswith("glue/"):
+    import tensorflow_datasets.text.glue  # noqa: F401
+  elif source == "conll2003":
+    import tensorflow_datasets.text.conll2003  # noqa: F401
+  elif source == "squad":
+    import tensorflow_datasets.question_answering.squad  # noqa: F401
+
+
 def load_split(
   source: str, split: str, *, data_dir: str | Path | None = None, tfds_dir: str | Path | None = None, **source_options
 ) -> Split:
@@ -220,11 +231,18 @@ def load_split(
   if source == "glue/mnli" and split == "dev":
     hub_split = "validation_matched"
   try:
-    data = tfds.data_source(source, split=hub_split, data_dir=tfds_dir and str(tfds_dir))
+    _import_hub_builder(source)
+    data = tfds.data_source(
+      source,
+      split=hub_split,
+      data_dir=tfds_dir and str(tfds_dir),
+      builder_kwargs={"file_format": "array_record"},  # what TFDS writes and reads without TensorFlow
+    )
   except Exception as e:  # network, unknown name, missing TF for a non-array_record build: same advice
+    cause = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     raise raw.DataError(
-      f"could not load TFDS dataset {source!r} split {hub_split!r} ({type(e).__name__}: "
-      f"{str(e).splitlines()[0] if str(e) else ''}). Without "
-      f"network access set data_dir to a folder of local raw files (one of {sorted(raw.READERS)})"
+      f"data_dir is unset and TFDS could not load {source!r} split {hub_split!r} by name ({cause}). Either "
+      f"set --config.data_dir=FOLDER to the raw files of {source!r} as distributed (the configs use "
+      f"../shared/data/<task> beside the clone when it exists), or run where the network reaches TFDS"
     ) from e
   return Split(data, _from_hub(source))

@@ -98,6 +98,10 @@ def examples(config, split: str):
       "label_field": config.task.label_field,
       "label_names": list(_table_label_names(config)),
     }
+  if data_dir is None:
+    print(
+      f"data_dir unset: reading {config.task.source!r} {split} through TFDS by name (downloads once; needs the network)"
+    )
   try:
     return load_split(config.task.source, split, data_dir=data_dir, tfds_dir=config.tfds_dir, **options)
   except raw.DataError as e:
