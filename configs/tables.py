@@ -21,7 +21,7 @@ a line here; the tables in results/ cite the exact command of every cell.
   e2e          E2E NLG with LoRA on SmolLM2-135M (BLEU, NIST, METEOR, ROUGE-L, CIDEr on test MRs) beside
                the LoRA paper's GPT-2 M
 
-Measured results are in results/<table>.md, each with the command of every cell and its wall time.
+Measured results and their findings are in results/<table>.md, with the command of every cell and its wall time.
 """
 
 from __future__ import annotations
@@ -164,10 +164,7 @@ def methods_table() -> Table:
     f"on a fixed {SST2_SUBSET:,}-sentence subset. Dev metric of the best dev evaluation; mean ± sample std "
     "over seeds 0, 1, 2 on MRPC, RTE, CoLA. Reference row: MiniLM-L6-H384 (Wang et al. 2020), a "
     "different checkpoint from the sentence-embedding all-MiniLM-L6-v2 loaded here. Last column: the "
-    "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only. Cost: the issue sized this "
-    "grid at about 6 CPU-hours on 2 cores; the papers' recipes (PEFT rows at twice full fine-tuning's epochs, "
-    "MRPC, RTE and STS-B at full length, three seeds on three tasks) cost several times that: the compute "
-    "line above says what the finished cells took and what the rest will at the same prices.",
+    "LoRA paper's RoBERTa-base GLUE averages, for the ordering of methods only.",
     columns,
     cells,
     reference_label="MiniLM-L6-H384 (published dev)",
@@ -178,8 +175,8 @@ def methods_table() -> Table:
 
 # --- learning rate ------------------------------------------------------------------------------------
 # Full fine-tuning's recipe (configs/glue.py: 5e-5, SST-2 3e-5) is BERT-base's; a 6-layer, 384-wide model
-# may want more (the freeze table's full cell at 1e-4 reaches 85.8 on SST-2 against 82.3 at 3e-5). This
-# table asks whether the gap to the MiniLM-L6-H384 references is the recipe's or the checkpoint's.
+# may want more. This table asks whether the gap to the MiniLM-L6-H384 references is the recipe's or the
+# checkpoint's (findings: results/learning_rate.md).
 FULL_LEARNING_RATES = (None, 1e-4, 2e-4)  # None: the recipe's own rate (the methods table's runs, linked)
 LEARNING_RATE_TASKS = ("sst2", "rte", "cola")  # the three tasks furthest from their references
 
@@ -200,8 +197,7 @@ def learning_rate_table() -> Table:
     "Full fine-tuning: learning rate against the published references (all-MiniLM-L6-v2, GLUE dev)",
     "The methods table's full recipe (configs/glue.py: AdamW, batch 32, max length 128, 10% warm-up then "
     f"linear decay; SST-2 1 epoch on the fixed {SST2_SUBSET:,}-sentence subset, RTE and CoLA 3 epochs) at "
-    "larger peak learning rates; seed 0 only (RTE's seed std at the recipe's rate is 1.7 points, so read "
-    "differences of a few points, not fractions). The recipe row is the methods table's runs. Reference "
+    "larger peak learning rates; seed 0 only. The recipe row is the methods table's runs. Reference "
     "row: MiniLM-L6-H384 (Wang et al. 2020), a different checkpoint.",
     columns,
     tuple(cells),
@@ -210,14 +206,8 @@ def learning_rate_table() -> Table:
 
 
 # --- adversarial ---------------------------------------------------------------------------------------
-# (row label, overrides): ε is the L2 radius of the perturbation per example over (tokens × hidden).
-# Scale: all-MiniLM-L6-v2's word-embedding rows have L2 norm ~1.1 (median), and FGM puts r on the few
-# tokens the loss is most sensitive to, so a radius of a few tenths already rewrites the words that
-# carry a short sentence's label. On SST-2 full fine-tuning (this recipe, 250 steps) ε = 1 and ε = 0.3
-# never leave chance: the adversarial loss wins and the model learns to predict 50/50 (the ε = 0.3 row of
-# results/adversarial.md; ε = 1 likewise, 50.9). Hence a grid from 0.03 up. For comparison, the usual
-# PyTorch FGM (ε = 1 over the gradient of the whole embedding matrix, shared by a batch of 32) moves an
-# example by ~0.2; FreeLB's BERT recipes move it by 0.1 per ascent step under this normalisation.
+# (row label, overrides): ε is the L2 radius of the perturbation per example over (tokens × hidden), a
+# grid from 0.03 up (why that scale: the findings of results/adversarial.md).
 ADVERSARIAL = (
   ("none", ()),
   ("FGM ε=0.03", (("adversarial.method", "fgm"), ("adversarial.epsilon", 0.03))),
@@ -253,14 +243,8 @@ def adversarial_table() -> Table:
     "FGM (Miyato et al. 2017) and PGD (Madry et al. 2018; 3 ascent steps of 0.04) perturb the word-"
     "embedding output within an L2 ball of radius ε per example, adversarial loss weight 1 beside the "
     "clean loss. Full and LoRA recipes as in the methods table (SST-2 subset, 3 seeds on MRPC, RTE, CoLA); "
-    "LoRA + FGM/PGD with cpu_threefry=rolled (the unrolled dropout hash does not compile there: "
-    "ftjax/xla_cpu.py; same numbers, slower steps). CoLA, seed 0, dev MCC every 100 steps: the clean run "
-    "also predicts the majority class at first (0.0 at steps 100–200, 11.4 at 300, 28.3 at 600); FGM delays "
-    "the escape, ε = 0.03 to step 500 (9.4, then 25.4 at 600), and at ε = 0.1 no seed leaves it in the "
-    "801 steps (training loss stays at 0.61, the entropy of CoLA's 70/30 label prior). The step itself is "
-    "checked against a PyTorch FGM (tests/test_step.py: same objective and gradients on MiniLM and CoLA), "
-    "and FGM at ε = 0 gives exactly twice the clean gradient, so this is the method at this budget, not a "
-    "bug.",
+    "LoRA + FGM/PGD cells run with cpu_threefry=rolled (ftjax/xla_cpu.py; same numbers). The `none` rows "
+    "are the methods table's runs.",
     columns,
     tuple(cells),
     average=True,
@@ -343,8 +327,7 @@ def freeze_table() -> Table:
     "Rows train the top k of the 6 encoder layers (k ≥ 1 also trains the pooler; the classifier always "
     "trains), with the embeddings frozen or trained; `LayerNorm only` trains every LayerNorm and the "
     "classifier. lr 1e-4, except 1e-3 for the two probes (top 0 with frozen embeddings, LayerNorm "
-    "only). Freezing is `config.trainable` rules (configs/tables.py: freeze_rules): frozen layers get "
-    "no gradient computation, so cells below full fine-tuning also run faster.",
+    "only). Freezing is `config.trainable` rules (configs/tables.py: freeze_rules).",
     columns,
     tuple(cells),
     plot="params",
@@ -395,9 +378,7 @@ def torch_table() -> Table:
     "The same recipe in ftjax and in PyTorch + transformers + PEFT (all-MiniLM-L6-v2, GLUE dev)",
     "scripts/torch_reference.py reads the same config and shares ftjax's data pipeline (same rows, same "
     "batch order), scoring and initial head / LoRA A weights; it has its own model (transformers), LoRA "
-    "(peft), AdamW groups, clipping, schedule and dropout. With dropout off the two agree step for step "
-    "(tests/test_tables.py); with dropout on they should agree within seed noise. Recipes as in the "
-    "methods table; seeds 0, 1, 2.",
+    "(peft), AdamW groups, clipping, schedule and dropout. Recipes as in the methods table; seeds 0, 1, 2.",
     columns,
     tuple(cells),
   )
