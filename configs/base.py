@@ -31,15 +31,12 @@ def get_config():
   c.cpu_threefry = "auto"  # CPU lowering of dropout's hash: unrolled (faster steps) | rolled (JAX's; compiles LoRA
   # dropout steps, which unrolled may not in 15 min) | auto (rolled just there).
   # Same numbers either way: ftjax/xla_cpu.py
-  c.head_pooling = (
-    "pooler"  # encoder sequence heads read: pooler (BERT's, on [CLS]) | cls | mean (sentence-transformers)
-  )
+  c.head_pooling = "pooler"  # encoder sequence heads read: pooler (BERT's, on [CLS]) | cls | mean (sent.-transf.)
 
   # --- task and data -------------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()
-  c.task.source = (
-    "glue/sst2"  # a key of ftjax.tasks.datasets.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2)
-  )
+  # a key of ftjax.tasks.datasets.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2)
+  c.task.source = "glue/sst2"
   c.task.train_file = ""  # table source only: labelled CSV/TSV/JSONL for training
   c.task.dev_file = ""  # table source only: labelled file for validation
   c.task.test_file = ""  # table source only: file for the final test (labels optional)
@@ -48,9 +45,8 @@ def get_config():
   c.task.doc_stride = 128  # squad only: context tokens shared by neighbouring windows [tokens]
   c.task.train_split = "train"  # the split trained on
   c.task.dev_split = "dev"  # the split evaluated during training and selected on; "" → none
-  c.data_dir = ml_collections.config_dict.placeholder(
-    str
-  )  # the task's local raw files; None → TFDS by name (needs network)
+  # the task's local raw files; None → TFDS by name (needs network). Configs: shared_data(...) above
+  c.data_dir = ml_collections.config_dict.placeholder(str)
   c.tfds_dir = ml_collections.config_dict.placeholder(str)  # where TFDS data is prepared; None → ~/.cache/ftjax/tfds
   c.max_length = 128  # tokens per row after truncation (batches are padded to length buckets ≤ this)
   c.max_train_examples = 0  # >0: train on this fixed prefix of the shuffled train split (CPU-sized runs)
@@ -108,9 +104,7 @@ def get_config():
   c.keep_checkpoints = 2  # latest checkpoints kept for resuming
   c.log_every = 50  # write train metrics every this many steps (one host sync each) [steps]
   c.early_stopping = ml_collections.ConfigDict()
-  c.early_stopping.metric = (
-    ""  # dev metric to select on; "" → the task's usual (accuracy, matthews, pearson, f1, perplexity)
-  )
+  c.early_stopping.metric = ""  # dev metric to select on; "" → the task's usual (accuracy, matthews, pearson, f1, …)
   c.early_stopping.patience = 0  # stop after this many evaluations without improvement; 0 = never stop early
   c.early_stopping.restore_best = True  # end the run with the best dev checkpoint's parameters
   c.eval_splits = ("dev",)  # splits scored at the end (add "test" where it has labels)
@@ -126,9 +120,7 @@ def get_config():
   c.generation.max_new_tokens = 64  # [tokens]
   c.generation.length_penalty = 1.0  # beam score = log p / length^penalty
   c.generation.no_repeat_ngram_size = 0  # block repeated n-grams of this size; 0 = off
-  c.generation.eval_examples = (
-    0  # >0: at the end, decode this many examples of eval_split and score them (BLEU, ROUGE-L…)
-  )
+  c.generation.eval_examples = 0  # >0: at the end, decode this many examples of eval_split and score them (BLEU…)
   c.generation.eval_split = "dev"  # the split whose examples are decoded
   c.generation.batch_size = 16  # prompts decoded together (× num_beams rows for beam search)
   return c
