@@ -1,7 +1,9 @@
-"""What a finished run measured, read back from its folder (for tables: scripts/report.py, reproduce.py).
+"""What a finished run measured, read back from its folder, and the results/*.md pages that show it.
 
 Nothing here trains or scores: every number comes from the run's own files, as `train_and_evaluate`
-wrote them (config.json, run.json, metrics.jsonl, summary.txt, command.txt).
+wrote them (config.json, run.json, metrics.jsonl, summary.txt, command.txt). Every generator of a
+results/<name>.md page (scripts/reproduce.py, report.py, bench.py, profile_step.py) writes it with
+`write_page`, which keeps the page's hand-written findings above GENERATED_BELOW.
 """
 
 from __future__ import annotations
@@ -90,3 +92,30 @@ def machine() -> str:
   if Path("/proc/cpuinfo").exists():
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
   return f"{cpu} ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+GENERATED_BELOW = "<!-- generated below: edit the findings above this line; the command below rewrites the rest -->"
+
+
+def write_atomically(path: Path, text: str) -> None:
+  """A reader (another grid driver reading a table's JSON, say) never sees half a file, and an
+  interrupted write does not leave one."""
+  part = path.with_name(path.name + ".part")
+  part.write_text(text, encoding="utf-8")
+  os.replace(part, path)
+
+
+def write_page(path: Path, title: str, body: str) -> None:
+  """Writes a results page: `# title`, its findings (hand-written), the GENERATED_BELOW line, a blank line
+  and `body`. Everything of the existing page up to and including its GENERATED_BELOW line is kept byte
+  for byte (title and findings are edited by hand); a page without that line, or no page, gets the title
+  and the line, no findings yet. The body is what a generator makes, without a title."""
+  path = Path(path)
+  old = path.read_bytes().decode() if path.is_file() else ""
+  lines = old.splitlines(keepends=True)
+  at = next((i for i, line in enumerate(lines) if line.rstrip("\r\n") == GENERATED_BELOW), None)
+  if at is None:
+    head = f"# {title}\n\n{GENERATED_BELOW}\n"
+  else:
+    head = "".join(lines[: at + 1]) + ("" if lines[at].endswith("\n") else "\n")
+  write_atomically(path, head + "\n" + body)

@@ -1,9 +1,9 @@
 """Tabulate finished runs: `python scripts/report.py --out=results/tasks runs/rte runs/mrpc ...`.
 
-Reads each workdir (config.json, metrics.jsonl, summary.txt, command.txt) and writes `<out>.md` and
-`<out>.json`: per run the task, method, the dev metrics of the parameters the run ended with (its best
-dev evaluation), the test metrics where the run scored a test split, steps, wall time and the exact
-command that produced it. Nothing is trained here: every number comes from a run's own metrics.jsonl.
+Reads each workdir (config.json, metrics.jsonl, summary.txt, command.txt) and writes `<out>.md` (below its
+hand-written findings) and `<out>.json`: per run the task, method, the dev metrics of the parameters the
+run ended with (its best dev evaluation), the test metrics where the run scored a test split, steps, wall
+time and the exact command that produced it. Nothing is trained here: every number comes from a run's own metrics.jsonl.
 """
 
 import datetime
@@ -16,7 +16,7 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 from ftjax import cli  # noqa: E402
-from ftjax.results import commit, describe, machine  # noqa: E402
+from ftjax.results import commit, describe, machine, write_page  # noqa: E402
 
 flags.DEFINE_string("out", "results/tasks", "output path without extension (.md and .json are written)")
 flags.DEFINE_string("title", "Fine-tuning runs", "heading of the table")
@@ -38,8 +38,6 @@ def main(argv):
     raise FileNotFoundError("name the run folders to tabulate")
   fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items()) or "—"
   md = [
-    f"# {FLAGS.title}",
-    "",
     f"Regenerate: `python scripts/report.py {shlex.join(regenerate_flags() + argv[1:])}` (reads the runs; trains "
     "nothing).",
     f"Commit {commit()}, {datetime.date.today()}, {machine()}, {len(runs)} runs.",
@@ -57,7 +55,7 @@ def main(argv):
   md += ["", "Commands:", ""] + [f"- {Path(r['workdir']).name}: `{r['command']}`" for r in runs]
   out = Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".md").write_text("\n".join(md) + "\n")
+  write_page(out.with_suffix(".md"), FLAGS.title, "\n".join(md) + "\n")
   out.with_suffix(".json").write_text(json.dumps(runs, indent=2) + "\n")
   print("\n".join(md))
 

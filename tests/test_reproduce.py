@@ -249,22 +249,27 @@ def test_a_cell_another_table_already_ran_is_linked_not_retrained(tmp_path, tiny
   assert cell["dev"] == methods["dev"] and cell["same_run_as"].endswith("methods/rte-full-s0")
 
 
-def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column():
-  """The compute line prices a missing cell at the mean cost of the finished runs of its row and column
-  (CPU minutes, wall minutes where a run did not record CPU time) and counts the rest as unpriced."""
+def tiny_table():
+  """A table of 12 cells (full and LoRA × RTE and CoLA × 3 seeds) that nothing trains: tests give it records."""
   from configs.tables import Cell, Column, Table
-  from conftest import load_script
 
-  reproduce = load_script("reproduce")
   cells = tuple(
     Cell(f"{row}-{task}-s{seed}", row, task, seed, "configs/glue.py:rte")
     for row in ("full", "lora")
     for task in ("rte", "cola")
     for seed in (0, 1, 2)
   )
-  table = Table(
+  return Table(
     "t", "t", "", (Column("RTE", "rte", "dev", "accuracy"), Column("CoLA", "cola", "dev", "matthews")), cells
   )
+
+
+def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column():
+  """The compute line prices a missing cell at the mean cost of the finished runs of its row and column
+  (CPU minutes, wall minutes where a run did not record CPU time) and counts the rest as unpriced."""
+  from ftjax.tables.tabulate import compute_line
+
+  table = tiny_table()
 
   def run(name, row, column, cpu, wall):
     return {"cell": name, "row": row, "column": column, "cpu_minutes": cpu, "wall_minutes": wall, "same_run_as": None}
@@ -274,9 +279,58 @@ def test_cells_still_to_run_are_priced_by_finished_runs_of_their_row_and_column(
     run("full-rte-s1", "full", "rte", None, 40.0),
     run("lora-cola-s0", "lora", "cola", 60.0, 61.0),
   ]
-  line = reproduce.compute_line(table, finished)
+  line = compute_line(table, finished)
   assert "2.2 wall-hours over the 3 runs" in line and "1.3 CPU-hours over the 2 that recorded" in line
   # full-rte-s2 at mean(20, 40) = 30 min, lora-cola-s1 and -s2 at 60 min each: 150 min; full-cola, lora-rte unpriced
   assert "Still to run: 9 cells, ~2.5 CPU-hours for the 3 of them priced" in line
-  all_but_one = [run(c.name, c.row, c.column, 10.0, 10.0) for c in cells[1:]]
-  assert "Still to run: 1 cell, ~0.2 CPU-hours for the 1 of them priced" in reproduce.compute_line(table, all_but_one)
+  all_but_one = [run(c.name, c.row, c.column, 10.0, 10.0) for c in table.cells[1:]]
+  assert "Still to run: 1 cell, ~0.2 CPU-hours for the 1 of them priced" in compute_line(table, all_but_one)
+
+
+def test_tabulating_keeps_the_pages_findings_and_rewrites_the_rest(tmp_path):
+  """results/<table>.md is written below its findings: a table tabulated again from its recorded cells
+  keeps title and findings byte for byte, and its generated part says what the cells measured now."""
+  from ftjax.results import GENERATED_BELOW
+  from ftjax.tables.grid import Grid
+  from ftjax.tables.tabulate import write_results
+
+  table = tiny_table()
+  grid = Grid(table, tmp_path / "runs" / "t", tmp_path / "results", tables={"t": lambda: table})
+
+  def record(cell, accuracy):
+    command = "python " + " ".join(grid.argv(cell, grid.root / cell.name))
+    return {
+      "cell": cell.name,
+      "row": cell.row,
+      "column": cell.column,
+      "dev": {"accuracy": accuracy},
+      "test": {},
+      "best_step": 10,
+      "steps": "10/10",
+      "wall_minutes": 1.0,
+      "cpu_minutes": 2.0,
+      "trainable_params": 1000,
+      "total_params": 4000,
+      "commit": "abc1234",
+      "machine": "a test",
+      "same_run_as": None,
+      "command": command,
+    }
+
+  rte = [c for c in table.cells if c.row == "full" and c.column == "rte"]
+  grid.out.mkdir()
+  (grid.out / "t.json").write_text(json.dumps({"cells": [record(c, 60.0 + c.seed) for c in rte]}))
+  page = grid.out / "t.md"
+  write_results(grid)
+  text = page.read_text()
+  assert text.startswith(f"# t\n\n{GENERATED_BELOW}\n\nRegenerate: `python scripts/reproduce.py --table=t`")
+  assert "| full | 1.0k (25.00%) | 61.0 ± 1.0 (3/3) | not run (0/3) |" in text and text.count("# t") == 1
+  head = text[: text.index(GENERATED_BELOW)].replace("# t\n", "# Tiny table\n\n## Findings\n\nRTE: 61 ± 1.\n")
+  page.write_text(head + GENERATED_BELOW + "\n\nstale generated text\n")
+  recorded = json.loads((grid.out / "t.json").read_text())
+  recorded["cells"][0]["dev"]["accuracy"] = 63.0  # the same run, recorded with another number
+  (grid.out / "t.json").write_text(json.dumps(recorded))
+  assert {r["cell"] for r in write_results(grid)} == {c.name for c in rte}
+  again = page.read_text()
+  assert again.startswith(head + GENERATED_BELOW + "\n\nRegenerate:") and "stale generated text" not in again
+  assert "| full | 1.0k (25.00%) | 62.0 ± 1.0 (3/3) |" in again
