@@ -320,6 +320,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
         checkpoints.save(saved_part(), loop_state)
       if stop.received and not (last or loop_state["stopped_early"]):
         writer.flush()
+        bar.close()
         _stop_with_checkpoint(stop, checkpoints, saved_part(), loop_state, pending, started, cpu_started, workdir)
       if last or loop_state["stopped_early"]:
         break

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -31,12 +30,13 @@ class StopSignals:
       os.kill(os.getpid(), signum)
       return
     self.received = signal.Signals(signum).name
-    print(
+    # os.write, not print: the handler may interrupt a print to stderr (the progress bar), and a second
+    # write into the same buffered stream would raise "reentrant call"
+    message = (
       f"\n{self.received} received: stopping after a checkpoint at the next step boundary "
-      "(send it again to stop at once)",
-      file=sys.stderr,
-      flush=True,
+      "(send it again to stop at once)\n"
     )
+    os.write(2, message.encode())  # stderr
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from ftjax import checkpoints as ckpt
 from ftjax import loop
 from ftjax.errors import EXIT_INPUT, EXIT_STOPPED, EXIT_STORAGE, InputError, Stopped, StorageError
 
-from conftest import REPO, SCRIPT_ENV, checkpoint_steps, metric_lines, tiny_config
+from conftest import REPO, SCRIPT_ENV, checkpoint_steps, metric_lines, script, tiny_config
 from test_loop import assert_trees_equal, best_tree, latest_tree, without_timing
 from tiny_run import host, tiny_run
 
@@ -301,6 +301,31 @@ def test_a_bad_metrics_line_before_the_last_names_the_line(tmp_path):
   (tmp_path / "metrics.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl\n{"step": 3}\n')
   with pytest.raises(InputError, match=rf"^{tmp_path / 'metrics.jsonl'}:2: not a JSON line"):
     loop._truncate_metrics(tmp_path, 3)
+
+
+# --- 7. all of it at random moments: scripts/chaos.py, smaller --------------------------------------------
+
+
+# `slow` (~2 min on 2 cores: 7 starts of a script). The full run (MiniLM, 20 kills, 5 terms) is in the
+# closing note of issue 52.
+@pytest.mark.slow
+def test_chaos_ends_identical_to_an_uninterrupted_run(tmp_path, tiny_bert, rte_dir):
+  result = script(
+    "chaos",
+    f"--workdir={tmp_path}",
+    f"--data_dir={rte_dir}",
+    f"--model={tiny_bert}",
+    "--kills=4",
+    "--terms=2",
+    "--max_steps=24",
+    "--checkpoint_every=4",
+    "--eval_every=8",
+    "--max_train_examples=64",
+    timeout=900,
+  )
+  out = result.stdout
+  assert out.strip().splitlines()[-1] == "CHAOS kills=4 terms=2 corruptions=1 identical=yes", out
+  assert "reported it: checkpoint of step" in out and out.count("exit status 75, stopped: SIGTERM at step") == 2
 
 
 # --- 6. errors users cause: one line; --debug or FTJAX_DEBUG=1 shows the traceback ---------------------
