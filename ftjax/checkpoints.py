@@ -17,9 +17,11 @@ leaves both. On resume the newest latest checkpoint that restores and matches it
 that fails (corrupt, truncated, missing files: a flipped byte can restore without error, hence the
 sha256) is named in one line and the next older one is tried.
 
-Several processes (a sharded run): each process restores its part of a step, and the step is used only
-if every process restored its part (`_everywhere`), so all processes walk back together. The sha256 is
-taken of fully addressable arrays only; a checkpoint of sharded arrays relies on orbax's own read errors.
+Several processes (a sharded run, each writing its own shards under ocdbt.process_<i>/): each process
+restores its part of a step, and the step is used only if every process restored its part
+(`_everywhere`), so all processes walk back together; process 0 moves the failed ones aside. A process
+whose part fails leaves the others in orbax's end-of-restore barrier until its timeout, then they vote
+too. The sha256 is taken of fully addressable arrays only; sharded arrays rely on orbax's read errors.
 """
 
 from __future__ import annotations
@@ -262,8 +264,8 @@ class Checkpoints:
         shutil.rmtree(partial, ignore_errors=True)
       manager.reload()
       raise StorageError(
-        f"could not write the {what} checkpoint of step {step} to {folder}: {_write_cause(e)}; the older checkpoints "
-        f"are intact: free space (or fix the permissions) and rerun the command to resume"
+        f"could not write the {what} checkpoint of step {step} to {folder}: {_write_cause(e)}; the older "
+        "checkpoints are intact: free space (or fix the permissions) and rerun the command to resume"
       ) from e
 
   def best_step(self) -> int | None:

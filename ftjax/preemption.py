@@ -2,7 +2,9 @@
 short grace period (30 s on GCP spot VMs, 2 min on AWS), and Ctrl-C sends SIGINT.
 
 The first signal is only recorded (`StopSignals.received`); the loop reads it at the next step boundary,
-saves a checkpoint there and stops (ftjax.errors.Stopped, exit status 75). A second signal ends the
+saves a checkpoint there and stops (ftjax.errors.Stopped, exit status 75). Steps are dispatched
+asynchronously and the host waits for the device only when it logs (every `log_every` steps), so that
+boundary can be up to `log_every` steps of device time after the signal. A second signal ends the
 process at once, killed by that signal, as if no handler were installed: orbax's write-then-rename keeps
 the previous checkpoint intact.
 """

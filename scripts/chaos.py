@@ -290,11 +290,14 @@ def main(argv):
       print(f"term {terms:2d}: exit status {status}, {stopped[-1] if stopped else 'no stop line'}", flush=True)
       if status != 75 or not stopped:
         sys.exit(f"SIGTERM did not stop the run with a checkpoint (status {status}): {log}")
-    if check_walk_back == attempt:
-      reported = [line for line in log.read_text().splitlines() if "does not restore" in line]
-      if not reported:
-        sys.exit(f"the start after the corruption did not report it: {log}")
-      print(f"  start {attempt} reported it: {reported[0][:150]}...", flush=True)
+    if check_walk_back is not None and check_walk_back <= attempt:  # the first start to reach the restore
+      text = log.read_text()
+      reported = [line for line in text.splitlines() if "does not restore" in line]
+      if reported:
+        print(f"  start {attempt} reported it: {reported[0][:150]}...", flush=True)
+        check_walk_back = None
+      elif "resuming" in text or fault == "finish":
+        sys.exit(f"the first start to restore after the corruption did not report it: {log}")
     if fault == "kill" and not corruptions and kills >= corrupt_after and len(checkpoint_steps(latest)) >= 2:
       step, files = damage_newest(chaos)
       corruptions, check_walk_back = 1, attempt + 1
