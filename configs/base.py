@@ -102,6 +102,8 @@ def get_config():
   c.eval_every = 500  # evaluate on dev every this many steps (and at the end) [steps]; 0 = only at the end
   c.checkpoint_every = 500  # save a checkpoint every this many steps (and at the end) [steps]
   c.keep_checkpoints = 2  # latest checkpoints kept for resuming
+  c.resume = True  # rerunning on a workdir resumes from its newest checkpoint that restores; False → start
+  # afresh at step 0, deleting the workdir's checkpoints (the way out when none of them restores)
   c.log_every = 50  # write train metrics every this many steps (one host sync each) [steps]
   c.early_stopping = ml_collections.ConfigDict()
   c.early_stopping.metric = ""  # dev metric to select on; "" → the task's usual (accuracy, matthews, pearson, f1, …)

@@ -3,9 +3,11 @@
 Sections: run record → data → model, method and trainability → optimiser and state → resume or
 `init_from` → devices → the loop (log, evaluate, early-stop, checkpoint) → final evaluation and summary.
 
-Rerunning the same command on the same workdir resumes from the latest checkpoint: the data order is a
-function of (seed, epoch), the dropout key of (seed, step), and the optimiser state is restored, so the
-resumed run ends with the parameters of an uninterrupted one, bit for bit.
+Rerunning the same command on the same workdir resumes from the newest checkpoint that restores (an
+older one if the newest is corrupt: checkpoints.py): the data order is a function of (seed, epoch), the
+dropout key of (seed, step), and the optimiser state is restored, so the resumed run ends with the
+parameters and metrics.jsonl of an uninterrupted one, bit for bit. SIGTERM or SIGINT (preemption.py)
+stops the run after a checkpoint at the next step boundary (ftjax.errors.Stopped, exit status 75).
 
 Files in the workdir: config.json, run.json (task, labels, backbone reference), metrics.jsonl (one JSON
 object a line: step, split, metrics), tensorboard/, checkpoints/ (see checkpoints.py), summary.txt,
@@ -25,9 +27,9 @@ import numpy as np
 import tqdm
 
 from ftjax import checkpoints as ckpt
-from ftjax import experiment, models, optim, parallel, step as steps, trainability, xla_cpu
+from ftjax import experiment, models, optim, parallel, preemption, step as steps, trainability, xla_cpu
 from ftjax.data import pipeline
-from ftjax.errors import InputError
+from ftjax.errors import InputError, Stopped
 from ftjax.tasks import datasets
 from ftjax.workdir_lock import exclusive_workdir
 
@@ -142,11 +144,12 @@ def train_and_evaluate(config, workdir) -> dict:
   """Fine-tunes as `config` says, in `workdir`; returns the final metrics per split."""
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  with exclusive_workdir(workdir), xla_cpu.restoring_lowering():  # the run's lowering ends with the run
-    return _train_and_evaluate(config, workdir)
+  # The run's XLA:CPU lowering and signal handlers end with the run.
+  with exclusive_workdir(workdir), xla_cpu.restoring_lowering(), preemption.stop_signals() as stop:
+    return _train_and_evaluate(config, workdir, stop)
 
 
-def _train_and_evaluate(config, workdir: Path) -> dict:
+def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> dict:
   started = time.time()
   cpu_started = time.process_time()  # CPU seconds of all this process's threads: what a grid's budget counts
 
@@ -199,16 +202,18 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
 
   # --- resume, or start from a finished run ------------------------------------------------------
   checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
+  if not config.resume:
+    checkpoints.discard()
   if checkpoints.latest_step() is not None:
-    state, loop_state = checkpoints.restore(state)
+    state, loop_state = checkpoints.restore(state)  # the newest that restores (checkpoints.py)
     print(f"resuming {workdir} at step {int(state.step)}")
     # the time earlier processes spent reaching this checkpoint (work after it is redone, so not counted)
     started -= loop_state.setdefault("wall_seconds", 0.0)
     cpu_started -= loop_state.setdefault("cpu_seconds", 0.0)
-    _truncate_metrics(workdir, int(state.step))
   elif config.init_from:
     state = state.replace(trainable=load_trained(config.init_from, state.trainable))
     print(f"starting from the trained parameters of {config.init_from}")
+  _truncate_metrics(workdir, int(state.step))  # at step 0: the lines of a run killed before its first checkpoint
 
   # --- devices --------------------------------------------------------------------------------------
   par = parallel.make_parallel(config.parallel)
@@ -246,8 +251,9 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
 
   step = int(saved_part().step)
   dev_history: dict[int, dict] = {}
-  pending: list = []  # per-step device metrics, fetched once per log interval (no per-step sync)
-  window_start, window_examples = time.time(), 0
+  # per-step device metrics, fetched once per log interval (no per-step sync); a stop at a signal saved its own
+  pending: list = _window_from_json(loop_state.pop("unlogged", []))
+  window_start, window_examples = time.time(), len(pending) * config.batch_size
   bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
   def flush():
@@ -256,13 +262,7 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     if not pending:
       return
     fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
-      if m["nonfinite"]:
-        raise NonFiniteError(
-          f"non-finite loss or gradient at step {s} (loss sum {m['objective_sum']}, "
-          f"gradient norm {m['grad_norm']}); the state was not updated and the last good "
-          f"checkpoint under {workdir / 'checkpoints'} is intact"
-        )
+    _check_finite(pending, fetched, workdir)
     last_step = pending[-1][0]
     loss = sum(m["loss_sum"] for m in fetched) / max(sum(m["count"] for m in fetched), 1.0)
     elapsed = max(time.time() - window_start, 1e-9)
@@ -278,6 +278,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
     bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{values['examples_per_second']:.1f}")
     pending, window_start, window_examples = [], time.time(), 0
 
+  if stop.received:  # during start-up: the checkpoint restored (if any) is where the next run starts
+    raise Stopped(f"{stop.received} before the first step; rerun the command to resume")
   while step < total_steps and not loop_state["stopped_early"]:
     epoch, start = divmod(step, steps_per_epoch)
     batches = pipeline.train_batches(train.features, config.batch_size, config.seed, epoch, start)
@@ -317,10 +319,16 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
         loop_state["wall_seconds"] = time.time() - started
         loop_state["cpu_seconds"] = time.process_time() - cpu_started
         checkpoints.save(saved_part(), loop_state)
+      if stop.received and not (last or loop_state["stopped_early"]):
+        writer.flush()
+        bar.close()
+        _stop_with_checkpoint(stop, checkpoints, saved_part(), loop_state, pending, started, cpu_started, workdir)
       if last or loop_state["stopped_early"]:
         break
   flush()
   bar.close()
+  if stop.received:  # the last checkpoint is saved: the rerun does the final evaluation
+    raise Stopped(f"{stop.received} after the last step ({step}); rerun the command for the final evaluation")
 
   # --- final evaluation and summary ------------------------------------------------------------------
   if checkpoints.best_step() is None:  # no dev metric to select on: the final parameters are "best"
@@ -372,12 +380,75 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
   return final
 
 
+def _check_finite(pending, fetched, workdir: Path) -> None:
+  """NonFiniteError naming the first step of `pending` (with its fetched metrics) whose loss or gradient
+  was NaN or infinite."""
+  for (s, _), m in zip(pending, fetched):
+    if m["nonfinite"]:
+      raise NonFiniteError(
+        f"non-finite loss or gradient at step {s} (loss sum {m['objective_sum']}, "
+        f"gradient norm {m['grad_norm']}); the state was not updated and the last good "
+        f"checkpoint under {workdir / 'checkpoints'} is intact"
+      )
+
+
+def _window_to_json(pending, fetched) -> list:
+  """The steps' metrics not yet logged, as JSON for the loop state: [step, {name: [dtype, value]}]."""
+  return [
+    [s, {k: [np.asarray(v).dtype.name, np.asarray(v).tolist()] for k, v in m.items()}]
+    for (s, _), m in zip(pending, fetched)
+  ]
+
+
+def _window_from_json(saved: list) -> list:
+  """`pending` as it was when saved, with the same dtypes: the resumed run logs the same averages."""
+  return [(s, {k: np.asarray(v, dtype) for k, (dtype, v) in m.items()}) for s, m in saved]
+
+
+def _stop_with_checkpoint(stop, checkpoints, host_state, loop_state, pending, started, cpu_started, workdir) -> None:
+  """Saves a checkpoint here, between log intervals, with the unlogged steps' metrics in it (the resumed
+  run writes the same metrics.jsonl lines as an uninterrupted one), and raises Stopped."""
+  fetched = jax.device_get([m for _, m in pending])
+  _check_finite(pending, fetched, workdir)
+  saved = {
+    **loop_state,
+    "unlogged": _window_to_json(pending, fetched),
+    "wall_seconds": time.time() - started,
+    "cpu_seconds": time.process_time() - cpu_started,
+  }
+  checkpoints.save(host_state, saved)
+  step = int(host_state.step)
+  raise Stopped(
+    f"{stop.received} at step {step}: checkpoint saved in {checkpoints.latest.directory / str(step)}; "
+    "rerun the command to resume"
+  )
+
+
 def _truncate_metrics(workdir: Path, step: int) -> None:
-  """On resume, drop metric lines written after the checkpoint: they will be written again."""
+  """On resume, drop metric lines written after the checkpoint: they will be written again. A last line
+  cut short (a kill in mid-write) is dropped too; a bad line before it is an error naming the line."""
   file = workdir / "metrics.jsonl"
-  if file.exists():
-    lines = [l for l in file.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-    file.write_text("".join(l + "\n" for l in lines))
+  if not file.exists():
+    return
+  lines = file.read_text().splitlines()
+  kept = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      if number < len(lines):
+        raise InputError(f"{file}:{number}: not a JSON line ({e}); delete the line to resume") from None
+      print(f"{file}:{number}: dropped a line cut short ({line[:60]!r}), written by a process killed while writing it")
+      continue
+    if record["step"] <= step:
+      kept.append(line)
+  text = "".join(l + "\n" for l in kept)
+  if text != "".join(l + "\n" for l in lines):
+    partial = file.with_suffix(".jsonl.tmp")  # written whole, then renamed: a kill here loses no line
+    partial.write_text(text)
+    partial.replace(file)
 
 
 def load_trained(workdir, trainable_template):

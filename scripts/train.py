@@ -1,8 +1,20 @@
 """Fine-tune: `python scripts/train.py --config=configs/glue.py:rte --workdir=runs/rte [--config.x=...]`.
 
-Rerunning the same command on the same workdir resumes from its latest checkpoint. A problem with the
-config or the data (a malformed row, an unknown label, a missing file, ...) stops the run with one line,
-`error: <message>` naming the key or the file and line, and exit status 2.
+Rerunning the same command on the same workdir resumes from its newest checkpoint that restores (a
+corrupt one is named in one line and the next older one used; `--config.resume=false` starts afresh).
+SIGTERM or SIGINT (preemption, Ctrl-C) saves a checkpoint at the next step boundary and exits; a second
+signal exits at once. A problem with the config or the data (a malformed row, an unknown label, a missing
+file, ...) stops the run with one line, `error: <message>` naming the key or the file and line; `--debug`
+or FTJAX_DEBUG=1 shows the traceback instead.
+
+Exit status (ftjax/errors.py):
+  0   done
+  1   a bug: an unexpected exception, with its traceback
+  2   bad input: a config key, a data file and line, a path, no checkpoint that restores
+  74  the workdir could not be written (disk full, no permission): the older checkpoints are intact;
+      free space and rerun to resume
+  75  stopped by SIGTERM or SIGINT after saving a checkpoint: rerun the same command to resume
+      (killed by a second signal: 143 or 130 in a shell)
 """
 
 import shlex

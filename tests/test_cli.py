@@ -3,13 +3,15 @@ train → evaluate → predict for a GLUE task and CoNLL-2003, a CSV with its ow
 alone, `init_from` continuing a finished run, and one clear message for each kind of bad input.
 
 The scripts spend most of their time importing and loading, so the module starts them together: first
-two trainings and two bad-input runs, then evaluation and prediction on the finished runs. The CSV
-config and the other bad inputs go through the same command-line parsing and `train_and_evaluate` in
-this process, which is much cheaper than a fresh interpreter each.
+two trainings and two bad-input runs, then evaluation and prediction on the finished runs (and the RTE
+run again on a copy none of whose checkpoints restores). The CSV config and the other bad inputs go
+through the same command-line parsing and `train_and_evaluate` in this process, which is much cheaper
+than a fresh interpreter each.
 """
 
 import csv
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -163,6 +165,13 @@ def cli(tmp_path_factory, tiny_bert, tfds_dir, rte_dir, conll_dir):
     ),
   }
   after = {k: v for k, v in after.items() if results["train_" + k.split("_")[1]].returncode == 0}
+  if results["train_rte"].returncode == 0:  # the RTE run again on a copy none of whose checkpoints restores
+    work["rte_corrupt"] = root / "rte_corrupt"
+    shutil.copytree(work["rte"], work["rte_corrupt"])
+    for checkpoint in (work["rte_corrupt"] / "checkpoints" / "latest").iterdir():
+      (checkpoint / "state" / "_METADATA").unlink()
+    args = [f"--workdir={work['rte_corrupt']}" if a.startswith("--workdir=") else a for a in runs["train_rte"][1]]
+    after["train_rte_corrupt"] = ("train", args, None)
   before_evaluate = len(metric_lines(work["conll"])) if "evaluate_conll" in after else 0
   results.update(scripts_together(after))
   return {
@@ -200,6 +209,20 @@ def test_predict_classification_from_stdin(cli):
     assert set(row["scores"]) == {"entailment", "not_entailment"}
     assert row["score"] == max(row["scores"].values())
     assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_no_checkpoint_that_restores_stops_the_script_with_one_line(cli):
+  check(cli["results"]["train_rte"])
+  result, latest = cli["results"]["train_rte_corrupt"], cli["work"]["rte_corrupt"] / "checkpoints" / "latest"
+  output = result.stdout + result.stderr
+  assert result.returncode == 2 and "Traceback" not in output, output[-3000:]
+  assert result.stderr.endswith("\n") and result.stderr.count(f"error: no checkpoint under {latest} restores") == 1
+  last = result.stderr.rstrip("\n").splitlines()[-1]
+  assert (
+    last.startswith(f"error: no checkpoint under {latest} restores (steps [3, 6]") and "--config.resume=false" in last
+  )
+  for step in (6, 3):  # each one named with its cause, on stdout
+    assert f"checkpoint of step {step} in {latest / str(step)} does not restore (" in result.stdout
 
 
 # --- CoNLL-2003 ---------------------------------------------------------------------------------------
