@@ -255,7 +255,8 @@ def _train_and_evaluate(config, workdir: Path) -> dict:
   dev_history: dict[int, dict] = {}
   pending: list = []  # per-step device metrics, fetched once per log interval (no per-step sync)
   window_start, window_examples = time.time(), 0
-  bar = progress.TrainProgress(total_steps, step)  # advances as steps finish, not as they are dispatched
+  # advances as steps finish, not as they are dispatched; its time left counts the evaluations to come
+  bar = progress.TrainProgress(total_steps, step, eval_every=config.eval_every if dev is not None else None)
 
   def flush():
     """Fetch pending metrics; stop on a non-finite step; log the window's averages."""

@@ -8,9 +8,9 @@ device always has queued work and the newest step is never waited on) and the ba
 The count on the bar is a finished step, at most `IN_FLIGHT` behind the last dispatched one.
 
 Rate and estimate count training time only: the clock starts when the first step finishes (its time is
-mostly compilation) and stops while the run evaluates (`paused`). The estimate is the steps left times
-the mean training seconds per step (checkpoint saves included); evaluations to come are not in it. An
-evaluation shows its own short bar over the split's batches (`batches`), then one line: step, metrics,
+mostly compilation) and stops while the run evaluates (`paused`). The time left is the steps left times
+the mean training seconds per step (checkpoint saves included), plus the evaluations still to come times
+the mean seconds of those done (none before the first). An evaluation shows its own short bar over the split's batches (`batches`), then one line: step, metrics,
 and whether it is the best so far (`evaluation_line`). Output that is not a terminal (CI, nohup, a pipe)
 gets a plain line every `PLAIN_EVERY` seconds instead of a redrawn bar.
 """
@@ -63,13 +63,23 @@ class _Bar(tqdm.tqdm):
 
 class TrainProgress:
   """The train bar: `dispatched(step, metrics)` after each step call, `completed(step)` once metrics up
-  to `step` were fetched, `paused()` around evaluations, `close()` at the end."""
+  to `step` were fetched, `paused()` around evaluations, `close()` at the end. `eval_every` is the
+  loop's: None without evaluations, 0 for one at the end only, else every that many steps and at the end."""
 
-  def __init__(self, total: int, initial: int = 0, *, in_flight: int = IN_FLIGHT, clock=time.monotonic):
-    self.total, self.done, self.in_flight, self.clock = total, initial, in_flight, clock
+  def __init__(
+    self,
+    total: int,
+    initial: int = 0,
+    *,
+    eval_every: int | None = None,
+    in_flight: int = IN_FLIGHT,
+    clock=time.monotonic,
+  ):
+    self.total, self.done, self.eval_every, self.in_flight, self.clock = total, initial, eval_every, in_flight, clock
     self.window: collections.deque = collections.deque()  # (step, device metrics), oldest first
     self.first = None  # (step, time) of the first completion seen: where the training clock starts
     self.paused_seconds = 0.0  # evaluation time after `first`, kept out of the rate
+    self.eval_seconds: list[float] = []  # each evaluation's duration
     self.started = self.last_line = clock()
     self.postfix = ""
     self.bar = (
@@ -94,9 +104,9 @@ class TrainProgress:
     if self.first is None:
       self.first = (step, self.clock())
     if step > self.done:
+      moved, self.done = step - self.done, step  # `done` first: the bar's redraw reads it
       if self.bar is not None:
-        self.bar.update(step - self.done)
-      self.done = step
+        self.bar.update(moved)
     if self.bar is None and self.clock() - self.last_line >= PLAIN_EVERY:
       self.plain_line()
 
@@ -106,13 +116,27 @@ class TrainProgress:
       return None
     return (self.clock() - self.first[1] - self.paused_seconds) / (self.done - self.first[0])
 
+  def evaluations_left(self) -> int:
+    """Evaluations the loop will still run after step `done` (at multiples of eval_every and the end)."""
+    every, total, done = self.eval_every, self.total, self.done
+    if every is None or done >= total:
+      return 0
+    return (total // every - done // every if every else 0) + (1 if not every or total % every else 0)
+
+  def seconds_left(self) -> float | None:
+    spent = self.seconds_per_step()
+    if spent is None:
+      return None
+    per_eval = sum(self.eval_seconds) / len(self.eval_seconds) if self.eval_seconds else 0.0
+    return (self.total - self.done) * spent + self.evaluations_left() * per_eval
+
   def timing(self) -> dict:
     """{"eta", "step_time"} as the bar shows them."""
-    spent = self.seconds_per_step()
+    spent, left = self.seconds_per_step(), self.seconds_left()
     if spent is None:
       return {"eta": "?", "step_time": "?s/step"}
     step_time = f"{spent:.2f}s/step" if spent >= 1 else f"{1 / max(spent, 1e-9):.2f}step/s"
-    return {"eta": tqdm.tqdm.format_interval((self.total - self.done) * spent), "step_time": step_time}
+    return {"eta": tqdm.tqdm.format_interval(left), "step_time": step_time}
 
   def set_postfix(self, **values) -> None:
     self.postfix = "  ".join(f"{k} {v}" for k, v in values.items())
@@ -136,8 +160,9 @@ class TrainProgress:
     try:
       yield
     finally:
+      self.eval_seconds.append(self.clock() - start)
       if self.first is not None:
-        self.paused_seconds += self.clock() - start
+        self.paused_seconds += self.eval_seconds[-1]
 
   def evaluated(self, step: int, split: str, values: dict, metric: str, improved: bool, best_step, best_value):
     write(evaluation_line(step, split, values, metric, improved, best_step, best_value))

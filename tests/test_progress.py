@@ -136,7 +136,7 @@ def test_estimate_leaves_out_compilation_and_evaluation_and_prints_plain_lines(m
   now = [0.0]
   monkeypatch.setattr(progress, "PLAIN_EVERY", 0.0)  # a line at every completion
   monkeypatch.setattr(progress, "is_terminal", lambda file: False)  # CI, nohup, a pipe
-  bar = progress.TrainProgress(10, in_flight=0, clock=lambda: now[0])
+  bar = progress.TrainProgress(10, eval_every=4, in_flight=0, clock=lambda: now[0])  # evaluates at 4, 8, 10
   ready = {"loss_sum": np.zeros(())}
 
   def step(s, at):
@@ -146,20 +146,40 @@ def test_estimate_leaves_out_compilation_and_evaluation_and_prints_plain_lines(m
   step(1, 40.0)  # the first step: compilation
   step(2, 43.0)
   step(3, 46.0)
+  step(4, 49.0)
+  assert bar.evaluations_left() == 2  # at 8 and 10 (the one at 4 starts now: its time is unknown yet)
   with bar.paused():  # a 60-second evaluation
-    now[0] = 106.0
-  step(4, 109.0)
-  assert bar.seconds_per_step() == pytest.approx(3.0)  # (109 − 40 − 60) / 3
-  bar.set_postfix(loss="0.6931")
+    now[0] = 109.0
   step(5, 112.0)
+  assert bar.seconds_per_step() == pytest.approx(3.0)  # (112 − 40 − 60) / 4
+  assert bar.seconds_left() == pytest.approx(5 * 3.0 + 2 * 60.0)
+  bar.set_postfix(loss="0.6931")
+  step(6, 115.0)
   bar.close()
   out = capsys.readouterr().out
   assert "\r" not in out
-  lines = out.splitlines()
-  assert lines[0] == "train step 1/10 (10%)  elapsed 00:40  left ?  ?s/step"
-  assert lines[3] == "train step 4/10 (40%)  elapsed 01:49  left 00:18  3.00s/step"
-  assert lines[4] == "train step 5/10 (50%)  elapsed 01:52  left 00:15  3.00s/step  loss 0.6931"
-  assert len(lines) == 6  # and one at the end
+  assert out.splitlines() == [
+    "train step 1/10 (10%)  elapsed 00:40  left ?  ?s/step",
+    "train step 2/10 (20%)  elapsed 00:43  left 00:24  3.00s/step",
+    "train step 3/10 (30%)  elapsed 00:46  left 00:21  3.00s/step",
+    "train step 4/10 (40%)  elapsed 00:49  left 00:18  3.00s/step",
+    "train step 5/10 (50%)  elapsed 01:52  left 02:15  3.00s/step",
+    "train step 6/10 (60%)  elapsed 01:55  left 02:12  3.00s/step  loss 0.6931",
+    "train step 6/10 (60%)  elapsed 01:55  left 02:12  3.00s/step  loss 0.6931",  # close()
+  ]
+
+
+def test_the_bar_draws_the_step_time_of_the_steps_it_counts(monkeypatch, capsys):
+  now = [0.0]
+  monkeypatch.setattr(progress, "is_terminal", lambda file: True)
+  bar = progress.TrainProgress(10, in_flight=0, clock=lambda: now[0])
+  bar.bar.mininterval, bar.bar.miniters = 0, 1  # draw at every update
+  for s, at in [(1, 40.0), (2, 43.0), (3, 46.0)]:
+    now[0] = at
+    bar.dispatched(s, {"loss_sum": np.zeros(())})
+  drawn = capsys.readouterr().err.split("\r")[-1]
+  assert re.search(r"3/10 \[\S+<00:21, 3\.00s/step\]", drawn), drawn
+  bar.close()
 
 
 def test_evaluation_line_of_a_language_model():
