@@ -24,10 +24,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import tqdm
 
 from ftjax import checkpoints as ckpt
-from ftjax import experiment, models, optim, parallel, preemption, step as steps, trainability, xla_cpu
+from ftjax import experiment, models, optim, parallel, preemption, progress, step as steps, trainability, xla_cpu
 from ftjax.data import pipeline
 from ftjax.errors import InputError, Stopped
 from ftjax.tasks import datasets
@@ -67,11 +66,15 @@ def append_metrics(workdir: Path, step: int, split: str, values: dict, writer=No
       writer.add_scalar(f"{split}/{k}", float(v), step)
 
 
-def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int):
+def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int, desc: str | None = None):
   """(head outputs per feature row, loss sum, count): every row once, in feature order. Batches are
-  padded to different length buckets, so per-token outputs are padded to the widest bucket."""
+  padded to different length buckets, so per-token outputs are padded to the widest bucket. With `desc`,
+  a terminal shows a bar over the batches."""
   parts, loss_sum, count = None, 0.0, 0.0
-  for batch in pipeline.prefetch(pipeline.eval_batches(features, batch_size)):
+  batches = pipeline.prefetch(pipeline.eval_batches(features, batch_size))
+  if desc:
+    batches = progress.batches(batches, math.ceil(len(features["input_ids"]) / batch_size), desc)
+  for batch in batches:
     out, sums = eval_step(trainable, frozen, par.put_batch(batch))
     out = jax.tree.map(par.to_host, out)
     loss_sum += float(np.sum(par.to_host(sums["loss_sum"])))
@@ -99,7 +102,9 @@ def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int)
 
 def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, batch_size: int):
   """(metrics, report) of one split."""
-  outputs, loss_sum, count = run_eval(par, eval_step, trainable, frozen, data.features, batch_size)
+  outputs, loss_sum, count = run_eval(
+    par, eval_step, trainable, frozen, data.features, batch_size, desc=f"eval {data.split}"
+  )
   return data.score(outputs, loss_sum, count)
 
 
@@ -115,7 +120,8 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
   tok = exp.tokenizer
   variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
   hypotheses = []
-  for start in tqdm.trange(0, len(examples), g.batch_size, desc=f"generate {split}", unit="batch"):
+  starts = range(0, len(examples), g.batch_size)
+  for start in progress.batches(starts, len(starts), f"generate {split}"):
     prompts = feats.generation_prompts(examples[start : start + g.batch_size], tok, config.max_length)
     out = generation.generate(
       exp.model,
@@ -237,7 +243,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
   def evaluate(split_data, step):
-    values, report = evaluate_split(par, eval_step, state.trainable, state.frozen, split_data, config.eval_batch_size)
+    with bar.paused():  # evaluation time stays out of the training rate and estimate
+      values, report = evaluate_split(par, eval_step, state.trainable, state.frozen, split_data, config.eval_batch_size)
     if values:
       append_metrics(workdir, step, split_data.split, values, writer)
     if report:
@@ -254,7 +261,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   # per-step device metrics, fetched once per log interval (no per-step sync); a stop at a signal saved its own
   pending: list = _window_from_json(loop_state.pop("unlogged", []))
   window_start, window_examples = time.time(), len(pending) * config.batch_size
-  bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+  # advances as steps finish, not as they are dispatched; its time left counts the evaluations to come
+  bar = progress.TrainProgress(total_steps, step, eval_every=config.eval_every if dev is not None else None)
 
   def flush():
     """Fetch pending metrics; stop on a non-finite step; log the window's averages."""
@@ -275,6 +283,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     if adv.method != "none":
       values["objective"] = sum(m["objective_sum"] for m in fetched) / max(sum(m["count"] for m in fetched), 1.0)
     append_metrics(workdir, last_step, "train", values, writer)
+    bar.completed(last_step)
     bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{values['examples_per_second']:.1f}")
     pending, window_start, window_examples = [], time.time(), 0
 
@@ -288,19 +297,22 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
       step += 1
       pending.append((step, metrics))
       window_examples += config.batch_size
-      bar.update(1)
+      bar.dispatched(step, metrics)  # waits for the step IN_FLIGHT back, never for this one
       last = step == total_steps
       if step % config.log_every == 0 or last:
         flush()
       if dev is not None and ((config.eval_every and step % config.eval_every == 0) or last):
         flush()
         values = dev_history[step] = evaluate(dev, step)
+        window_start = time.time()  # the next window's examples_per_second leaves the evaluation out
         value = values.get(metric_name)
-        if (
+        improved = (
           value is not None
           and math.isfinite(value)
           and (loop_state["best_value"] is None or better(value, loop_state["best_value"]))
-        ):
+        )
+        bar.evaluated(step, dev.split, values, metric_name, improved, loop_state["best_step"], loop_state["best_value"])
+        if improved:
           loop_state.update(
             best_value=value,
             best_step=step,
@@ -313,7 +325,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
           patience = config.early_stopping.patience
           if patience and loop_state["evals_without_improvement"] >= patience:
             loop_state["stopped_early"] = True
-            print(f"early stopping at step {step}: {metric_name} has not improved for {patience} evaluations")
+            progress.write(f"early stopping at step {step}: {metric_name} has not improved for {patience} evaluations")
       if step % config.checkpoint_every == 0 or last or loop_state["stopped_early"]:
         flush()  # raises before saving if a step was non-finite: the last checkpoint stays good
         loop_state["wall_seconds"] = time.time() - started
@@ -338,7 +350,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   if config.early_stopping.restore_best and loop_state["best_step"] not in (None, step):
     host = par.get_state(state)
     state = par.put_state(host.replace(trainable=checkpoints.restore_trainable(host.trainable)))
-    print(
+    progress.write(
       f"restored the best checkpoint (step {loop_state['best_step']}, {metric_name} = {loop_state['best_value']:.3f})"
     )
   params_step = loop_state["best_step"] if config.early_stopping.restore_best and loop_state["best_step"] else step
@@ -377,6 +389,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   )
   (workdir / "summary.txt").write_text(summary)
   print(summary)
+  print(progress.next_commands(workdir, config, exp.model, exp.task.kind), flush=True)
   return final
 
 
