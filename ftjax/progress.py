@@ -10,9 +10,10 @@ The count on the bar is a finished step, at most `IN_FLIGHT` behind the last dis
 Rate and estimate count training time only: the clock starts when the first step finishes (its time is
 mostly compilation) and stops while the run evaluates (`paused`). The time left is the steps left times
 the mean training seconds per step (checkpoint saves included), plus the evaluations still to come times
-the mean seconds of those done (none before the first). An evaluation shows its own short bar over the split's batches (`batches`), then one line: step, metrics,
-and whether it is the best so far (`evaluation_line`). Output that is not a terminal (CI, nohup, a pipe)
-gets a plain line every `PLAIN_EVERY` seconds instead of a redrawn bar.
+the mean seconds of those done (none before the first). An evaluation shows its own short bar over the
+split's batches (`batches`), then one line: step, metrics, and whether it is the best so far
+(`evaluation_line`). Output that is not a terminal (CI, nohup, a pipe) gets a plain line every
+`PLAIN_EVERY` seconds instead of a redrawn bar.
 """
 
 from __future__ import annotations
