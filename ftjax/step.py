@@ -65,8 +65,8 @@ def apply_model(model, task, tree, batch, *, deterministic: bool, rng=None, pert
 
 
 def embedding_width(model) -> int:
-  c = model.config
-  return getattr(c, "hidden_size", None) or getattr(c, "n_embd")
+  c = model.config  # ELECTRA's word embeddings are narrower than its hidden states
+  return getattr(c, "embedding_width", None) or getattr(c, "hidden_size", None) or getattr(c, "n_embd")
 
 
 def make_train_step(

