@@ -100,6 +100,8 @@ class BertEmbeddings(nn.Module):
     embeds = embeds + Embed(c.max_position_embeddings, c.embedding_width, self.dtype, name="position_embeddings")(
       positions
     )
+    if c.type_vocab_size == 1:  # RoBERTa: one type; a BERT tokenizer's second-segment ones would index past it
+      token_type_ids = jnp.zeros_like(token_type_ids)
     if c.type_vocab_size:  # DistilBERT has none
       embeds = embeds + Embed(c.type_vocab_size, c.embedding_width, self.dtype, name="token_type_embeddings")(
         token_type_ids
