@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import bert, gpt2, llama
+from ftjax.models import bert, distilbert, electra, gpt2, llama, roberta
 from ftjax.models.loading import abstract_params, read_tensors
 from ftjax.peft import lora
 from ftjax.peft.spec import PeftSpec
@@ -50,6 +50,32 @@ HF_CLASSES = {
   ("gpt2", "causal_lm"): ("GPT2LMHeadModel", "transformer.", None),  # lm_head is tied to wte
   ("gpt2", "encoder"): ("GPT2Model", "", None),
   ("llama", "causal_lm"): ("LlamaForCausalLM", "", None),  # llama.hf_names are already the full names
+  # XLM-R shares these names; export_hf writes XLMRoberta… for an xlm-roberta config.json.
+  ("roberta", "sequence_classification"): ("RobertaForSequenceClassification", "roberta.", "classifier"),
+  ("roberta", "token_classification"): ("RobertaForTokenClassification", "roberta.", "classifier"),
+  ("roberta", "question_answering"): ("RobertaForQuestionAnswering", "roberta.", "qa_outputs"),
+  ("roberta", "encoder"): ("RobertaModel", "", None),
+  ("electra", "token_classification"): ("ElectraForTokenClassification", "electra.", "classifier"),
+  ("electra", "question_answering"): ("ElectraForQuestionAnswering", "electra.", "qa_outputs"),
+  ("electra", "encoder"): ("ElectraModel", "", None),
+  ("distilbert", "token_classification"): ("DistilBertForTokenClassification", "distilbert.", "classifier"),
+  ("distilbert", "question_answering"): ("DistilBertForQuestionAnswering", "distilbert.", "qa_outputs"),
+  ("distilbert", "encoder"): ("DistilBertModel", "", None),
+}
+
+# Task classes whose head holds what ftjax keeps elsewhere: our module ("pooler" of the backbone, or a
+# head module) → its name in the task class. RobertaClassificationHead is dense → tanh → out_proj on
+# <s>, which is BERT's pooler followed by BERT's classifier.
+HEAD_LAYOUTS = {
+  ("roberta", "sequence_classification"): {"pooler": "classifier.dense", "classifier": "classifier.out_proj"},
+}
+
+# Why some (architecture, task) pairs have no export: their transformers head computes something else.
+NO_EXPORT = {
+  ("electra", "sequence_classification"): "ElectraForSequenceClassification's head is dense → GELU → out_proj on "
+  "[CLS]; ftjax's sequence head is one dense layer on [CLS] or the mean (ELECTRA has no pooler)",
+  ("distilbert", "sequence_classification"): "DistilBertForSequenceClassification's head is pre_classifier → ReLU "
+  "→ classifier on [CLS]; ftjax's sequence head is one dense layer on [CLS] or the mean (DistilBERT has no pooler)",
 }
 
 # Our task → PEFT's task_type (which picks the PeftModel subclass and the Auto class of the base).
@@ -61,8 +87,22 @@ PEFT_TASK_TYPES = {
   "encoder": "FEATURE_EXTRACTION",
 }
 
-# Our model class → its architecture module (model_type, hf_names).
-ARCHITECTURES = {bert.Model: ("bert", bert), gpt2.Model: ("gpt2", gpt2), llama.Model: ("llama", llama)}
+# Our config class → its architecture module (model_type, hf_names). By config, not model class: RoBERTa,
+# ELECTRA and DistilBERT all run bert.Model.
+ARCHITECTURES = {
+  bert.Config: ("bert", bert),
+  roberta.Config: ("roberta", roberta),
+  electra.Config: ("electra", electra),
+  distilbert.Config: ("distilbert", distilbert),
+  gpt2.Config: ("gpt2", gpt2),
+  llama.Config: ("llama", llama),
+}
+
+
+def architecture(model) -> tuple[str, object] | None:
+  """(model_type, architecture module) of a backbone, or None for one ftjax cannot export."""
+  return ARCHITECTURES.get(type(getattr(model, "config", None)))
+
 
 TOKENIZER_FILES = (
   "tokenizer.json",
@@ -85,9 +125,11 @@ def _architecture(model, task: str):
   """(model_type, architecture module, transformers class, backbone prefix, head module name)."""
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  if type(model) not in ARCHITECTURES:
-    raise ValueError(f"cannot export a {type(model).__name__}: ftjax exports {[c.__name__ for c in ARCHITECTURES]}")
-  model_type, arch = ARCHITECTURES[type(model)]
+  if architecture(model) is None:
+    raise ValueError(f"cannot export a {type(model).__name__}: ftjax exports {[m for m, _ in ARCHITECTURES.values()]}")
+  model_type, arch = architecture(model)
+  if (model_type, task) in NO_EXPORT:
+    raise ValueError(f"cannot export a {model_type} {task} run: {NO_EXPORT[model_type, task]}")
   if (model_type, task) not in HF_CLASSES:
     raise ValueError(
       f"transformers has no {model_type} class for task {task!r}; "
@@ -154,10 +196,22 @@ def _shortest_suffixes(selected: set[str], universe: set[str], sep: str) -> list
   return found
 
 
-def _head_tensors(head: dict | None, head_name: str | None, prefix: str) -> dict[str, np.ndarray]:
-  """The head in torch's layout: `<prefix><name>.weight` (out, in) and `.bias`."""
+def _head_tensors(
+  head: dict | None, head_name: str | None, prefix: str, layout: dict | None = None, pooler: dict | None = None
+) -> dict[str, np.ndarray]:
+  """The head in torch's layout: `<prefix><name>.weight` (out, in) and `.bias`; with a HEAD_LAYOUTS
+  `layout`, under the task class's names, the backbone's `pooler` included."""
   if head_name is None:
     return {}
+  if layout:
+    if pooler is None:
+      raise ValueError(
+        f"the task class's head starts with {layout['pooler']!r} (dense → tanh on the first token), which is "
+        "ftjax's pooler, but this backbone has none: train with head_pooling=pooler on a checkpoint that has one"
+      )
+    renamed = _head_tensors(head, head_name, "")
+    renamed.update(_head_tensors({"pooler": pooler}, "pooler", ""))
+    return {prefix + _rename_head(name, layout): value for name, value in renamed.items()}
   if not head or head_name not in head:
     raise ValueError(
       f"the task's transformers class names its head {head_name!r}, but the run's head params have {sorted(head or {})}"
@@ -169,6 +223,12 @@ def _head_tensors(head: dict | None, head_name: str | None, prefix: str) -> dict
   if "bias" in head[head_name]:
     out[f"{prefix}{head_name}.bias"] = np.asarray(head[head_name]["bias"])
   return out
+
+
+def _rename_head(name: str, layout: dict) -> str:
+  """`classifier.weight` → `classifier.out_proj.weight` by a HEAD_LAYOUTS layout."""
+  module, _, leaf = name.rpartition(".")
+  return f"{layout.get(module, module)}.{leaf}"
 
 
 def _label_config(config: dict, task: str, head: dict | None, head_name: str | None, num_labels, id2label) -> dict:
@@ -219,8 +279,10 @@ def export_hf(
   backbone = tree["backbone"]
   if tree.get("lora"):
     backbone = lora.merge(backbone, tree["lora"], model.peft)
-  # BertFor{TokenClassification,QuestionAnswering} have no pooler; sequence classification reads it.
-  with_pooler = _has_pooler(backbone) and task in ("sequence_classification", "encoder")
+  # BertFor{TokenClassification,QuestionAnswering} have no pooler; sequence classification reads it
+  # (RobertaForSequenceClassification in its head: HEAD_LAYOUTS).
+  layout = HEAD_LAYOUTS.get((model_type, task))
+  with_pooler = _has_pooler(backbone) and task in ("sequence_classification", "encoder") and not layout
   if model_type == "bert" and task == "sequence_classification" and not with_pooler:
     raise ValueError("BertForSequenceClassification reads the pooler, but this backbone has none")
   flat = traverse_util.flatten_dict(backbone, sep="/")
@@ -231,9 +293,11 @@ def export_hf(
   flat = {k: v for k, v in flat.items() if not k.startswith("pooler/")}
   if flat:
     raise ValueError(f"backbone params without a transformers name: {sorted(flat)[:5]}")
-  tensors.update(_head_tensors(tree.get("head"), head_name, ""))
+  tensors.update(_head_tensors(tree.get("head"), head_name, "", layout, backbone.get("pooler")))
 
   config = json.loads((source_folder / "config.json").read_text())
+  if config.get("model_type") == "xlm-roberta":  # same names and computation as RoBERTa's classes
+    hf_class = hf_class.replace("Roberta", "XLMRoberta")
   config["architectures"] = [hf_class]
   config = _label_config(config, task, tree.get("head"), head_name, num_labels, id2label)
   if model_type == "gpt2":
@@ -283,12 +347,14 @@ def export_peft(
     tensors[f"{name}.lora_B.weight"] = np.asarray(factors["b"]).T  # (out, r)
     if spec.lora_dora:
       tensors[f"{name}.lora_magnitude_vector"] = np.asarray(factors["magnitude"])
-  head = tree.get("head")
-  tensors.update(_head_tensors(head, head_name, PEFT_PREFIX))
+  head, layout = tree.get("head"), HEAD_LAYOUTS.get((model_type, task))
+  tensors.update(_head_tensors(head, head_name, PEFT_PREFIX, layout, tree["backbone"].get("pooler")))
 
   # PEFT matches a target t against module name m by m == t or m.endswith("." + t): give the shortest
   # names that pick exactly our adapted layers (["query", "value"] rather than every full path).
   universe = set(modules.values()) | ({head_name} if head_name else set())
+  if layout:  # the task class has no pooler; its head has the layout's modules
+    universe = (universe - {"pooler.dense"}) | set(layout.values())
   targets = _shortest_suffixes({modules[p] for p in layers}, universe, ".")
   config = {
     "peft_type": "LORA",
@@ -345,7 +411,9 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
   """(spec, lora tree, head tree or None) from a PEFT LoRA adapter folder, for `model`'s architecture.
 
   The lora tree has ftjax's layout (`lora[<module path>] = {"a", "b"[, "magnitude"]}`); the head is read
-  from `modules_to_save` when the adapter has one. Build the model with the returned spec
+  from `modules_to_save` when the adapter has one. Where the task class's head holds what ftjax keeps in
+  the backbone (HEAD_LAYOUTS: RoBERTa's classifier.dense), the head tree has that part under "pooler":
+  it replaces the backbone's pooler. Build the model with the returned spec
   (`from_pretrained(base, peft=spec)`) to apply them.
   """
   folder = Path(folder)
@@ -359,9 +427,11 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
   unsupported = [k for k in _UNSUPPORTED_PEFT_OPTIONS if config.get(k)]
   if unsupported or config.get("bias", "none") != "none":
     raise ValueError(f"{config_file}: options {unsupported or ['bias']} have no ftjax equivalent")
-  if type(model) not in ARCHITECTURES:
+  if architecture(model) is None:
     raise ValueError(f"cannot import an adapter into a {type(model).__name__}")
-  model_type, arch = ARCHITECTURES[type(model)]
+  model_type, arch = architecture(model)
+  task = {t: ours for ours, t in PEFT_TASK_TYPES.items()}.get(config.get("task_type"))
+  layout_of = {hf: ours for ours, hf in HEAD_LAYOUTS.get((model_type, task), {}).items()}
   params = abstract_params(model)
   modules = _dense_modules(arch, model, _has_pooler(params))
   module_of = {hf: ours for ours, hf in modules.items() if ours != "pooler"}  # our pooler hosts no LoRA
@@ -397,11 +467,14 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
         break
     else:
       head_name, _, leaf = name.rpartition(".")
-      if head_name not in heads or leaf not in ("weight", "bias"):
+      saved = any(head_name == m or head_name.startswith(m + ".") for m in heads)
+      if not saved or leaf not in ("weight", "bias") or (layout_of and head_name not in layout_of):
         raise ValueError(
           f"{weights_file}: tensor {key!r} is neither a LoRA factor nor a weight of modules_to_save {heads}"
+          + (f" that ftjax places ({sorted(layout_of)})" if layout_of else "")
         )
-      head.setdefault(head_name, {})["kernel" if leaf == "weight" else "bias"] = value.T if leaf == "weight" else value
+      ours = layout_of.get(head_name, head_name)
+      head.setdefault(ours, {})["kernel" if leaf == "weight" else "bias"] = value.T if leaf == "weight" else value
 
   dora, rank = bool(config.get("use_dora")), int(config["r"])
   for ours, factors in layers.items():
