@@ -111,6 +111,9 @@ def get_config():
   c.early_stopping.restore_best = True  # end the run with the best dev checkpoint's parameters
   c.eval_splits = ("dev",)  # splits scored at the end (add "test" where it has labels)
   c.init_from = ""  # workdir of a finished run to start from (continual fine-tuning on new data)
+  # a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors, e.g. trained in PyTorch) to
+  # evaluate or continue training; needs method="lora"; its targets/rank/alpha and head replace the config's
+  c.init_from_peft = ""
 
   # --- devices -----------------------------------------------------------------------------------
   c.parallel = "mesh"  # mesh (jit over a data-parallel mesh) | pmap | none (one device)

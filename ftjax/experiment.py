@@ -5,6 +5,7 @@ Shared by training, evaluation, prediction and export, so that every script rebu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -79,16 +80,87 @@ def build(config) -> Experiment:
   task = make_task(
     src.kind, len(label_names) or (1 if src.kind == "regression" else 0), label_names, config.head_dropout, pooling
   )
+  peft_folder = config.get("init_from_peft", "")  # runs saved before the key existed have none
+  if peft_folder and config.method != "lora":
+    raise InputError(f"config key init_from_peft: a PEFT LoRA adapter needs method='lora', not {config.method!r}")
+  spec = peft_spec(config)
   model, backbone = models.from_pretrained(
-    config.model, dtype=DTYPES[config.dtype], peft=peft_spec(config), remat=config.remat
+    config.model,
+    dtype=DTYPES[config.dtype],
+    peft=dataclasses.replace(spec, lora_targets=None) if peft_folder else spec,
+    remat=config.remat,
   )
   if src.kind == "causal_lm" and not model.is_decoder:
     raise InputError(f"config key task.source: {config.task.source} needs a decoder; {config.model} is an encoder")
   tokenizer = models.load_tokenizer(config.model)
   if tokenizer.pad_token_id is None:  # GPT-2 has none; padding is masked anyway, EOS is the usual stand-in
     tokenizer.pad_token = tokenizer.eos_token
+  rules = trainability.rules_for(config.method, tuple(config.trainable))
+  if peft_folder:
+    model, backbone, imported = import_peft(peft_folder, model, backbone, config.lora.dropout)
+    if "pooler" in imported:  # PEFT trained it (modules_to_save): so does ftjax
+      rules = ("train:^backbone/pooler/",) + rules
   tree = init_tree(model, task, backbone, config.seed)
-  return Experiment(model, tokenizer, task, tree, trainability.rules_for(config.method, tuple(config.trainable)))
+  if peft_folder:
+    tree = with_imported(tree, imported, peft_folder)
+  return Experiment(model, tokenizer, task, tree, rules)
+
+
+def import_peft(folder, model, backbone: dict, dropout: float):
+  """(model with the adapter's LoRA, backbone, {"lora", "head"[, "pooler"]}) for config key init_from_peft.
+
+  The adapter's targets, rank, alpha, rsLoRA and DoRA replace config.lora's; its head (modules_to_save)
+  replaces the fresh one, and RoBERTa's classifier.dense the backbone's pooler (export.HEAD_LAYOUTS).
+  `dropout` (config lora.dropout) applies when training continues, as the adapter's does in PEFT."""
+  from ftjax import export
+
+  try:
+    spec, lora_tree, head_tree = export.import_peft_adapter(Path(folder).expanduser(), model)
+  except (ValueError, KeyError) as e:
+    raise InputError(f"config key init_from_peft: {e}") from None
+  imported = {"lora": lora_tree, "head": dict(head_tree or {})}
+  if "pooler" in imported["head"]:
+    imported["pooler"] = imported["head"].pop("pooler")
+    backbone = {**backbone, "pooler": imported["pooler"]}
+    model = model.clone(add_pooling_layer=True)
+  model = model.clone(peft=dataclasses.replace(spec, lora_dropout=dropout))
+  return model, backbone, imported
+
+
+def with_imported(tree: dict, imported: dict, folder) -> dict:
+  """`tree` with the imported LoRA factors and head; a head shaped unlike the task's is refused."""
+  tree = {**tree, "lora": imported["lora"]}
+  if imported["head"]:
+    fresh, theirs = trainability.flatten(tree["head"]), trainability.flatten(imported["head"])
+    if {k: v.shape for k, v in fresh.items()} != {k: v.shape for k, v in theirs.items()}:
+      raise InputError(
+        f"config key init_from_peft: {folder}'s head { ({k: v.shape for k, v in theirs.items()}) } does not fit this "
+        f"task's head { ({k: v.shape for k, v in fresh.items()}) } (another number of labels?)"
+      )
+    tree["head"] = imported["head"]
+  return tree
+
+
+def from_peft(config, folder):
+  """(config, experiment, trainable, frozen) of a PEFT LoRA adapter trained elsewhere, as `restore`
+  gives them for a finished run: the base model and task of `config`, the adapter's factors and head."""
+  config = copy.deepcopy(config)
+  config.init_from_peft = str(folder)
+  exp = build(config)
+  trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  return config, exp, trainable, frozen
+
+
+def for_inference(workdir, peft_folder, config):
+  """What scripts/evaluate.py and predict.py score: a finished run (`workdir`), or a PEFT adapter
+  (`peft_folder`, with `config` naming the base model and task)."""
+  if peft_folder:
+    if config is None:
+      raise InputError("--init_from_peft needs --config=configs/<file>.py[:arg] (the base model and the task)")
+    return from_peft(config, peft_folder)
+  if not workdir:
+    raise InputError("give --workdir (a finished run), or --init_from_peft with --config")
+  return restore(workdir, config)
 
 
 def load_config(workdir):

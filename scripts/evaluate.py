@@ -1,4 +1,5 @@
-"""Score a finished run: `python scripts/evaluate.py --workdir=DIR [--split=test] [--data_dir=NEW]`.
+"""Score a finished run: `python scripts/evaluate.py --workdir=DIR [--split=test] [--data_dir=NEW]`,
+or a PEFT LoRA adapter trained elsewhere: `--init_from_peft=ADAPTER --config=configs/glue.py:rte --config.model=BASE`.
 
 Loads the run's config and best checkpoint, scores the split, prints the metrics and appends them to
 the run's metrics.jsonl (split as given).
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from absl import flags
+from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 from ftjax import cli  # noqa: E402
@@ -27,22 +29,26 @@ flags.DEFINE_integer(
   "decoders: also decode the first N examples with the run's generation "
   "settings and score them (BLEU, ROUGE-L; for E2E also NIST, METEOR, CIDEr)",
 )
-flags.mark_flags_as_required(["workdir"])
+flags.DEFINE_string("init_from_peft", None, "instead of --workdir: a PEFT LoRA adapter folder (--config: base, task)")
+config_flags.DEFINE_config_file("config", None, "with --init_from_peft: experiment config file (configs/*.py[:arg])")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  config = experiment.load_config(FLAGS.workdir)
+  config = FLAGS.config if FLAGS.init_from_peft else experiment.load_config(FLAGS.workdir)
   if FLAGS.data_dir:
     config.data_dir = FLAGS.data_dir
-  config, exp, trainable, frozen = experiment.restore(FLAGS.workdir, config)
+  config, exp, trainable, frozen = experiment.for_inference(FLAGS.workdir, FLAGS.init_from_peft, config)
   data = datasets.load(config, exp.tokenizer, FLAGS.split, FLAGS.max_examples)
   par = parallel.make_parallel("none")
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
   values, report = evaluate_split(par, eval_step, trainable, frozen, data, config.eval_batch_size)
   if report:
     print(report)
+  if FLAGS.init_from_peft:  # no run folder to append to
+    print(json.dumps({"split": FLAGS.split, **{k: round(float(v), 4) for k, v in values.items()}}))
+    return
   workdir = Path(FLAGS.workdir).expanduser().resolve()
   if FLAGS.generate and exp.task.kind == "causal_lm":
     config.generation.eval_examples = FLAGS.generate

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import flags
+from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 from ftjax import cli  # noqa: E402
@@ -29,7 +30,8 @@ from ftjax.loop import run_eval  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("input", None, "file with one input per line (default: stdin)")
-flags.mark_flags_as_required(["workdir"])
+flags.DEFINE_string("init_from_peft", None, "instead of --workdir: a PEFT LoRA adapter folder (--config: base, task)")
+config_flags.DEFINE_config_file("config", None, "with --init_from_peft: experiment config file (configs/*.py[:arg])")
 FLAGS = flags.FLAGS
 
 
@@ -82,7 +84,7 @@ def entities(words, tags):
 
 def main(argv):
   del argv
-  config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
+  config, exp, trainable, frozen = experiment.for_inference(FLAGS.workdir, FLAGS.init_from_peft, FLAGS.config)
   kind, names = exp.task.kind, exp.task.label_names
   source = open(FLAGS.input) if FLAGS.input else sys.stdin
   examples = parse(source.readlines(), kind, FLAGS.input or "<stdin>")
