@@ -125,3 +125,70 @@ def test_unknown_model_type_lists_the_encoders(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "deberta-v2"}))
   with pytest.raises(CheckpointError, match=r"'deberta-v2'.*'distilbert', 'electra', .*'roberta', 'xlm-roberta'"):
     from_pretrained(tmp_path)
+
+
+# --- export: merged transformers checkpoints and PEFT adapters ---------------------------------------
+
+
+def lora_run(folder, spec, head, batch):
+  """(model, tree) of a random LoRA (B ≠ 0) and head on the checkpoint in `folder`."""
+  import jax
+
+  model, backbone = from_pretrained(folder, peft=spec)
+  ids, mask = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
+  types = jnp.asarray(batch.get("token_type_ids", np.zeros_like(batch["input_ids"])))
+  key = jax.random.key(0)
+  _, variables = model.apply({"params": backbone}, ids, mutable=["lora"], rngs={"params": key})
+  lora = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(key, x.shape), variables["lora"])
+  outputs = model.apply({"params": backbone, "lora": lora}, ids, attention_mask=mask, token_type_ids=types)
+  head_params = jax.tree.map(lambda x: x + 0.1, head.init(key, outputs, mask)["params"])
+  return (
+    model,
+    {"backbone": backbone, "lora": lora, "head": head_params},
+    head.apply({"params": head_params}, outputs, mask),
+  )
+
+
+@pytest.mark.parametrize("name", ["electra", "distilbert"])
+def test_token_classification_exports_to_transformers_and_peft(name, tmp_path):
+  import peft
+
+  from ftjax import export
+  from ftjax.peft.spec import PeftSpec
+  from ftjax.tasks import heads
+
+  save(tmp_path / "base", name)
+  batch = padded_pairs(name)
+  spec = PeftSpec(lora_targets=r"attention/self/(query|value)$|layer_1/output/dense$", lora_rank=4, lora_alpha=8)
+  model, tree, ours = lora_run(tmp_path / "base", spec, heads.TokenClassificationHead(5), batch)
+  real = batch["attention_mask"] > 0
+  inputs = {k: torch.tensor(v) for k, v in batch.items()}
+  export.export_hf(
+    tmp_path / "hf", model=model, tree=tree, task="token_classification", source_folder=tmp_path / "base"
+  )
+  merged = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "hf").eval()
+  with torch.no_grad():
+    assert np.abs(merged(**inputs).logits.numpy()[real] - np.asarray(ours)[real]).max() < TOL
+  out = export.export_peft(
+    tmp_path / "peft", model=model, tree=tree, task="token_classification", base_model=str(tmp_path / "base")
+  )
+  targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+  last = {"electra": "layer.1.output.dense", "distilbert": "layer.1.ffn.lin2"}[name]
+  assert set(targets) == {last, *{"electra": ("query", "value"), "distilbert": ("q_lin", "v_lin")}[name]}
+  base = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "base", num_labels=5)
+  loaded = peft.PeftModel.from_pretrained(base, out).eval()
+  with torch.no_grad():
+    assert np.abs(loaded(**inputs).logits.numpy()[real] - np.asarray(ours)[real]).max() < TOL
+
+
+@pytest.mark.parametrize("name", ["electra", "distilbert"])
+def test_sequence_classification_export_is_refused_with_the_reason(name, tmp_path):
+  from ftjax import export
+  from ftjax.peft.spec import PeftSpec
+  from ftjax.tasks import heads
+
+  save(tmp_path, name)
+  spec = PeftSpec(lora_targets=r"attention/self/(query|value)$", lora_rank=2)
+  model, tree, _ = lora_run(tmp_path, spec, heads.SequenceClassificationHead(2, pooling="cls"), padded_pairs(name))
+  with pytest.raises(ValueError, match=rf"cannot export a {name} sequence_classification run: .*(GELU|ReLU)"):
+    export.export_hf(tmp_path / "hf", model=model, tree=tree, task="sequence_classification", source_folder=tmp_path)
