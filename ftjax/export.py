@@ -9,6 +9,9 @@ Two forms, for two audiences:
 - `export_peft` writes a LoRA run as a PEFT adapter (adapter_config.json, adapter_model.safetensors):
   only the factors and the head, kilobytes to a few MB, loaded with `peft.PeftModel.from_pretrained` on
   top of the base checkpoint. `import_peft_adapter` reads such a folder back (ours or PEFT's own).
+  A decoder's prompt-tuning run becomes PEFT's PROMPT_TUNING adapter (`prompt_embeddings`). Prefix
+  tuning and encoder prompts compute differently in PEFT (positions; where the soft tokens sit) and
+  are refused with the reason; bottleneck adapters have no PEFT or transformers form.
 
 Names. Backbone tensors go through each architecture's `hf_names` table, the same one that loads
 checkpoints, under the prefix of the task class (`bert.`, `transformer.`). Heads are named as
@@ -170,7 +173,7 @@ def _reject_non_lora(model, tree: dict, fmt: str):
       '(checkpoint + config) to use it, or export LoRA runs with format="peft".'
     )
   raise ValueError(
-    f"this run uses {' and '.join(methods)} tuning: export_peft writes LoRA adapters only; "
+    f"this run uses {' and '.join(methods)} tuning: export_peft writes LoRA adapters only (and decoder prompt tuning); "
     "keep the ftjax run (checkpoint + config) to use it"
   )
 
@@ -329,6 +332,15 @@ def export_peft(
   `peft.PeftModel.from_pretrained(AutoModelFor<Task>.from_pretrained(base_model, num_labels=…), out_dir)`.
   """
   model_type, arch, hf_class, prefix, head_name = _architecture(model, task)
+  if model.peft.prompt_length and not (model.peft.adapter or model.peft.prefix_length or tree.get("lora")):
+    return _export_prompt_tuning(Path(out_dir), model, tree, task, base_model)
+  if model.peft.prefix_length:
+    raise ValueError(
+      "prefix tuning has no exact PEFT form: PEFT's PREFIX_TUNING stores the same per-layer keys and values, "
+      "but transformers then counts the real tokens' positions from the prefix length, while ftjax's prefixes "
+      "occupy no positions (with GPT-2 the logits differ by ~0.5, and agree to 2e-7 once ftjax's positions are "
+      "shifted). Keep the ftjax run (checkpoint + config) to use it"
+    )
   _reject_non_lora(model, tree, "peft")
   spec = model.peft
   if not tree.get("lora") or spec.lora_targets is None:
@@ -377,6 +389,41 @@ def export_peft(
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   _save_safetensors(tensors, out_dir / "adapter_model.safetensors", {"format": "pt"})
+  return out_dir
+
+
+def _export_prompt_tuning(out_dir: Path, model, tree: dict, task: str, base_model: str) -> Path:
+  """A prompt-tuning run as PEFT's PROMPT_TUNING adapter: `prompt_embeddings` (virtual tokens, hidden).
+
+  Exact only where both frameworks place the soft tokens alike: decoders, where both prepend them to
+  the input and count positions from the first of them. Encoders differ: PEFT prepends them before
+  [CLS] (so BERT's pooler would read a soft token), ftjax inserts them after it."""
+  if not model.is_decoder or task != "causal_lm":
+    raise ValueError(
+      "PEFT's prompt tuning prepends the soft tokens before everything, [CLS] included, so a sequence head "
+      "reads a soft token; ftjax inserts them after the first token. Only causal-LM runs of decoders "
+      f"export to PEFT's PROMPT_TUNING (this is a {task} run)"
+    )
+  leaves = traverse_util.flatten_dict(tree.get("prompt") or {})
+  if len(leaves) != 1:
+    raise ValueError(f"a prompt-tuning run has one soft-prompt table; this tree's 'prompt' has {len(leaves)}")
+  (embeddings,) = leaves.values()
+  c = model.config
+  config = {
+    "peft_type": "PROMPT_TUNING",
+    "task_type": PEFT_TASK_TYPES[task],
+    "base_model_name_or_path": str(base_model),
+    "num_virtual_tokens": int(embeddings.shape[0]),
+    "token_dim": int(embeddings.shape[1]),
+    "num_transformer_submodules": 1,
+    "num_attention_heads": getattr(c, "num_attention_heads", None) or getattr(c, "n_head", None),
+    "num_layers": getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None),
+    "prompt_tuning_init": "RANDOM",  # how PEFT would initialise; the trained values are in the file
+    "inference_mode": True,
+  }
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  _save_safetensors({"prompt_embeddings": embeddings}, out_dir / "adapter_model.safetensors", {"format": "pt"})
   return out_dir
 
 

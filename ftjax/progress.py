@@ -206,6 +206,8 @@ def export_formats(config, model, kind: str) -> tuple[str, ...]:
 
   spec = model.peft
   task = "sequence_classification" if kind in ("classification", "regression") else kind
+  if spec.prompt_length and not (spec.adapter or spec.prefix_length or spec.lora_targets):
+    return ("peft",) if model.is_decoder and task == "causal_lm" else ()  # export._export_prompt_tuning
   arch = export.architecture(model)
   if (
     spec.adapter or spec.prompt_length or spec.prefix_length or arch is None or (arch[0], task) not in export.HF_CLASSES

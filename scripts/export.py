@@ -2,7 +2,8 @@
 
 hf:   a merged transformers checkpoint (LoRA folded in) for the task's Auto class
       (AutoModelForSequenceClassification, …ForTokenClassification, …ForQuestionAnswering, …ForCausalLM).
-peft: a LoRA run as a PEFT adapter for `peft.PeftModel.from_pretrained(base, OUT)`.
+peft: a LoRA run as a PEFT adapter for `peft.PeftModel.from_pretrained(base, OUT)`; a decoder's
+      prompt-tuning run as PEFT's PROMPT_TUNING adapter (same call).
       (GPT-2 sequence classification: load the base with pad_token_id=eos_token_id.)
 """
 
@@ -44,7 +45,8 @@ def main(argv):
   ):
     raise InputError(
       f"config key head_pooling={config.head_pooling!r}: transformers' "
-      "BertForSequenceClassification reads the pooler, so this run's head has no place there"
+      "BertForSequenceClassification reads the pooler (RobertaFor…: as classifier.dense; ELECTRA's and "
+      "DistilBERT's heads have a dense layer of their own), so this run's head has no place there"
     )
   labels = dict(enumerate(task.label_names)) if task.label_names else None
   common = dict(

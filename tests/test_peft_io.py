@@ -151,3 +151,54 @@ def test_evaluate_and_predict_accept_init_from_peft(tiny_roberta, torch_adapter,
   assert json.loads(out.strip().splitlines()[-1])["split"] == "dev"
   out = script("predict", f"--init_from_peft={folder}", *flags, input="A man sleeps.\tA man is awake.\n").stdout
   assert set(json.loads(out.strip().splitlines()[-1])) == {"label", "score", "scores"}
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("tiny_gpt2")
+  config = transformers.GPT2Config(
+    vocab_size=120, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+  )
+  torch.manual_seed(0)
+  transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+  return folder
+
+
+def soft_run(folder, spec, ids):
+  model, backbone = models.from_pretrained(folder, peft=spec)
+  _, variables = model.apply(
+    {"params": backbone}, ids, mutable=["prompt", "prefix"], rngs={"params": jax.random.key(1)}
+  )
+  return model, {"backbone": backbone, **variables}
+
+
+def test_prompt_tuning_exports_to_peft(tiny_gpt2, tmp_path):
+  ids, mask = batch()
+  ids, mask = jnp.asarray(ids % 120), jnp.asarray(mask)
+  model, tree = soft_run(tiny_gpt2, PeftSpec(prompt_length=3), ids)
+  ours = np.asarray(
+    model.apply({"params": tree["backbone"], "prompt": tree["prompt"]}, ids, attention_mask=mask).logits
+  )
+  out = export.export_peft(tmp_path, model=model, tree=tree, task="causal_lm", base_model=str(tiny_gpt2))
+  config = json.loads((out / "adapter_config.json").read_text())
+  assert (config["peft_type"], config["num_virtual_tokens"], config["token_dim"]) == ("PROMPT_TUNING", 3, 32)
+  loaded = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tiny_gpt2), out).eval()
+  with torch.no_grad():
+    theirs = loaded(
+      input_ids=torch.tensor(np.asarray(ids)), attention_mask=torch.tensor(np.asarray(mask))
+    ).logits.numpy()
+  real = np.asarray(mask) > 0
+  assert theirs.shape[1] == 3 + ids.shape[1]  # PEFT returns the soft positions too
+  assert np.abs(theirs[:, 3:][real] - ours[real]).max() < TOL
+
+
+def test_soft_prompts_without_an_exact_peft_form_are_refused(tiny_gpt2, tiny_roberta, tmp_path):
+  ids = jnp.ones((1, 6), jnp.int32)
+  model, tree = soft_run(tiny_gpt2, PeftSpec(prefix_length=2), ids)
+  with pytest.raises(ValueError, match="prefix tuning has no exact PEFT form.*positions"):
+    export.export_peft(tmp_path, model=model, tree=tree, task="causal_lm", base_model=str(tiny_gpt2))
+  model, tree = soft_run(tiny_roberta, PeftSpec(prompt_length=2), ids)
+  tree["head"] = {"classifier": {"kernel": jnp.zeros((32, 2)), "bias": jnp.zeros(2)}}
+  with pytest.raises(ValueError, match=r"prompt tuning prepends the soft tokens before everything, \[CLS\] included"):
+    export.export_peft(tmp_path, model=model, tree=tree, task="sequence_classification", base_model=str(tiny_roberta))
+  assert not (tmp_path / "adapter_config.json").exists()
