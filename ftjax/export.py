@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import bert, distilbert, electra, gpt2, llama, roberta
+from ftjax.models import bert, deberta_v2, distilbert, electra, gpt2, llama, roberta
 from ftjax.models.loading import abstract_params, read_tensors
 from ftjax.peft import lora
 from ftjax.peft.spec import PeftSpec
@@ -64,6 +64,9 @@ HF_CLASSES = {
   ("distilbert", "token_classification"): ("DistilBertForTokenClassification", "distilbert.", "classifier"),
   ("distilbert", "question_answering"): ("DistilBertForQuestionAnswering", "distilbert.", "qa_outputs"),
   ("distilbert", "encoder"): ("DistilBertModel", "", None),
+  ("deberta-v2", "token_classification"): ("DebertaV2ForTokenClassification", "deberta.", "classifier"),
+  ("deberta-v2", "question_answering"): ("DebertaV2ForQuestionAnswering", "deberta.", "qa_outputs"),
+  ("deberta-v2", "encoder"): ("DebertaV2Model", "", None),
 }
 
 # Task classes whose head holds what ftjax keeps elsewhere: our module ("pooler" of the backbone, or a
@@ -79,6 +82,8 @@ NO_EXPORT = {
   "[CLS]; ftjax's sequence head is one dense layer on [CLS] or the mean (ELECTRA has no pooler)",
   ("distilbert", "sequence_classification"): "DistilBertForSequenceClassification's head is pre_classifier → ReLU "
   "→ classifier on [CLS]; ftjax's sequence head is one dense layer on [CLS] or the mean (DistilBERT has no pooler)",
+  ("deberta-v2", "sequence_classification"): "DebertaV2ForSequenceClassification's ContextPooler is dense → GELU on "
+  "[CLS] before its classifier; ftjax's sequence head is one dense layer on [CLS] or the mean (no pooler)",
 }
 
 # Our task → PEFT's task_type (which picks the PeftModel subclass and the Auto class of the base).
@@ -97,6 +102,7 @@ ARCHITECTURES = {
   roberta.Config: ("roberta", roberta),
   electra.Config: ("electra", electra),
   distilbert.Config: ("distilbert", distilbert),
+  deberta_v2.Config: ("deberta-v2", deberta_v2),
   gpt2.Config: ("gpt2", gpt2),
   llama.Config: ("llama", llama),
 }

@@ -1,4 +1,4 @@
-"""RoBERTa, XLM-R, ELECTRA and DistilBERT: parity with transformers' PyTorch models on tiny random
+"""RoBERTa, XLM-R, ELECTRA, DistilBERT and DeBERTa-v2/v3: parity with transformers' PyTorch models on tiny random
 checkpoints that transformers writes (padded sentence pairs), and load errors that name the tensor."""
 
 from __future__ import annotations
@@ -32,6 +32,36 @@ ENCODERS = {
     transformers.DistilBertModel,
     transformers.DistilBertConfig(
       vocab_size=101, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40, activation="gelu"
+    ),
+    0,
+  ),
+  # v3's layout (shared keys, log buckets, no absolute positions); 8 buckets make a 9-token batch reach
+  # the logarithmic range (|δ| > 4)
+  "deberta-v3": (
+    transformers.DebertaV2Model,
+    transformers.DebertaV2Config(
+      **COMMON,
+      relative_attention=True,
+      pos_att_type=["p2c", "c2p"],
+      position_buckets=8,
+      norm_rel_ebd="layer_norm",
+      share_att_key=True,
+      position_biased_input=False,
+      type_vocab_size=0,
+      layer_norm_eps=1e-7,
+    ),
+    0,
+  ),
+  # v2's: own position projections, clipped relative distances, absolute positions, two token types
+  "deberta-v2": (
+    transformers.DebertaV2Model,
+    transformers.DebertaV2Config(
+      **COMMON,
+      relative_attention=True,
+      pos_att_type="p2c|c2p",
+      max_relative_positions=6,
+      type_vocab_size=2,
+      embedding_size=16,
     ),
     0,
   ),
@@ -107,6 +137,8 @@ def rewrite_weights(folder, edit):
     ("roberta", "encoder.layer.1.attention.self.value.weight", "encoder/layer_1/attention/self/value/kernel"),
     ("electra", "embeddings_project.weight", "embeddings_project/kernel"),
     ("distilbert", "transformer.layer.0.ffn.lin1.weight", "encoder/layer_0/intermediate/dense/kernel"),
+    ("deberta-v3", "encoder.rel_embeddings.weight", "encoder/rel_embeddings/embedding"),
+    ("deberta-v2", "encoder.layer.1.attention.self.pos_key_proj.weight", "layer_1/attention/self/pos_key_proj/kernel"),
   ],
 )
 def test_missing_and_misshapen_tensors_are_named(name, tensor, ours, tmp_path):
@@ -122,8 +154,10 @@ def test_missing_and_misshapen_tensors_are_named(name, tensor, ours, tmp_path):
 def test_unknown_model_type_lists_the_encoders(tmp_path):
   save(tmp_path, "roberta")
   config = json.loads((tmp_path / "config.json").read_text())
-  (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "deberta-v2"}))
-  with pytest.raises(CheckpointError, match=r"'deberta-v2'.*'distilbert', 'electra', .*'roberta', 'xlm-roberta'"):
+  (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mpnet"}))
+  with pytest.raises(
+    CheckpointError, match=r"'mpnet'.*\['bert', 'deberta-v2', 'distilbert', 'electra', .*'roberta', 'xlm-roberta'\]"
+  ):
     from_pretrained(tmp_path)
 
 
@@ -149,7 +183,7 @@ def lora_run(folder, spec, head, batch):
   )
 
 
-@pytest.mark.parametrize("name", ["electra", "distilbert"])
+@pytest.mark.parametrize("name", ["electra", "distilbert", "deberta-v3"])
 def test_token_classification_exports_to_transformers_and_peft(name, tmp_path):
   import peft
 
@@ -159,7 +193,9 @@ def test_token_classification_exports_to_transformers_and_peft(name, tmp_path):
 
   save(tmp_path / "base", name)
   batch = padded_pairs(name)
-  spec = PeftSpec(lora_targets=r"attention/self/(query|value)$|layer_1/output/dense$", lora_rank=4, lora_alpha=8)
+  spec = PeftSpec(
+    lora_targets=r"attention/self/(query|value)(_proj)?$|layer_1/output/dense$", lora_rank=4, lora_alpha=8
+  )
   model, tree, ours = lora_run(tmp_path / "base", spec, heads.TokenClassificationHead(5), batch)
   real = batch["attention_mask"] > 0
   inputs = {k: torch.tensor(v) for k, v in batch.items()}
@@ -173,22 +209,26 @@ def test_token_classification_exports_to_transformers_and_peft(name, tmp_path):
     tmp_path / "peft", model=model, tree=tree, task="token_classification", base_model=str(tmp_path / "base")
   )
   targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
-  last = {"electra": "layer.1.output.dense", "distilbert": "layer.1.ffn.lin2"}[name]
-  assert set(targets) == {last, *{"electra": ("query", "value"), "distilbert": ("q_lin", "v_lin")}[name]}
+  last = {"distilbert": "layer.1.ffn.lin2"}.get(name, "layer.1.output.dense")
+  qv = {"electra": ("query", "value"), "distilbert": ("q_lin", "v_lin"), "deberta-v3": ("query_proj", "value_proj")}
+  assert set(targets) == {last, *qv[name]}
   base = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "base", num_labels=5)
   loaded = peft.PeftModel.from_pretrained(base, out).eval()
   with torch.no_grad():
     assert np.abs(loaded(**inputs).logits.numpy()[real] - np.asarray(ours)[real]).max() < TOL
 
 
-@pytest.mark.parametrize("name", ["electra", "distilbert"])
+@pytest.mark.parametrize("name", ["electra", "distilbert", "deberta-v3"])
 def test_sequence_classification_export_is_refused_with_the_reason(name, tmp_path):
   from ftjax import export
   from ftjax.peft.spec import PeftSpec
   from ftjax.tasks import heads
 
   save(tmp_path, name)
-  spec = PeftSpec(lora_targets=r"attention/self/(query|value)$", lora_rank=2)
+  spec = PeftSpec(lora_targets=r"attention/self/(query|value)(_proj)?$", lora_rank=2)
   model, tree, _ = lora_run(tmp_path, spec, heads.SequenceClassificationHead(2, pooling="cls"), padded_pairs(name))
-  with pytest.raises(ValueError, match=rf"cannot export a {name} sequence_classification run: .*(GELU|ReLU)"):
+  model_type = {"deberta-v3": "deberta-v2"}.get(name, name)
+  with pytest.raises(
+    ValueError, match=rf"cannot export a {model_type} sequence_classification run: .*(GELU|ReLU|Pooler)"
+  ):
     export.export_hf(tmp_path / "hf", model=model, tree=tree, task="sequence_classification", source_folder=tmp_path)

@@ -21,7 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax.errors import InputError
-from ftjax.models import bert, distilbert, electra, gpt2, llama, roberta
+from ftjax.models import bert, deberta_v2, distilbert, electra, gpt2, llama, roberta
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 # model_type in config.json → the module that defines Config, Model, hf_names and HF_PREFIXES.
@@ -31,6 +31,7 @@ ARCHITECTURES = {
   "xlm-roberta": roberta,
   "electra": electra,
   "distilbert": distilbert,
+  "deberta-v2": deberta_v2,  # v3 checkpoints say deberta-v2 too
   "gpt2": gpt2,
   "llama": llama,
 }
