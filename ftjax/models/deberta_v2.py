@@ -25,27 +25,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.models.bert import BertIntermediate, BertSublayerOutput
-from ftjax.models.layers import ACTIVATIONS, Dense, Embed, LayerNorm, attention, mask_bias
+from ftjax.models.bert import BertConfig, BertIntermediate, BertSublayerOutput
+from ftjax.models.layers import Dense, Embed, LayerNorm, attention, mask_bias
 from ftjax.models.outputs import EncoderOutput
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 
 @dataclasses.dataclass(frozen=True)
-class DebertaV2Config:
+class DebertaV2Config(BertConfig):
+  """BERT's fields (embedding_size: projected up by embed_proj, without bias) and DeBERTa's own."""
+
   vocab_size: int = 128100
-  hidden_size: int = 768
-  num_hidden_layers: int = 12
-  num_attention_heads: int = 12
-  intermediate_size: int = 3072
-  hidden_act: str = "gelu"
-  hidden_dropout_prob: float = 0.1
-  attention_probs_dropout_prob: float = 0.1
-  max_position_embeddings: int = 512
   type_vocab_size: int = 0
   layer_norm_eps: float = 1e-7
-  pad_token_id: int = 0
-  embedding_size: int = 0  # 0 → hidden_size; else projected up by embed_proj (no bias)
   position_biased_input: bool = True  # add absolute position embeddings to the input (v3: False)
   relative_attention: bool = False
   max_relative_positions: int = -1  # < 1 → max_position_embeddings
@@ -56,32 +48,16 @@ class DebertaV2Config:
 
   @classmethod
   def from_hf(cls, hf: dict) -> "DebertaV2Config":
-    if hf.get("conv_kernel_size", 0) > 0:
+    if (hf.get("conv_kernel_size") or 0) > 0:
       raise ValueError(
         "DeBERTa-v2's convolution layer (conv_kernel_size > 0, the xlarge/xxlarge v2 models) is not supported"
       )
-    if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
-      raise ValueError(f"unknown hidden_act {hf['hidden_act']!r}; known: {sorted(ACTIVATIONS)}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in hf.items() if k in names and v is not None}
-    types = values.get("pos_att_type", ())
+    types = hf.get("pos_att_type") or ()
     types = types.lower().split("|") if isinstance(types, str) else types  # v2 configs write "p2c|c2p"
-    values["pos_att_type"] = tuple(t.strip() for t in types if t.strip())
-    unknown = set(values["pos_att_type"]) - {"c2p", "p2c"}
-    if unknown:
-      raise ValueError(f"pos_att_type {sorted(unknown)} is not supported (only 'c2p', 'p2c')")
-    values["embedding_size"] = values.get("embedding_size") or 0
-    if values.get("embedding_size") == values.get("hidden_size", cls.hidden_size):
-      values["embedding_size"] = 0
-    return cls(**values)
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_attention_heads
-
-  @property
-  def embedding_width(self) -> int:
-    return self.embedding_size or self.hidden_size
+    types = tuple(t.strip() for t in types if t.strip())
+    if set(types) - {"c2p", "p2c"}:
+      raise ValueError(f"pos_att_type {sorted(set(types) - {'c2p', 'p2c'})} is not supported (only 'c2p', 'p2c')")
+    return super().from_hf({**hf, "pos_att_type": types, "embedding_size": hf.get("embedding_size") or 0})
 
   @property
   def max_relative(self) -> int:
