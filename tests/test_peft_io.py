@@ -202,3 +202,23 @@ def test_soft_prompts_without_an_exact_peft_form_are_refused(tiny_gpt2, tiny_rob
   with pytest.raises(ValueError, match=r"prompt tuning prepends the soft tokens before everything, \[CLS\] included"):
     export.export_peft(tmp_path, model=model, tree=tree, task="sequence_classification", base_model=str(tiny_roberta))
   assert not (tmp_path / "adapter_config.json").exists()
+
+
+def test_training_continues_from_a_peft_adapter(tiny_roberta, torch_adapter, rte_dir, tfds_dir, tmp_path):
+  folder, _ = torch_adapter
+  flags = tiny_flags(tiny_roberta, tfds_dir, data_dir=rte_dir, method="lora", max_steps=2, eval_every=2)
+  script("train", "--config=configs/glue.py:rte", f"--config.init_from_peft={folder}", f"--workdir={tmp_path}", *flags)
+  config, exp, trainable, frozen = experiment.restore(tmp_path)  # rebuilds from the adapter, then the checkpoint
+  assert config.init_from_peft == str(folder)
+  start = experiment.build(config).tree
+  for part in ("lora", "head", "backbone/pooler"):  # all three trained on (PEFT trained the pooler as classifier.dense)
+    section, *rest = part.split("/")
+    before, after = start[section], trainable[section]
+    for key in rest:
+      before, after = before[key], after[key]
+    moved = max(
+      float(np.abs(np.asarray(a) - np.asarray(b)).max())
+      for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before))
+    )
+    assert moved > 0, part
+  assert "encoder" not in trainable["backbone"]  # the rest of the backbone stays frozen
