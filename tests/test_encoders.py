@@ -232,3 +232,29 @@ def test_sequence_classification_export_is_refused_with_the_reason(name, tmp_pat
     ValueError, match=rf"cannot export a {model_type} sequence_classification run: .*(GELU|ReLU|Pooler)"
   ):
     export.export_hf(tmp_path / "hf", model=model, tree=tree, task="sequence_classification", source_folder=tmp_path)
+
+
+def test_random_checkpoint_script_writes_a_loadable_roberta_with_a_bpe_tokenizer(rte_dir, tmp_path):
+  from conftest import script
+
+  from ftjax.models import load_tokenizer
+
+  out = script(
+    "random_checkpoint",
+    "--arch=roberta",
+    f"--out={tmp_path}",
+    f"--corpus={rte_dir / 'train.tsv'}",
+    "--hidden=32",
+    "--layers=1",
+    "--heads=2",
+    "--bpe_vocab=400",
+  ).stdout
+  assert "random roberta (1 layers, hidden 32, vocab 400)" in out
+  tokenizer = load_tokenizer(tmp_path)
+  batch = tokenizer(["No weapons found."], ["Weapons found in Iraq."], return_tensors="np")
+  assert tokenizer.pad_token_id == 1 and batch["input_ids"][0, 0] == tokenizer.cls_token_id
+  model, params = from_pretrained(tmp_path)
+  out = model.apply(
+    {"params": params}, jnp.asarray(batch["input_ids"]), attention_mask=jnp.asarray(batch["attention_mask"])
+  )
+  assert out.last_hidden_state.shape == batch["input_ids"].shape + (32,)
