@@ -178,9 +178,15 @@ def _reject_non_lora(model, tree: dict, fmt: str):
       "vanilla-transformers form: only LoRA/DoRA can be merged into the weights. Keep the ftjax run "
       '(checkpoint + config) to use it, or export LoRA runs with format="peft".'
     )
+  why = (
+    " PEFT has no bottleneck-adapter type, and AdapterHub's `adapters` library, which has one, places and "
+    "names its Houlsby/Pfeiffer modules its own way and is not something ftjax depends on or writes."
+    if "adapter" in methods
+    else ""
+  )
   raise ValueError(
-    f"this run uses {' and '.join(methods)} tuning: export_peft writes LoRA adapters only (and decoder prompt tuning); "
-    "keep the ftjax run (checkpoint + config) to use it"
+    f"this run uses {' and '.join(methods)} tuning: export_peft writes LoRA adapters only (and decoder prompt "
+    f"tuning).{why} Keep the ftjax run (checkpoint + config) to use it"
   )
 
 
