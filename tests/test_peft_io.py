@@ -52,6 +52,13 @@ def batch(seed=0):
   return ids * mask, mask
 
 
+def report(what, theirs, ours) -> float:
+  """max |Δ logits|, printed (pytest -s) for the record."""
+  diff = float(np.abs(np.asarray(theirs) - np.asarray(ours)).max())
+  print(f"\n{what}: max |Δ logits| = {diff:.1e}")
+  return diff
+
+
 def torch_logits(model, ids, mask):
   with torch.no_grad():
     return model.eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
@@ -86,14 +93,14 @@ def test_ftjax_lora_on_roberta_exports_to_peft_and_transformers(tiny_roberta, tm
   assert config["modules_to_save"] == ["classifier"]
   base = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_roberta, num_labels=3)
   loaded = peft.PeftModel.from_pretrained(base, peft_dir)
-  assert np.abs(torch_logits(loaded, ids, mask) - ours).max() < TOL
+  assert report("ftjax LoRA on RoBERTa → PEFT, loaded by peft", torch_logits(loaded, ids, mask), ours) < TOL
 
   hf_dir = export.export_hf(
     tmp_path / "hf", model=model, tree=tree, task="sequence_classification", source_folder=tiny_roberta
   )
   merged = transformers.AutoModelForSequenceClassification.from_pretrained(hf_dir)
   assert type(merged).__name__ == "RobertaForSequenceClassification"
-  assert np.abs(torch_logits(merged, ids, mask) - ours).max() < TOL
+  assert report("ftjax LoRA on RoBERTa → merged transformers checkpoint", torch_logits(merged, ids, mask), ours) < TOL
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +133,8 @@ def test_init_from_peft_imports_an_adapter_trained_in_pytorch(tiny_roberta, torc
   assert exp.rules[0] == "train:^backbone/pooler/"  # classifier.dense: trained in PEFT, so here too
   ids, mask = batch(2)
   theirs = torch_logits(reference, ids, mask)
-  assert np.abs(ftjax_logits(exp.model, exp.tree, exp.task.head, ids, mask) - theirs).max() < TOL
+  ours = ftjax_logits(exp.model, exp.tree, exp.task.head, ids, mask)
+  assert report("peft adapter trained 3 steps in PyTorch → init_from_peft", theirs, ours) < TOL
   untrained = torch_logits(
     transformers.AutoModelForSequenceClassification.from_pretrained(tiny_roberta, num_labels=2), ids, mask
   )
@@ -189,7 +197,7 @@ def test_prompt_tuning_exports_to_peft(tiny_gpt2, tmp_path):
     ).logits.numpy()
   real = np.asarray(mask) > 0
   assert theirs.shape[1] == 3 + ids.shape[1]  # PEFT returns the soft positions too
-  assert np.abs(theirs[:, 3:][real] - ours[real]).max() < TOL
+  assert report("GPT-2 prompt tuning → PEFT PROMPT_TUNING, loaded by peft", theirs[:, 3:][real], ours[real]) < TOL
 
 
 def test_soft_prompts_without_an_exact_peft_form_are_refused(tiny_gpt2, tiny_roberta, tmp_path):
