@@ -131,11 +131,11 @@ def with_imported(tree: dict, imported: dict, folder) -> dict:
   """`tree` with the imported LoRA factors and head; a head shaped unlike the task's is refused."""
   tree = {**tree, "lora": imported["lora"]}
   if imported["head"]:
-    fresh, theirs = trainability.flatten(tree["head"]), trainability.flatten(imported["head"])
-    if {k: v.shape for k, v in fresh.items()} != {k: v.shape for k, v in theirs.items()}:
+    shapes = lambda head: {path: tuple(v.shape) for path, v in trainability.flatten(head).items()}
+    if shapes(tree["head"]) != shapes(imported["head"]):
       raise InputError(
-        f"config key init_from_peft: {folder}'s head { ({k: v.shape for k, v in theirs.items()}) } does not fit this "
-        f"task's head { ({k: v.shape for k, v in fresh.items()}) } (another number of labels?)"
+        f"config key init_from_peft: the head in {folder} {shapes(imported['head'])} does not fit this task's "
+        f"head {shapes(tree['head'])} (another number of labels?)"
       )
     tree["head"] = imported["head"]
   return tree

@@ -3,6 +3,8 @@
 The computation is bert.py's (post-LayerNorm layers, eps 1e-12, absolute positions); config.json's
 keys (`dim`, `n_layers`, …) and the checkpoint's names (`transformer.layer.0.attention.q_lin`) are
 translated here. Module paths stay BERT's, so LoRA targets and trainability rules read the same.
+With `sinusoidal_pos_embds` the position table is loaded as stored; transformers freezes it, ftjax's
+full fine-tuning would train it (freeze it with trainable=("freeze:position_embeddings",)).
 """
 
 from __future__ import annotations
