@@ -141,7 +141,7 @@ def test_init_from_peft_imports_an_adapter_trained_in_pytorch(tiny_roberta, torc
   assert np.abs(untrained - theirs).max() > 1e-2  # the imported adapter and head matter
 
 
-def test_init_from_peft_refusals(tiny_roberta, torch_adapter, rte_dir, tfds_dir):
+def test_init_from_peft_refusals(tiny_roberta, torch_adapter, rte_dir, stsb_dir, tfds_dir):
   folder, _ = torch_adapter
   config = tiny_config(parse_config("--config=configs/glue.py:rte"), tiny_roberta, tfds_dir, data_dir=str(rte_dir))
   config.init_from_peft = str(folder)
@@ -149,6 +149,10 @@ def test_init_from_peft_refusals(tiny_roberta, torch_adapter, rte_dir, tfds_dir)
     experiment.build(config)
   config.method, config.init_from_peft = "lora", str(rte_dir)
   with pytest.raises(experiment.InputError, match="init_from_peft.*adapter_config.json is missing"):
+    experiment.build(config)
+  config = tiny_config(parse_config("--config=configs/glue.py:stsb"), tiny_roberta, tfds_dir, data_dir=str(stsb_dir))
+  config.method, config.init_from_peft = "lora", str(folder)
+  with pytest.raises(experiment.InputError, match=r"head in .*\(32, 2\).* does not fit this task's head .*\(32, 1\)"):
     experiment.build(config)
 
 
