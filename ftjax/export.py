@@ -109,8 +109,10 @@ ARCHITECTURES = {
 
 
 def architecture(model) -> tuple[str, object] | None:
-  """(model_type, architecture module) of a backbone, or None for one ftjax cannot export."""
-  return ARCHITECTURES.get(type(getattr(model, "config", None)))
+  """(model_type, architecture module) of a backbone, or None for one ftjax cannot export. A config that
+  records its own `model_type` (one module computing several) names it."""
+  found = ARCHITECTURES.get(type(getattr(model, "config", None)))
+  return None if found is None else (getattr(model.config, "model_type", found[0]), found[1])
 
 
 TOKENIZER_FILES = (
