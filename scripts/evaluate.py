@@ -36,8 +36,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  config = FLAGS.config if FLAGS.init_from_peft else experiment.load_config(FLAGS.workdir)
-  if FLAGS.data_dir:
+  config = FLAGS.config if FLAGS.init_from_peft else FLAGS.workdir and experiment.load_config(FLAGS.workdir)
+  if FLAGS.data_dir and config:
     config.data_dir = FLAGS.data_dir
   config, exp, trainable, frozen = experiment.for_inference(FLAGS.workdir, FLAGS.init_from_peft, config)
   data = datasets.load(config, exp.tokenizer, FLAGS.split, FLAGS.max_examples)

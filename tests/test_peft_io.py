@@ -163,6 +163,8 @@ def test_evaluate_and_predict_accept_init_from_peft(tiny_roberta, torch_adapter,
   assert json.loads(out.strip().splitlines()[-1])["split"] == "dev"
   out = script("predict", f"--init_from_peft={folder}", *flags, input="A man sleeps.\tA man is awake.\n").stdout
   assert set(json.loads(out.strip().splitlines()[-1])) == {"label", "score", "scores"}
+  neither = script("evaluate", check=False)
+  assert neither.returncode == 2 and "error: give --workdir (a finished run), or --init_from_peft" in neither.stderr
 
 
 @pytest.fixture(scope="module")
