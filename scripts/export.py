@@ -38,24 +38,28 @@ def main(argv):
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
   tree = trainability.combine(trainable, frozen)
   task = exp.task
+  arch = export.architecture(exp.model)
   if (
     task.kind in ("classification", "regression")
     and not exp.model.is_decoder
     and config.get("head_pooling", "pooler") != "pooler"
+    and (arch is None or (arch[0], EXPORT_TASKS[task.kind]) not in export.NO_EXPORT)  # export says why
   ):
     raise InputError(
       f"config key head_pooling={config.head_pooling!r}: transformers' "
-      "BertForSequenceClassification reads the pooler (RobertaFor…: as classifier.dense; ELECTRA's and "
-      "DistilBERT's heads have a dense layer of their own), so this run's head has no place there"
+      "BertForSequenceClassification reads the pooler, so this run's head has no place there"
     )
   labels = dict(enumerate(task.label_names)) if task.label_names else None
   common = dict(
     model=exp.model, tree=tree, task=EXPORT_TASKS[task.kind], num_labels=task.num_labels or None, id2label=labels
   )
-  if FLAGS.format == "hf":
-    out = export.export_hf(FLAGS.out, source_folder=models.resolve(config.model), **common)
-  else:
-    out = export.export_peft(FLAGS.out, base_model=str(models.resolve(config.model)), **common)
+  try:
+    if FLAGS.format == "hf":
+      out = export.export_hf(FLAGS.out, source_folder=models.resolve(config.model), **common)
+    else:
+      out = export.export_peft(FLAGS.out, base_model=str(models.resolve(config.model)), **common)
+  except ValueError as e:  # a run that has no form in the chosen format: one line saying why
+    raise InputError(f"{FLAGS.workdir}: {e}") from None
   print(f"wrote {out}")
 
 
