@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from conftest import parse_config, script, tiny_config, tiny_flags  # noqa: E402
-from ftjax import experiment, export, models  # noqa: E402
+from ftjax import experiment, export, models, trainability  # noqa: E402
 from ftjax.peft.spec import PeftSpec  # noqa: E402
 from ftjax.tasks import heads  # noqa: E402
 
@@ -236,3 +236,10 @@ def test_training_continues_from_a_peft_adapter(tiny_roberta, torch_adapter, rte
     )
     assert moved > 0, part
   assert "encoder" not in trainable["backbone"]  # the rest of the backbone stays frozen
+  # …and back to PyTorch: scripts/export.py writes the continued run as a PEFT adapter that peft loads.
+  script("export", f"--workdir={tmp_path}", f"--out={tmp_path / 'peft'}", "--format=peft")
+  base = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_roberta, num_labels=2)
+  loaded = peft.PeftModel.from_pretrained(base, tmp_path / "peft")
+  ids, mask = batch(3)
+  ours = ftjax_logits(exp.model, trainability.combine(trainable, frozen), exp.task.head, ids, mask)
+  assert report("peft adapter → ftjax training → scripts/export.py → peft", torch_logits(loaded, ids, mask), ours) < TOL
