@@ -294,6 +294,9 @@ def init_cache(config: LlamaConfig, batch: int, length: int, dtype=jnp.float32) 
 # Our names are LlamaForCausalLM's full names ("model.layers.0…", "lm_head.weight"): nothing to strip.
 HF_PREFIXES = ()
 
+# LoRA's default targets (config lora.targets="default"): q_proj and v_proj, as PEFT for Llama-family models.
+LORA_TARGETS = r"self_attn/(q_proj|v_proj)$"
+
 
 def hf_names(config: LlamaConfig, hf_keys) -> list[tuple[str, str, bool]]:
   """(our path, HF name, transpose) for every tensor. torch Linear weights are (out, in): transposed.
