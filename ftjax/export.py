@@ -50,6 +50,9 @@ HF_CLASSES = {
   ("gpt2", "causal_lm"): ("GPT2LMHeadModel", "transformer.", None),  # lm_head is tied to wte
   ("gpt2", "encoder"): ("GPT2Model", "", None),
   ("llama", "causal_lm"): ("LlamaForCausalLM", "", None),  # llama.hf_names are already the full names
+  ("mistral", "causal_lm"): ("MistralForCausalLM", "", None),
+  ("qwen2", "causal_lm"): ("Qwen2ForCausalLM", "", None),
+  ("qwen3", "causal_lm"): ("Qwen3ForCausalLM", "", None),
 }
 
 # Our task → PEFT's task_type (which picks the PeftModel subclass and the Auto class of the base).
@@ -61,8 +64,16 @@ PEFT_TASK_TYPES = {
   "encoder": "FEATURE_EXTRACTION",
 }
 
-# Our model class → its architecture module (model_type, hf_names).
+# Our model class → its architecture module (model_type, hf_names). Modules that compute several
+# model_types (llama.py: mistral, qwen2, qwen3) keep the one to export in their config's `model_type`.
 ARCHITECTURES = {bert.Model: ("bert", bert), gpt2.Model: ("gpt2", gpt2), llama.Model: ("llama", llama)}
+
+
+def _model_type(model) -> tuple[str, object]:
+  """(model_type, architecture module) of a model."""
+  model_type, arch = ARCHITECTURES[type(model)]
+  return getattr(model.config, "model_type", model_type), arch
+
 
 TOKENIZER_FILES = (
   "tokenizer.json",
@@ -87,7 +98,7 @@ def _architecture(model, task: str):
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
   if type(model) not in ARCHITECTURES:
     raise ValueError(f"cannot export a {type(model).__name__}: ftjax exports {[c.__name__ for c in ARCHITECTURES]}")
-  model_type, arch = ARCHITECTURES[type(model)]
+  model_type, arch = _model_type(model)
   if (model_type, task) not in HF_CLASSES:
     raise ValueError(
       f"transformers has no {model_type} class for task {task!r}; "
@@ -361,7 +372,7 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
     raise ValueError(f"{config_file}: options {unsupported or ['bias']} have no ftjax equivalent")
   if type(model) not in ARCHITECTURES:
     raise ValueError(f"cannot import an adapter into a {type(model).__name__}")
-  model_type, arch = ARCHITECTURES[type(model)]
+  model_type, arch = _model_type(model)
   params = abstract_params(model)
   modules = _dense_modules(arch, model, _has_pooler(params))
   module_of = {hf: ours for ours, hf in modules.items() if ours != "pooler"}  # our pooler hosts no LoRA

@@ -10,6 +10,13 @@ One block: h += attn(RMSNorm(h)); h += mlp(RMSNorm(h)), with
 - SwiGLU MLP: down_proj(silu(gate_proj(x)) · up_proj(x)).
 The LM head is `lm_head` unless `tie_word_embeddings`, then the token embedding `embed_tokens`.
 
+The same module computes the Llama variants (config.json's `model_type`, kept in the config):
+- mistral: Llama with a sliding attention window (`sliding_window`): a query attends the last
+  `sliding_window` slots only (itself included), in every layer;
+- qwen2 (Qwen2, Qwen2.5): biases on the q/k/v projections, none on o_proj; a sliding window only where
+  `use_sliding_window`, on layers ≥ `max_window_layers` (or as `layer_types` says);
+- qwen3: an RMSNorm over each head's dimensions on queries and keys (`q_norm`, `k_norm`), before rotary.
+
 Module paths mirror Hugging Face's (`layers_0/self_attn/q_proj`, `layers_0/mlp/gate_proj`,
 `embed_tokens`, `norm`), so PEFT-style LoRA targets ("self_attn/(q_proj|v_proj)$") work as written.
 torch's Linear stores (out, in): every kernel is transposed on loading (see `hf_names`).
@@ -50,6 +57,8 @@ from ftjax.peft import prompts
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 ROPE_TYPES = ("default", "linear", "llama3")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # the config.json model_types this module computes
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +76,13 @@ class LlamaConfig:
   rope_theta: float = 10000.0
   # ("rope_type", …) and its parameters as sorted (key, value) pairs: a tuple keeps the config hashable.
   rope_scaling: tuple[tuple[str, object], ...] = ()
-  attention_bias: bool = False  # biases on q/k/v/o projections (Qwen-style checkpoints)
+  attention_bias: bool = False  # biases on the q/k/v projections (and o_proj unless attention_out_bias=False)
+  attention_out_bias: bool | None = None  # None → attention_bias; Qwen2: q/k/v biases only
+  qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on queries and keys, before rotary
+  sliding_window: int | None = None  # [slots] attended by each query in sliding layers; None → no window
+  layer_types: tuple[str, ...] = ()  # per layer, one of LAYER_TYPES; () → all "sliding_attention" if
+  # sliding_window else "full_attention"
+  model_type: str = "llama"  # which variant (MODEL_TYPES): names the transformers class on export
   mlp_bias: bool = False
   attention_dropout: float = 0.0
   tie_word_embeddings: bool = False
@@ -85,6 +100,17 @@ class LlamaConfig:
       )
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"unknown hidden_act {self.hidden_act!r}; known: {sorted(ACTIVATIONS)}")
+    if self.model_type not in MODEL_TYPES:
+      raise ValueError(f"model_type {self.model_type!r} is not a Llama variant; llama.py computes {MODEL_TYPES}")
+    if self.attention_out_bias is None:
+      object.__setattr__(self, "attention_out_bias", self.attention_bias)
+    if not self.layer_types:
+      kind = "sliding_attention" if self.sliding_window else "full_attention"
+      object.__setattr__(self, "layer_types", (kind,) * self.num_hidden_layers)
+    if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+      raise ValueError(f"layer_types must give one of {LAYER_TYPES} per layer, got {self.layer_types}")
+    if self.sliding_window is not None and self.sliding_window <= 0:
+      raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}")
     rope_type = dict(self.rope_scaling).get("rope_type", "default")
     if rope_type not in ROPE_TYPES:
       raise ValueError(f"rope_scaling type {rope_type!r} is not supported; ftjax implements {ROPE_TYPES}")
@@ -92,22 +118,44 @@ class LlamaConfig:
   @classmethod
   def from_hf(cls, hf: dict) -> "LlamaConfig":
     """From a config.json dict: transformers ≥ 5 writes `rope_parameters` (theta inside), older versions
-    `rope_theta` and `rope_scaling` (with `type` or `rope_type`)."""
+    `rope_theta` and `rope_scaling` (with `type` or `rope_type`). The variants' own keys as transformers
+    reads them: Qwen's window applies only with `use_sliding_window`, to layers ≥ `max_window_layers`."""
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
     rope_type = rope.pop("rope_type", rope.pop("type", "default"))
     if rope.pop("partial_rotary_factor", 1.0) != 1.0:
       raise ValueError("partial_rotary_factor != 1 is not supported")
     scaling = () if rope_type == "default" else tuple(sorted({"rope_type": rope_type, **rope}.items()))
-    names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "rope_scaling"}
+    names = {f.name for f in dataclasses.fields(cls)} - {"rope_theta", "rope_scaling", "attention_out_bias", "qk_norm"}
     fields = {k: v for k, v in hf.items() if k in names}
     if isinstance(fields.get("eos_token_id"), list):
       fields["eos_token_id"] = tuple(fields["eos_token_id"])
+    model_type = hf.get("model_type", "llama")
+    if model_type in ("llama", "mistral"):  # Llama has no window; Mistral's covers every layer
+      fields.pop("layer_types", None)
+    if model_type == "llama":  # a stray key must not switch a window on
+      fields.pop("sliding_window", None)
+    if model_type in ("qwen2", "qwen3"):
+      if not hf.get("use_sliding_window", False):
+        fields["sliding_window"] = None
+      if not hf.get("layer_types"):
+        first = hf.get("max_window_layers", 28) if fields.get("sliding_window") else hf["num_hidden_layers"]
+        fields["layer_types"] = [
+          "sliding_attention" if i >= first else "full_attention" for i in range(hf["num_hidden_layers"])
+        ]
+    if model_type == "qwen2":  # Qwen2Attention: q/k/v biases always, none on o_proj
+      fields.update(attention_bias=True, attention_out_bias=False)
+    fields["qk_norm"] = model_type == "qwen3"
+    fields["layer_types"] = tuple(fields.get("layer_types") or ())
     return cls(**fields, rope_theta=float(theta), rope_scaling=scaling)
 
   @property
   def max_positions(self) -> int:
     return self.max_position_embeddings
+
+  def window(self, layer: int) -> int | None:
+    """The sliding window of `layer` [slots], None for full attention."""
+    return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
 
 
 def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
@@ -161,6 +209,7 @@ class LlamaAttention(nn.Module):
   config: LlamaConfig
   peft: PeftSpec = NO_PEFT
   dtype: jnp.dtype = jnp.float32
+  window: int | None = None  # sliding window [slots]; None → full causal attention
 
   @nn.compact
   def __call__(self, hidden, key_mask, position_ids, first_slot, layer_cache, deterministic):
@@ -173,6 +222,9 @@ class LlamaAttention(nn.Module):
     q = q.reshape(batch, length, c.num_attention_heads, c.head_dim)
     k = k.reshape(batch, length, c.num_key_value_heads, c.head_dim)
     v = v.reshape(batch, length, c.num_key_value_heads, c.head_dim)
+    if c.qk_norm:  # Qwen3: per-head RMSNorm, before rotary
+      q = RMSNorm(c.rms_norm_eps, self.dtype, name="q_norm")(q)
+      k = RMSNorm(c.rms_norm_eps, self.dtype, name="k_norm")(k)
     inv_freq = inverse_frequencies(c)
     q, k = rotary(q, position_ids, inv_freq), rotary(k, position_ids, inv_freq)
     if layer_cache is not None:  # write this call's (rotated) keys/values into their slots
@@ -181,7 +233,7 @@ class LlamaAttention(nn.Module):
         layer_cache["value"], v.astype(layer_cache["value"].dtype), (0, first_slot, 0, 0)
       )
       layer_cache = {"key": k, "value": v}
-    bias = causal_bias(key_mask, length, first_slot)
+    bias = causal_bias(key_mask, length, first_slot, self.window)
     if self.peft.prefix_length:  # unrotated: prefixes have no position
       k, v, bias = prepend_prefix(
         k, v, bias, *prompts.key_value_prefix(self, c.num_key_value_heads, c.head_dim, self.peft)
@@ -190,7 +242,8 @@ class LlamaAttention(nn.Module):
       q, k, v, bias, nn.Dropout(c.attention_dropout), deterministic, self.dtype, 1.0 / math.sqrt(c.head_dim)
     )
     out = out.reshape(batch, length, c.num_attention_heads * c.head_dim)
-    return dense(c.hidden_size, name="o_proj")(out, deterministic), layer_cache
+    o_proj = Dense(c.hidden_size, use_bias=c.attention_out_bias, peft=self.peft, dtype=self.dtype, name="o_proj")
+    return o_proj(out, deterministic), layer_cache
 
 
 class LlamaMLP(nn.Module):
@@ -211,11 +264,12 @@ class LlamaBlock(nn.Module):
   config: LlamaConfig
   peft: PeftSpec = NO_PEFT
   dtype: jnp.dtype = jnp.float32
+  window: int | None = None
 
   @nn.compact
   def __call__(self, hidden, key_mask, position_ids, first_slot, layer_cache, deterministic):
     c = self.config
-    a, layer_cache = LlamaAttention(c, self.peft, self.dtype, name="self_attn")(
+    a, layer_cache = LlamaAttention(c, self.peft, self.dtype, self.window, name="self_attn")(
       RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(hidden),
       key_mask,
       position_ids,
@@ -260,7 +314,7 @@ class LlamaForCausalLM(nn.Module):
     new_cache = {} if cache is not None else None
     for i in range(c.num_hidden_layers):
       name = f"layers_{i}"
-      hidden, layer_cache = block_cls(c, self.peft, self.dtype, name=name)(
+      hidden, layer_cache = block_cls(c, self.peft, self.dtype, c.window(i), name=name)(
         hidden, attention_mask, position_ids, cache_index, None if cache is None else cache[name], deterministic
       )
       if cache is not None:
@@ -304,7 +358,8 @@ def hf_names(config: LlamaConfig, hf_keys) -> list[tuple[str, str, bool]]:
   names = [("embed_tokens/embedding", "model.embed_tokens.weight", False), ("norm/scale", "model.norm.weight", False)]
   if not config.tie_word_embeddings:
     names.append(("lm_head/kernel", "lm_head.weight", True))
-  denses = [(f"self_attn/{p}", config.attention_bias) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+  denses = [(f"self_attn/{p}", config.attention_bias) for p in ("q_proj", "k_proj", "v_proj")]
+  denses.append(("self_attn/o_proj", config.attention_out_bias))
   denses += [(f"mlp/{p}", config.mlp_bias) for p in ("gate_proj", "up_proj", "down_proj")]
   for i in range(config.num_hidden_layers):
     for dense, has_bias in denses:
@@ -312,8 +367,10 @@ def hf_names(config: LlamaConfig, hf_keys) -> list[tuple[str, str, bool]]:
       names.append((f"layers_{i}/{dense}/kernel", f"{hf}.weight", True))
       if has_bias:
         names.append((f"layers_{i}/{dense}/bias", f"{hf}.bias", False))
-    for norm in ("input_layernorm", "post_attention_layernorm"):
-      names.append((f"layers_{i}/{norm}/scale", f"model.layers.{i}.{norm}.weight", False))
+    norms = ("input_layernorm", "post_attention_layernorm")
+    norms += ("self_attn/q_norm", "self_attn/k_norm") if config.qk_norm else ()
+    for norm in norms:
+      names.append((f"layers_{i}/{norm}/scale", f"model.layers.{i}.{norm.replace('/', '.')}.weight", False))
   return names
 
 
