@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import bert, gpt2, llama
+from ftjax.models import bert, gguf, gpt2, llama
 from ftjax.models.loading import abstract_params, read_tensors
 from ftjax.peft import lora
 from ftjax.peft.spec import PeftSpec
@@ -221,7 +221,8 @@ def export_hf(
 
   `tree` is the run's parameter pytree ({"backbone", "head"[, "lora"]}); `source_folder` the Hugging
   Face folder the backbone came from (its config.json is the base of ours; its tokenizer files are
-  copied). Load the result with `AutoModelFor<Task>.from_pretrained(out_dir)`.
+  copied), or the GGUF file (config from its metadata, tokenizer files written from its vocabulary).
+  Load the result with `AutoModelFor<Task>.from_pretrained(out_dir)`.
   """
   model_type, arch, hf_class, prefix, head_name = _architecture(model, task)
   _reject_non_lora(model, tree, "hf")
@@ -244,7 +245,7 @@ def export_hf(
     raise ValueError(f"backbone params without a transformers name: {sorted(flat)[:5]}")
   tensors.update(_head_tensors(tree.get("head"), head_name, ""))
 
-  config = json.loads((source_folder / "config.json").read_text())
+  config = _source_config(source_folder)
   config["architectures"] = [hf_class]
   config = _label_config(config, task, tree.get("head"), head_name, num_labels, id2label)
   if model_type == "gpt2":
@@ -257,10 +258,25 @@ def export_hf(
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   _save_safetensors(tensors, out_dir / "model.safetensors", {"format": "pt"})
-  for name in TOKENIZER_FILES:
-    if (source_folder / name).is_file():
-      shutil.copyfile(source_folder / name, out_dir / name)
+  _write_tokenizer(source_folder, out_dir)
   return out_dir
+
+
+def _source_config(source: Path) -> dict:
+  """The config.json dict of the checkpoint the backbone came from; of a GGUF file, its metadata's."""
+  if source.suffix == ".gguf":
+    return gguf.read_config(gguf.gguf.GGUFReader(source), str(source))
+  return json.loads((source / "config.json").read_text())
+
+
+def _write_tokenizer(source: Path, out_dir: Path):
+  """Copies the checkpoint's tokenizer files; a GGUF file's tokenizer is saved as transformers' files."""
+  if source.suffix == ".gguf":
+    gguf.load_tokenizer(source).save_pretrained(out_dir)
+    return
+  for name in TOKENIZER_FILES:
+    if (source / name).is_file():
+      shutil.copyfile(source / name, out_dir / name)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -214,3 +214,53 @@ def test_lora_targets_of_another_architecture_are_an_error():
   qwen = dict(model_type="qwen3", num_hidden_layers=2, num_attention_heads=2, hidden_size=8, intermediate_size=8)
   with pytest.raises(InputError, match=r"matches no layer of this qwen3 model.*'layers_0/self_attn/q_proj'"):
     build_model(qwen, peft=PeftSpec(lora_targets=r"attn/c_attn$"))
+
+
+# --- A GGUF-loaded run (the packaged SmolLM2-135M) exported both ways ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_lora():
+  """(gguf file, model, tree, prompt ids): SmolLM2 with LoRA on its default targets, B ≠ 0."""
+  from ftjax.models import load_tokenizer, resolve
+
+  try:
+    gguf_file = resolve("smollm2")
+  except CheckpointError as e:
+    pytest.skip(str(e))
+  model, params = from_pretrained(gguf_file, peft=PeftSpec(lora_targets="default", lora_rank=4))
+  ids = load_tokenizer(gguf_file)(["The capital of France is"], return_tensors="np")["input_ids"].astype(np.int32)
+  # The LoRA collection only (model.init would also draw a random 135M-parameter backbone: ~30 s).
+  _, method = model.apply({"params": params}, jnp.asarray(ids), mutable=["lora"], rngs={"params": jax.random.key(0)})
+  lora = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape), method["lora"])
+  return gguf_file, model, {"backbone": params, "lora": lora}, ids
+
+
+def test_smollm2_gguf_lora_run_exports_to_transformers(smollm2_lora, tmp_path):
+  """Config from the GGUF metadata, tokenizer files from its vocabulary: the merged folder loads in
+  transformers, tokenises as the GGUF tokenizer does, and continues a prompt greedily exactly as ftjax."""
+  gguf_file, model, tree, ids = smollm2_lora
+  variables = {"params": tree["backbone"], "lora": tree["lora"]}
+  ours = np.asarray(generation.generate(model, None, ids, np.ones_like(ids), max_new_tokens=NEW, variables=variables))
+  merged = export.export_hf(tmp_path, model=model, tree=tree, task="causal_lm", source_folder=gguf_file)
+  assert json.loads((merged / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+  assert transformers.AutoTokenizer.from_pretrained(merged)(["The capital of France is"])["input_ids"] == ids.tolist()
+  hf = transformers.AutoModelForCausalLM.from_pretrained(merged).eval()
+  with torch.no_grad():
+    theirs = hf.generate(
+      input_ids=torch.tensor(ids, dtype=torch.long), max_new_tokens=NEW, do_sample=False, eos_token_id=None
+    ).numpy()
+  np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.slow  # transformers dequantises the GGUF file in Python: ~30 s
+def test_smollm2_gguf_lora_run_exports_to_peft(smollm2_lora, tmp_path):
+  """The PEFT adapter of a GGUF-loaded run, on transformers' own loading of the same file."""
+  gguf_file, model, tree, ids = smollm2_lora
+  logits = np.asarray(model.apply({"params": tree["backbone"], "lora": tree["lora"]}, jnp.asarray(ids)).logits)
+  adapter = export.export_peft(tmp_path, model=model, tree=tree, task="causal_lm", base_model=gguf_file)
+  base = transformers.AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+  reference = peft.PeftModel.from_pretrained(base, adapter).eval()
+  with torch.no_grad():
+    theirs = reference(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
+  np.testing.assert_allclose(logits, theirs, atol=1e-3, rtol=0)  # 30 float32 layers: as test_llama's GGUF check
