@@ -25,6 +25,8 @@ from ftjax.errors import InputError  # noqa: E402
 from ftjax.models import CheckpointError, build_model, from_pretrained  # noqa: E402
 from ftjax.peft import PeftSpec  # noqa: E402
 
+from conftest import greedy_without_cache  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 VOCAB = 99
@@ -166,6 +168,20 @@ def test_greedy_matches_transformers(checkpoint, ours, prompts):
   theirs[:, : out.shape[1]] = out
   np.testing.assert_array_equal(np.asarray(tokens), theirs)
   assert len(set(np.asarray(tokens)[0, ids.shape[1] :].tolist())) > 2  # a real continuation, not one token
+
+
+@pytest.mark.parametrize(
+  "peft_spec,collection", [(PeftSpec(prompt_length=3), "prompt"), (PeftSpec(prefix_length=2), "prefix")]
+)
+def test_soft_prompt_and_prefix_decode_through_the_cache(checkpoint, prompts, peft_spec, collection):
+  """Gemma 3's block with soft prompts (which shift positions) and prefixes (which the window never hides):
+  the cache must agree with full re-runs. (llama.py's variants: tests/test_llama.py.)"""
+  if checkpoint[0] != "gemma3_text":
+    pytest.skip("the Llama variants share test_llama.py's checks of this")
+  model, params = from_pretrained(checkpoint[1], peft=peft_spec)
+  variables = {"params": params, collection: model.init(jax.random.key(1), jnp.asarray(prompts[0]))[collection]}
+  ours = generation.generate(model, None, *prompts, max_new_tokens=6, variables=variables)
+  np.testing.assert_array_equal(np.asarray(ours), greedy_without_cache(model, variables, *prompts, 6))
 
 
 @pytest.fixture(scope="module")
