@@ -65,20 +65,21 @@ PEFT_TASK_TYPES = {
   "encoder": "FEATURE_EXTRACTION",
 }
 
-# Our model class → its architecture module (model_type, hf_names). Modules that compute several
-# model_types (llama.py: mistral, qwen2, qwen3) keep the one to export in their config's `model_type`.
+# Our config class → its architecture module (model_type, hf_names). By config, not model class: Mistral,
+# Qwen2 and Qwen3 run llama.Model and keep their model_type in the config.
 ARCHITECTURES = {
-  bert.Model: ("bert", bert),
-  gpt2.Model: ("gpt2", gpt2),
-  llama.Model: ("llama", llama),
-  gemma3.Model: ("gemma3_text", gemma3),
+  bert.Config: ("bert", bert),
+  gpt2.Config: ("gpt2", gpt2),
+  llama.Config: ("llama", llama),
+  gemma3.Config: ("gemma3_text", gemma3),
 }
 
 
-def _model_type(model) -> tuple[str, object]:
-  """(model_type, architecture module) of a model."""
-  model_type, arch = ARCHITECTURES[type(model)]
-  return getattr(model.config, "model_type", model_type), arch
+def architecture(model) -> tuple[str, object] | None:
+  """(model_type, architecture module) of a backbone, or None for one ftjax cannot export. A config that
+  records its own `model_type` (one module computing several) names it."""
+  found = ARCHITECTURES.get(type(getattr(model, "config", None)))
+  return None if found is None else (getattr(model.config, "model_type", found[0]), found[1])
 
 
 TOKENIZER_FILES = (
@@ -102,9 +103,9 @@ def _architecture(model, task: str):
   """(model_type, architecture module, transformers class, backbone prefix, head module name)."""
   if task not in TASKS:
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-  if type(model) not in ARCHITECTURES:
-    raise ValueError(f"cannot export a {type(model).__name__}: ftjax exports {[c.__name__ for c in ARCHITECTURES]}")
-  model_type, arch = _model_type(model)
+  if architecture(model) is None:
+    raise ValueError(f"cannot export a {type(model).__name__}: ftjax exports {[m for m, _ in ARCHITECTURES.values()]}")
+  model_type, arch = architecture(model)
   if (model_type, task) not in HF_CLASSES:
     raise ValueError(
       f"transformers has no {model_type} class for task {task!r}; "
@@ -392,9 +393,9 @@ def import_peft_adapter(folder, model) -> tuple[PeftSpec, dict, dict | None]:
   unsupported = [k for k in _UNSUPPORTED_PEFT_OPTIONS if config.get(k)]
   if unsupported or config.get("bias", "none") != "none":
     raise ValueError(f"{config_file}: options {unsupported or ['bias']} have no ftjax equivalent")
-  if type(model) not in ARCHITECTURES:
+  if architecture(model) is None:
     raise ValueError(f"cannot import an adapter into a {type(model).__name__}")
-  model_type, arch = _model_type(model)
+  model_type, arch = architecture(model)
   params = abstract_params(model)
   modules = _dense_modules(arch, model, _has_pooler(params))
   module_of = {hf: ours for ours, hf in modules.items() if ours != "pooler"}  # our pooler hosts no LoRA

@@ -206,7 +206,7 @@ def export_formats(config, model, kind: str) -> tuple[str, ...]:
 
   spec = model.peft
   task = "sequence_classification" if kind in ("classification", "regression") else kind
-  arch = export.ARCHITECTURES.get(type(model))
+  arch = export.architecture(model)
   if (
     spec.adapter or spec.prompt_length or spec.prefix_length or arch is None or (arch[0], task) not in export.HF_CLASSES
   ):
