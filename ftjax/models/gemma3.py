@@ -1,7 +1,7 @@
 """Gemma 3 text decoders (Gemma Team 2025) as Hugging Face's `Gemma3ForCausalLM` computes them.
 
-Gemma 3 is a Llama-family decoder (grouped-query attention with rotary embeddings, a gated MLP), and
-reuses llama.py's attention and MLP modules. What differs:
+Gemma 3 is a Llama-family decoder (grouped-query attention with rotary embeddings, a gated MLP): the
+model is llama.py's, with Gemma's block and config. What differs:
 - token embeddings are multiplied by √hidden_size (in float32); the tied LM head reads the raw table;
 - RMSNorm multiplies by (1 + weight): checkpoints store the weight minus one;
 - each sub-layer is normed before and after: h += post_norm(attn(input_norm(h))), then
@@ -25,14 +25,12 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ftjax.models import llama
-from ftjax.models.layers import Dense, Embed, adapter, decoder_inputs
+from ftjax.models.layers import adapter
 from ftjax.models.llama import LlamaAttention, LlamaMLP, RMSNorm, rope_frequencies
-from ftjax.models.outputs import DecoderOutput
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
 
@@ -99,14 +97,10 @@ class Gemma3Config(llama.LlamaConfig):
   def attention_scale(self) -> float:
     return self.query_pre_attn_scalar**-0.5
 
-
-class ScaledEmbed(Embed):
-  """Token embeddings × `scale` (√hidden_size); `attend` (the tied head) reads the unscaled table."""
-
-  scale: float = 1.0
-
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    return (jnp.take(self.embedding, ids, axis=0) * jnp.float32(self.scale)).astype(self.dtype)
+  @property
+  def embedding_scale(self) -> float:
+    """√hidden_size, rounded to float32 as transformers' float32 buffer holds it."""
+    return float(np.float32(self.hidden_size**0.5))
 
 
 class Gemma3Block(nn.Module):
@@ -127,58 +121,11 @@ class Gemma3Block(nn.Module):
     return hidden + adapter(self, norm("post_feedforward_layernorm")(m), self.peft, "ffn", self.dtype), layer_cache
 
 
-class Gemma3ForCausalLM(nn.Module):
-  """`apply({"params": ...}, input_ids, attention_mask=..., deterministic=True)` → DecoderOutput."""
+class Gemma3ForCausalLM(llama.LlamaForCausalLM):
+  """llama.py's model with Gemma 3's block; the config supplies the embedding scale, the (1 + w) final
+  norm and the logit soft-cap. `apply(...)` → DecoderOutput, as every decoder."""
 
-  config: Gemma3Config
-  peft: PeftSpec = NO_PEFT
-  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
-  remat: bool = False
-  is_decoder = True
-
-  @nn.compact
-  def __call__(
-    self,
-    input_ids,
-    attention_mask=None,
-    position_ids=None,
-    deterministic: bool = True,
-    embedding_perturbation=None,
-    cache: dict | None = None,
-    cache_index=0,
-    prepend_prompt: bool = True,
-  ) -> DecoderOutput:
-    c = self.config
-    # transformers rounds √hidden to float32 (a float32 buffer) before multiplying.
-    scale = float(np.float32(c.hidden_size**0.5))
-    embed = ScaledEmbed(c.vocab_size, c.hidden_size, self.dtype, scale=scale, name="embed_tokens")
-    hidden, attention_mask, position_ids, n_prompt = decoder_inputs(
-      self, embed, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt
-    )
-    block_cls = nn.remat(Gemma3Block, static_argnums=(6,)) if self.remat else Gemma3Block
-    new_cache = {} if cache is not None else None
-    for i in range(c.num_hidden_layers):
-      name = f"layers_{i}"
-      hidden, layer_cache = block_cls(c, self.peft, self.dtype, i, name=name)(
-        hidden, attention_mask, position_ids, cache_index, None if cache is None else cache[name], deterministic
-      )
-      if cache is not None:
-        new_cache[name] = layer_cache
-    hidden = RMSNorm(c.rms_norm_eps, self.dtype, True, name="norm")(hidden)
-    if n_prompt:
-      hidden = hidden[:, n_prompt:]
-    if c.tie_word_embeddings:
-      logits = embed.attend(hidden)
-    else:
-      logits = Dense(c.vocab_size, use_bias=False, peft=self.peft, dtype=self.dtype, name="lm_head")(
-        hidden, deterministic
-      ).astype(jnp.float32)
-    if c.final_logit_softcapping is not None:
-      logits = jnp.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
-    return DecoderOutput(logits=logits, last_hidden_state=hidden, cache=new_cache)
-
-  def init_cache(self, batch: int, length: int, dtype=None) -> dict:
-    return llama.init_cache(self.config, batch, length, self.dtype if dtype is None else dtype)
+  block = Gemma3Block
 
 
 HF_PREFIXES = ()

@@ -162,6 +162,7 @@ class Embed(nn.Module):
   num_embeddings: int
   features: int
   dtype: jnp.dtype = jnp.float32
+  scale: float | None = None  # multiplies the looked-up rows, not `attend` (Gemma: √hidden_size)
 
   def setup(self):
     self.embedding = self.param(
@@ -169,7 +170,8 @@ class Embed(nn.Module):
     )
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    rows = jnp.take(self.embedding, ids, axis=0)
+    return (rows if self.scale is None else rows * jnp.float32(self.scale)).astype(self.dtype)
 
   def attend(self, x: jax.Array) -> jax.Array:
     return matmul(x, self.embedding.T, self.dtype)  # float32 logits

@@ -91,6 +91,8 @@ class LlamaConfig:
 
   model_types = MODEL_TYPES  # class constants (no annotation: not fields), which gemma3.py overrides
   norm_unit_offset = False  # RMSNorm multiplies by `weight` (Gemma: by 1 + weight)
+  embedding_scale = None  # factor on the token embeddings (Gemma: √hidden_size)
+  final_logit_softcapping = None  # logits → cap · tanh(logits / cap) (Gemma 3, where set)
 
   def __post_init__(self):
     if self.num_key_value_heads is None:
@@ -312,7 +314,8 @@ class LlamaForCausalLM(nn.Module):
   peft: PeftSpec = NO_PEFT
   dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
   remat: bool = False
-  is_decoder = True  # class constant (no annotation: not a module field)
+  is_decoder = True  # class constants (no annotation: not module fields)
+  block = LlamaBlock  # gemma3.py's model is this one with its own block
 
   @nn.compact
   def __call__(
@@ -327,11 +330,11 @@ class LlamaForCausalLM(nn.Module):
     prepend_prompt: bool = True,
   ) -> DecoderOutput:
     c = self.config
-    embed = Embed(c.vocab_size, c.hidden_size, self.dtype, name="embed_tokens")
+    embed = Embed(c.vocab_size, c.hidden_size, self.dtype, c.embedding_scale, name="embed_tokens")
     hidden, attention_mask, position_ids, n_prompt = decoder_inputs(
       self, embed, input_ids, attention_mask, position_ids, embedding_perturbation, cache, prepend_prompt
     )
-    block_cls = nn.remat(LlamaBlock, static_argnums=(6,)) if self.remat else LlamaBlock
+    block_cls = nn.remat(self.block, static_argnums=(6,)) if self.remat else self.block
     new_cache = {} if cache is not None else None
     for i in range(c.num_hidden_layers):
       name = f"layers_{i}"
@@ -340,7 +343,7 @@ class LlamaForCausalLM(nn.Module):
       )
       if cache is not None:
         new_cache[name] = layer_cache
-    hidden = RMSNorm(c.rms_norm_eps, self.dtype, name="norm")(hidden)
+    hidden = RMSNorm(c.rms_norm_eps, self.dtype, c.norm_unit_offset, name="norm")(hidden)
     if n_prompt:  # drop the soft-prompt positions: outputs align with input_ids again
       hidden = hidden[:, n_prompt:]
     if c.tie_word_embeddings:
@@ -350,6 +353,8 @@ class LlamaForCausalLM(nn.Module):
       logits = Dense(c.vocab_size, use_bias=False, peft=self.peft, dtype=self.dtype, name="lm_head")(
         hidden, deterministic
       ).astype(jnp.float32)
+    if c.final_logit_softcapping is not None:
+      logits = jnp.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
     return DecoderOutput(logits=logits, last_hidden_state=hidden, cache=new_cache)
 
   def init_cache(self, batch: int, length: int, dtype=None) -> dict:
