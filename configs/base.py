@@ -56,7 +56,8 @@ def get_config():
   c.method = "full"  # full | head | bitfit | lora | adapter | prompt | prefix
   c.trainable = ()  # rules "train:<regex>" / "freeze:<regex>" over param paths, before the method's preset
   c.lora = ml_collections.ConfigDict()
-  c.lora.targets = r"attention/self/(query|value)$|attn/c_attn$"  # regex over Dense module paths
+  # regex over Dense module paths, or "default": the architecture's LORA_TARGETS (ftjax/models/<arch>.py)
+  c.lora.targets = "default"
   c.lora.rank = 8  # r
   c.lora.alpha = 16.0  # scale s = alpha / r (alpha / √r with rslora)
   c.lora.dropout = 0.1  # dropout on the LoRA branch input [probability]

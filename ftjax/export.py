@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import bert, deberta_v2, distilbert, electra, gpt2, llama, roberta
+from ftjax.models import bert, deberta_v2, distilbert, electra, gemma3, gguf, gpt2, llama, roberta
 from ftjax.models.loading import abstract_params, read_tensors
 from ftjax.peft import lora
 from ftjax.peft.spec import PeftSpec
@@ -53,6 +53,10 @@ HF_CLASSES = {
   ("gpt2", "causal_lm"): ("GPT2LMHeadModel", "transformer.", None),  # lm_head is tied to wte
   ("gpt2", "encoder"): ("GPT2Model", "", None),
   ("llama", "causal_lm"): ("LlamaForCausalLM", "", None),  # llama.hf_names are already the full names
+  ("mistral", "causal_lm"): ("MistralForCausalLM", "", None),
+  ("qwen2", "causal_lm"): ("Qwen2ForCausalLM", "", None),
+  ("qwen3", "causal_lm"): ("Qwen3ForCausalLM", "", None),
+  ("gemma3_text", "causal_lm"): ("Gemma3ForCausalLM", "", None),
   # XLM-R shares these names; export_hf writes XLMRoberta… for an xlm-roberta config.json.
   ("roberta", "sequence_classification"): ("RobertaForSequenceClassification", "roberta.", "classifier"),
   ("roberta", "token_classification"): ("RobertaForTokenClassification", "roberta.", "classifier"),
@@ -96,7 +100,8 @@ PEFT_TASK_TYPES = {
 }
 
 # Our config class → its architecture module (model_type, hf_names). By config, not model class: RoBERTa,
-# ELECTRA and DistilBERT all run bert.Model.
+# ELECTRA and DistilBERT run bert.Model; Mistral, Qwen2 and Qwen3 run llama.Model and keep their
+# model_type in the config.
 ARCHITECTURES = {
   bert.Config: ("bert", bert),
   roberta.Config: ("roberta", roberta),
@@ -105,6 +110,7 @@ ARCHITECTURES = {
   deberta_v2.Config: ("deberta-v2", deberta_v2),
   gpt2.Config: ("gpt2", gpt2),
   llama.Config: ("llama", llama),
+  gemma3.Config: ("gemma3_text", gemma3),
 }
 
 
@@ -287,7 +293,8 @@ def export_hf(
 
   `tree` is the run's parameter pytree ({"backbone", "head"[, "lora"]}); `source_folder` the Hugging
   Face folder the backbone came from (its config.json is the base of ours; its tokenizer files are
-  copied). Load the result with `AutoModelFor<Task>.from_pretrained(out_dir)`.
+  copied), or the GGUF file (config from its metadata, tokenizer files written from its vocabulary).
+  Load the result with `AutoModelFor<Task>.from_pretrained(out_dir)`.
   """
   model_type, arch, hf_class, prefix, head_name = _architecture(model, task)
   _reject_non_lora(model, tree, "hf")
@@ -312,7 +319,7 @@ def export_hf(
     raise ValueError(f"backbone params without a transformers name: {sorted(flat)[:5]}")
   tensors.update(_head_tensors(tree.get("head"), head_name, "", layout, backbone.get("pooler")))
 
-  config = json.loads((source_folder / "config.json").read_text())
+  config = _source_config(source_folder)
   if config.get("model_type") == "xlm-roberta":  # same names and computation as RoBERTa's classes
     hf_class = hf_class.replace("Roberta", "XLMRoberta")
   config["architectures"] = [hf_class]
@@ -327,10 +334,25 @@ def export_hf(
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   _save_safetensors(tensors, out_dir / "model.safetensors", {"format": "pt"})
-  for name in TOKENIZER_FILES:
-    if (source_folder / name).is_file():
-      shutil.copyfile(source_folder / name, out_dir / name)
+  _write_tokenizer(source_folder, out_dir)
   return out_dir
+
+
+def _source_config(source: Path) -> dict:
+  """The config.json dict of the checkpoint the backbone came from; of a GGUF file, its metadata's."""
+  if source.suffix == ".gguf":
+    return gguf.read_config(gguf.gguf.GGUFReader(source), str(source))
+  return json.loads((source / "config.json").read_text())
+
+
+def _write_tokenizer(source: Path, out_dir: Path):
+  """Copies the checkpoint's tokenizer files; a GGUF file's tokenizer is saved as transformers' files."""
+  if source.suffix == ".gguf":
+    gguf.load_tokenizer(source).save_pretrained(out_dir)
+    return
+  for name in TOKENIZER_FILES:
+    if (source / name).is_file():
+      shutil.copyfile(source / name, out_dir / name)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -66,14 +66,14 @@ def build_torch_model(config, exp, num_labels: int):
   if config.method == "lora":
     import peft
 
-    pattern = re.compile(config.lora.targets)
+    pattern = re.compile(exp.model.peft.lora_targets)  # "default" resolved to the architecture's regex
     targets = [
       name
       for name, module in model.named_modules()
       if isinstance(module, torch.nn.Linear) and pattern.search(name.replace(".", "/"))
     ]
     if not targets:
-      raise InputError(f"config key lora.targets={config.lora.targets!r} matches no Linear of the torch model")
+      raise InputError(f"config key lora.targets={pattern.pattern!r} matches no Linear of the torch model")
     model = peft.get_peft_model(
       model,
       peft.LoraConfig(

@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 import ftjax
+from ftjax.errors import InputError
 from ftjax import trainability
 from ftjax.models import build_model
 from ftjax.peft import METHOD_COLLECTIONS, NO_PEFT, PeftSpec
@@ -245,3 +247,34 @@ def test_dora_unmerge_raises(tiny):
   factors = trained_lora(model, backbone, spec, ids)
   with pytest.raises(ValueError, match="DoRA"):
     lora.unmerge(lora.merge(backbone, factors, spec), factors, spec)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Default targets per architecture, and targets that match nothing.
+
+TINY_LLAMA = dict(
+  model_type="llama", vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+)
+
+
+@pytest.mark.parametrize(
+  "config,adapted",
+  [
+    (TINY["bert"], {"encoder/layer_0/attention/self/query", "encoder/layer_0/attention/self/value"}),
+    (TINY["gpt2"], {"h_0/attn/c_attn"}),
+    (TINY_LLAMA, {"layers_0/self_attn/q_proj", "layers_0/self_attn/v_proj"}),
+  ],
+)
+def test_default_lora_targets_follow_the_architecture(config, adapted):
+  model = build_model(config, peft=PeftSpec(lora_targets="default"))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+  found = {"/".join(p[:-1]) for p in traverse_util.flatten_dict(shapes["lora"])}
+  assert {p for p in found if "_1/" not in p} == adapted and len(found) == 2 * len(adapted)
+
+
+def test_lora_targets_that_match_nothing_list_the_layers():
+  with pytest.raises(InputError, match="matches no layer of this llama model") as raised:
+    build_model(TINY_LLAMA, peft=PeftSpec(lora_targets=r"attention/self/(query|value)$"))
+  message = str(raised.value)
+  assert "'layers_0/self_attn/q_proj'" in message and "'layers_0/mlp/down_proj'" in message
+  assert "layers_1/" not in message and "every other layer" in message

@@ -275,6 +275,9 @@ def _hf_names(config: BertConfig, with_pooler: bool):
 # Prefixes that task-specific HF classes put before the backbone names (BertForSequenceClassification…).
 HF_PREFIXES = ("bert.",)
 
+# LoRA's default targets (config lora.targets="default"): query and value, as Hu et al. and PEFT.
+LORA_TARGETS = r"attention/self/(query|value)$"
+
 
 def hf_names(config: BertConfig, hf_keys) -> list[tuple[str, str, bool]]:
   """(our path, HF name, transpose) for every backbone tensor; the pooler only if the checkpoint has one

@@ -1,4 +1,4 @@
-"""Loading llama.cpp's GGUF files (Llama-family decoders): `from_pretrained("path/to/model.gguf")`.
+"""Loading llama.cpp's GGUF files (Llama and Gemma 3 decoders): `from_pretrained("path/to/model.gguf")`.
 
 A GGUF file holds the hyper-parameters as metadata (`llama.block_count`, …), the tokenizer (vocabulary,
 merges, special ids) and the tensors, usually block-quantised (Q4_1: blocks of 32 weights sharing a
@@ -10,6 +10,11 @@ Names. llama.cpp renames tensors (`blk.3.attn_q.weight` is `model.layers.3.self_
 stores them in torch's (out, in) layout. Its converter also permutes the rows of the q and k projections:
 llama.cpp rotates adjacent pairs (2j, 2j+1), Hugging Face's "rotate half" rotates (j, j + D/2), and the
 permutation makes one equal the other. We undo it per head (`unpermute_rows`), as transformers does.
+
+Gemma 3. llama.cpp does not permute its q/k rows (it rotates Gemma in "rotate half" order), names the
+four norms of a block differently (`ffn_norm` is the norm *before* the MLP), and stores every norm
+weight as 1 + w: we subtract the one again (transformers' Gemma2TensorProcessor does the same). The
+metadata has no local rotary base, sliding pattern or query scalar: transformers' defaults apply.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import llama
+from ftjax.models import loading
 from ftjax.models.loading import CheckpointError, abstract_params, build_model
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
@@ -41,7 +46,17 @@ TENSOR_NAMES = {
   "blk.{i}.ffn_up": "model.layers.{i}.mlp.up_proj",
   "blk.{i}.ffn_down": "model.layers.{i}.mlp.down_proj",
 }
-ARCHITECTURES = ("llama",)  # general.architecture values we read
+# Gemma 3: llama.cpp's block names, beside the shared ones above.
+GEMMA3_TENSOR_NAMES = {
+  **TENSOR_NAMES,
+  "blk.{i}.post_attention_norm": "model.layers.{i}.post_attention_layernorm",
+  "blk.{i}.ffn_norm": "model.layers.{i}.pre_feedforward_layernorm",
+  "blk.{i}.post_ffw_norm": "model.layers.{i}.post_feedforward_layernorm",
+  "blk.{i}.attn_q_norm": "model.layers.{i}.self_attn.q_norm",
+  "blk.{i}.attn_k_norm": "model.layers.{i}.self_attn.k_norm",
+}
+# general.architecture → (model_type in ftjax.models.loading.ARCHITECTURES, tensor names).
+ARCHITECTURES = {"llama": ("llama", TENSOR_NAMES), "gemma3": ("gemma3_text", GEMMA3_TENSOR_NAMES)}
 
 
 def _field(reader: gguf.GGUFReader, key: str, default=None):
@@ -50,10 +65,10 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
 
 
 def read_config(reader: gguf.GGUFReader, source: str) -> dict:
-  """The Hugging Face-style config dict (model_type "llama") from the file's metadata."""
+  """The Hugging Face-style config dict (model_type "llama" or "gemma3_text") from the file's metadata."""
   arch = _field(reader, "general.architecture")
   if arch not in ARCHITECTURES:
-    raise CheckpointError(f"{source}: GGUF architecture {arch!r} is not supported; ftjax reads {ARCHITECTURES}")
+    raise CheckpointError(f"{source}: GGUF architecture {arch!r} is not supported; ftjax reads {sorted(ARCHITECTURES)}")
   tensor_names = {t.name for t in reader.tensors}
   if "rope_freqs.weight" in tensor_names:
     raise CheckpointError(
@@ -76,8 +91,8 @@ def read_config(reader: gguf.GGUFReader, source: str) -> dict:
   if rope_type not in ("none", "linear"):
     raise CheckpointError(f"{source}: rope scaling {rope_type!r} is not supported (none, linear)")
   tokens = _field(reader, "tokenizer.ggml.tokens")
-  return {
-    "model_type": "llama",
+  config = {
+    "model_type": ARCHITECTURES[arch][0],
     "vocab_size": len(tokens) if tokens is not None else int(meta("vocab_size")),
     "hidden_size": int(meta("embedding_length")),
     "intermediate_size": int(meta("feed_forward_length")),
@@ -96,16 +111,26 @@ def read_config(reader: gguf.GGUFReader, source: str) -> dict:
     "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
     "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
   }
+  if arch == "gemma3":
+    config.update(
+      hidden_activation="gelu_pytorch_tanh",
+      sliding_window=int(meta("attention.sliding_window", 4096)),
+      # transformers' Gemma3TextConfig default; equals head_dim in every Gemma 3 but the 27B (168).
+      query_pre_attn_scalar=256,
+      pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"),
+    )
+  return config
 
 
-def hf_name(name: str, source: str) -> str:
-  """`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`."""
+def hf_name(name: str, source: str, arch: str = "llama") -> str:
+  """`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight` (names of GGUF architecture `arch`)."""
+  names = ARCHITECTURES[arch][1]
   stem, _, kind = name.rpartition(".")
   layer = re.fullmatch(r"blk\.(\d+)\.(.+)", stem)
   key = f"blk.{{i}}.{layer.group(2)}" if layer else stem
-  if key not in TENSOR_NAMES or kind not in ("weight", "bias"):
-    raise CheckpointError(f"{source}: GGUF tensor {name!r} has no Llama counterpart")
-  return TENSOR_NAMES[key].format(i=layer.group(1) if layer else "") + "." + kind
+  if key not in names or kind not in ("weight", "bias"):
+    raise CheckpointError(f"{source}: GGUF tensor {name!r} has no {arch} counterpart")
+  return names[key].format(i=layer.group(1) if layer else "") + "." + kind
 
 
 def unpermute_rows(w: np.ndarray, heads: int) -> np.ndarray:
@@ -118,16 +143,20 @@ def unpermute_rows(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def read_tensors(reader: gguf.GGUFReader, config: dict, source: str) -> dict[str, np.ndarray]:
-  """Every tensor dequantised to float32, under its Hugging Face name, q/k rows un-permuted."""
+  """Every tensor dequantised to float32, under its Hugging Face name, q/k rows un-permuted (Llama),
+  norm weights less one (Gemma 3)."""
+  arch = _field(reader, "general.architecture")
   tensors = {}
   for tensor in reader.tensors:
-    name = hf_name(tensor.name, source)
+    name = hf_name(tensor.name, source, arch)
     value = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32)
     # GGUF lists dimensions fastest first; numpy's (and torch's) order is the reverse.
     value = value.reshape(tuple(int(d) for d in reversed(tensor.shape)))
-    if ".self_attn.q_proj." in name:
+    if arch == "gemma3" and name.endswith("norm.weight"):
+      value = value - np.float32(1.0)
+    elif arch == "llama" and ".self_attn.q_proj." in name:
       value = unpermute_rows(value, config["num_attention_heads"])
-    elif ".self_attn.k_proj." in name:
+    elif arch == "llama" and ".self_attn.k_proj." in name:
       value = unpermute_rows(value, config["num_key_value_heads"])
     tensors[name] = value
   return tensors
@@ -145,7 +174,8 @@ def from_pretrained(path, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bo
   model = build_model(config_dict, dtype=dtype, peft=peft, remat=remat, source=source)
   expected = traverse_util.flatten_dict(abstract_params(model), sep="/")
   flat = {}
-  for ours, theirs, transpose in llama.hf_names(model.config, tensors.keys()):
+  arch = loading.ARCHITECTURES[config_dict["model_type"]]
+  for ours, theirs, transpose in arch.hf_names(model.config, tensors.keys()):
     if theirs not in tensors:
       raise CheckpointError(f"{source}: no tensor for {theirs!r} (needed for {ours})")
     value = tensors.pop(theirs)

@@ -191,6 +191,9 @@ def init_cache(config: GPT2Config, batch: int, length: int, dtype=jnp.float32) -
 
 HF_PREFIXES = ("transformer.",)
 
+# LoRA's default targets (config lora.targets="default"): the fused q/k/v projection, as PEFT.
+LORA_TARGETS = r"attn/c_attn$"
+
 
 def hf_names(config: GPT2Config, hf_keys) -> list[tuple[str, str, bool]]:
   """(our path, HF name, transpose) for every tensor. Conv1D is (in, out) like Flax: nothing transposed.

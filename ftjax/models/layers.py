@@ -162,6 +162,7 @@ class Embed(nn.Module):
   num_embeddings: int
   features: int
   dtype: jnp.dtype = jnp.float32
+  scale: float | None = None  # multiplies the looked-up rows, not `attend` (Gemma: √hidden_size)
 
   def setup(self):
     self.embedding = self.param(
@@ -169,7 +170,8 @@ class Embed(nn.Module):
     )
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    rows = jnp.take(self.embedding, ids, axis=0)
+    return (rows if self.scale is None else rows * jnp.float32(self.scale)).astype(self.dtype)
 
   def attend(self, x: jax.Array) -> jax.Array:
     return matmul(x, self.embedding.T, self.dtype)  # float32 logits
@@ -180,12 +182,16 @@ def mask_bias(query_valid_key: jax.Array) -> jax.Array:
   return jnp.where(query_valid_key[:, None], 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
-def causal_bias(key_mask: jax.Array, num_queries: int, first_query_slot=0) -> jax.Array:
+def causal_bias(key_mask: jax.Array, num_queries: int, first_query_slot=0, window: int | None = None) -> jax.Array:
   """Decoder attention bias: the query in slot `first_query_slot + t` may attend key slot s iff s ≤ that
-  slot and key_mask[b, s] (padding and not-yet-written cache slots are 0). key_mask is (B, S)."""
+  slot and key_mask[b, s] (padding and not-yet-written cache slots are 0). key_mask is (B, S).
+  With a sliding `window` [slots], also iff s > that slot − window (Mistral's, as transformers counts it)."""
   query_slots = first_query_slot + jnp.arange(num_queries)[:, None]
-  allowed = (jnp.arange(key_mask.shape[1])[None, :] <= query_slots)[None] & (key_mask[:, None, :] > 0)
-  return mask_bias(allowed)
+  key_slots = jnp.arange(key_mask.shape[1])[None, :]
+  causal = key_slots <= query_slots
+  if window is not None:
+    causal = causal & (key_slots > query_slots - window)
+  return mask_bias(causal[None] & (key_mask[:, None, :] > 0))
 
 
 def prepend_prefix(k: jax.Array, v: jax.Array, bias: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array):

@@ -9,10 +9,12 @@ tensor by name through the architecture's `hf_names` table, checking each shape 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -21,10 +23,11 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax.errors import InputError
-from ftjax.models import bert, deberta_v2, distilbert, electra, gpt2, llama, roberta
-from ftjax.peft.spec import NO_PEFT, PeftSpec
+from ftjax.models import bert, deberta_v2, distilbert, electra, gemma3, gpt2, llama, roberta
+from ftjax.peft.spec import DEFAULT_LORA_TARGETS, NO_PEFT, PeftSpec
 
-# model_type in config.json → the module that defines Config, Model, hf_names and HF_PREFIXES.
+# model_type in config.json → the module that defines Config, Model, hf_names, HF_PREFIXES and LORA_TARGETS
+# (the regex that config lora.targets="default" stands for).
 ARCHITECTURES = {
   "bert": bert,
   "roberta": roberta,
@@ -34,6 +37,10 @@ ARCHITECTURES = {
   "deberta-v2": deberta_v2,  # v3 checkpoints say deberta-v2 too
   "gpt2": gpt2,
   "llama": llama,
+  "mistral": llama,
+  "qwen2": llama,
+  "qwen3": llama,
+  "gemma3_text": gemma3,
 }
 
 # Short names of checkpoints that ship inside pip packages (no network needed).
@@ -175,13 +182,39 @@ def build_model(
     raise CheckpointError(f"{source}: unknown model_type {model_type!r}; ftjax knows {sorted(ARCHITECTURES)}")
   arch = ARCHITECTURES[model_type]
   config = arch.Config.from_hf(config_dict)
-  return arch.Model(config, peft=peft, dtype=dtype, remat=remat)
+  if peft.lora_targets == DEFAULT_LORA_TARGETS:
+    peft = dataclasses.replace(peft, lora_targets=arch.LORA_TARGETS)
+  model = arch.Model(config, peft=peft, dtype=dtype, remat=remat)
+  if peft.lora_targets is not None:
+    check_lora_targets(model, model_type)
+  return model
+
+
+def _init_shapes(model) -> dict:
+  """Shapes and dtypes of every variable collection of `model`, without allocating them."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), ids))
+
+
+def check_lora_targets(model, model_type: str) -> None:
+  """Raises InputError when the LoRA targets adapt no layer: a run would train only its head, and the
+  only sign would be a small trainable count. The message lists the layers LoRA can adapt."""
+  if _init_shapes(model).get("lora"):
+    return
+  everything = model.clone(peft=dataclasses.replace(model.peft, lora_targets="."))
+  paths = ["/".join(p[:-1]) for p in traverse_util.flatten_dict(_init_shapes(everything)["lora"]) if p[-1] == "a"]
+  # One layer stands for all: paths with an index other than 0 ("layers_3/") are left out.
+  shown = [p for p in paths if not re.search(r"_[1-9]\d*(/|$)", p)]
+  raise InputError(
+    f"config key lora.targets={model.peft.lora_targets!r} matches no layer of this {model_type} model "
+    f"(LoRA would adapt nothing); its adaptable layers are {shown}"
+    + (" and the same in every other layer" if len(shown) < len(paths) else "")
+  )
 
 
 def abstract_params(model) -> dict:
   """Shapes and dtypes of the model's backbone params, without allocating them."""
-  ids = jnp.zeros((1, 8), jnp.int32)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
+  return _init_shapes(model)["params"]
 
 
 def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False):

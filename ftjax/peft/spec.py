@@ -16,10 +16,15 @@ from ftjax.errors import InputError
 # Variable collections a method may add beside the backbone's "params".
 METHOD_COLLECTIONS = ("lora", "adapter", "prompt", "prefix")
 
+# lora_targets value meaning "the architecture's LORA_TARGETS" (ftjax/models/<arch>.py); `build_model`
+# replaces it by that regex before any module sees it.
+DEFAULT_LORA_TARGETS = "default"
+
 
 @dataclasses.dataclass(frozen=True)
 class PeftSpec:
-  # LoRA (Hu et al. 2021): regex searched in each Dense module's path, e.g. "attention/self/(query|value)$".
+  # LoRA (Hu et al. 2021): regex searched in each Dense module's path, e.g. "attention/self/(query|value)$",
+  # or DEFAULT_LORA_TARGETS.
   lora_targets: str | None = None
   lora_rank: int = 8
   lora_alpha: float = 16.0
@@ -49,6 +54,8 @@ class PeftSpec:
     return self.lora_alpha / (self.lora_rank**0.5 if self.lora_rslora else self.lora_rank)
 
   def lora_applies_to(self, module_path: tuple[str, ...]) -> bool:
+    if self.lora_targets == DEFAULT_LORA_TARGETS:  # a regex "default" would silently match nothing
+      raise ValueError("lora_targets='default' must be resolved to the architecture's LORA_TARGETS (build_model)")
     return self.lora_targets is not None and re.search(self.lora_targets, "/".join(module_path)) is not None
 
 
