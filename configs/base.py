@@ -25,6 +25,7 @@ def get_config():
   # --- model -------------------------------------------------------------------------------------
   c.model = "minilm"  # local HF folder, Hub id, or "minilm" (the packaged all-MiniLM-L6-v2)
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and optimiser state stay float32)
+  c.param_dtype = "float32"  # weights that do not train: float32 | bfloat16 (half the memory; trainable stay float32)
   c.remat = False  # recompute each layer's activations in the backward pass (memory ↓, time ↑ ~30%)
   c.dropout = True  # False turns every dropout off during training (mechanics tests, ablations)
   c.head_dropout = 0.1  # dropout before the task head [probability]

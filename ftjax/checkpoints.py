@@ -60,6 +60,11 @@ class CorruptCheckpointError(InputError):
 def _abstract(tree, shardings=None):
   """Shape structs of `tree`; with `shardings` (a tree of NamedShardings like it), orbax restores each
   array straight into those shards, whatever mesh the checkpoint was saved from."""
+  if shardings is None and jax.process_count() > 1:  # host templates: every process gets the whole arrays
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    everywhere = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), PartitionSpec())
+    shardings = jax.tree.map(lambda _: everywhere, tree)
   if shardings is None:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)

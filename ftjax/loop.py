@@ -201,6 +201,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
 
   # --- trainability, optimiser, state ------------------------------------------------------------
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  frozen = experiment.frozen_weights(frozen, config.get("param_dtype", "float32"))
   print(trainability.summary(trainable, frozen))
   tx, lr_schedule = optim.make_optimizer(config, trainable, total_steps, exp.num_layers)
   state = steps.create_state(trainable, frozen, tx, config.seed)

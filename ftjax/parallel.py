@@ -132,6 +132,8 @@ class Parallel:
     if self.mode == "mesh":
       if shardings is not None:
         return layout.put(state, shardings)
+      if jax.process_count() > 1:  # each process gives its devices their copies of the same values
+        return layout.put(state, jax.tree.map(lambda _: self._replicated(), state))
       return jax.device_put(state, self._replicated())
     if self.mode == "pmap":
       n = len(self.devices)
@@ -194,7 +196,9 @@ class Parallel:
 
 
 def make_parallel(mode: str = "mesh", mesh: str = "data=-1") -> Parallel:
-  """`mesh` (mesh mode only): the axis sizes, e.g. "data=2,fsdp=4" (sharding.py)."""
+  """`mesh` (mesh mode only): the axis sizes, e.g. "data=2,fsdp=4" (sharding.py).
+
+  Scripts that score a finished run use `for_scoring`: one device, or the mesh when processes are several."""
   if mode == "mesh":
     return Parallel(mode, tuple(jax.local_devices()), layout.make_mesh(mesh))
   if mode == "pmap":
@@ -231,7 +235,9 @@ def initialize_distributed(requested: bool = False, environ=None) -> bool:
     try:
       num, index = int(given["FTJAX_NUM_PROCESSES"]), int(given["FTJAX_PROCESS_ID"])
     except ValueError:
-      raise InputError(f"environment variables FTJAX_NUM_PROCESSES and FTJAX_PROCESS_ID must be integers: {given}") from None
+      raise InputError(
+        f"environment variables FTJAX_NUM_PROCESSES and FTJAX_PROCESS_ID must be integers: {given}"
+      ) from None
     if not 0 <= index < num:
       raise InputError(f"environment variable FTJAX_PROCESS_ID={index} is outside [0, FTJAX_NUM_PROCESSES={num})")
     if ":" not in given["FTJAX_COORDINATOR"]:
@@ -241,3 +247,11 @@ def initialize_distributed(requested: bool = False, environ=None) -> bool:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   return True
+
+
+def for_scoring(config) -> Parallel:
+  """Evaluation and prediction: the first device in one process; with several processes (multi-host),
+  the run's mesh, each process reading its own rows (batches are split by process in run_eval)."""
+  if jax.process_count() == 1:
+    return make_parallel("none")
+  return make_parallel("mesh", config.get("mesh", "data=-1"))

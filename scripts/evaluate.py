@@ -5,9 +5,11 @@ the run's metrics.jsonl (split as given).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
+import jax
 from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
@@ -34,12 +36,16 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   config = experiment.load_config(FLAGS.workdir)
+  parallel.initialize_distributed(config.get("distributed", False))  # several processes: docs/scale.md
+  if jax.process_index() != 0:  # every process scores its rows; process 0 alone prints and writes
+    sys.stdout = open(os.devnull, "w")
   if FLAGS.data_dir:
     config.data_dir = FLAGS.data_dir
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir, config)
   data = datasets.load(config, exp.tokenizer, FLAGS.split, FLAGS.max_examples)
-  par = parallel.make_parallel("none")
+  par = parallel.for_scoring(config)
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
+  trainable, frozen = par.put_state((trainable, frozen)) if par.mode == "mesh" else (trainable, frozen)
   values, report = evaluate_split(par, eval_step, trainable, frozen, data, config.eval_batch_size)
   if report:
     print(report)

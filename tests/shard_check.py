@@ -139,6 +139,39 @@ def checkpoint_across_meshes(model, task, tx, state0, kind):
   }
 
 
+def plan_vs_measured(model, task, tx, state0, mesh="fsdp=8"):
+  """memory.plan of full fine-tuning against what the devices hold and the compiled step's memory analysis."""
+  from ftjax import memory
+
+  par = parallel.make_parallel("mesh", mesh)
+  shardings = par.state_shardings(state0, sharding.rules_for(model))
+  train_step = par.compile_train_step(
+    lambda axis_name: step.make_train_step(model, task, tx, adversarial_config=tiny.adversarial_config()), shardings
+  )
+  state = par.put_state(state0, shardings)
+  b = par.put_batch(batch(0, "causal_lm", model.config.vocab_size))
+  analysis = train_step.lower(state, b).compile().memory_analysis()
+  compiled = (
+    analysis.argument_size_in_bytes
+    + analysis.output_size_in_bytes
+    - analysis.alias_size_in_bytes
+    + analysis.temp_size_in_bytes
+  )
+  held = max(sharding.bytes_per_device((state.trainable, state.frozen, state.opt_state)).values())
+  parts = memory.plan(
+    model, task, trainability.rules_for("full"), sharding.parse_mesh(mesh, 8), batch_size=BATCH, max_length=LENGTH
+  )
+  planned = parts["frozen weights"] + parts["trainable weights"] + parts["optimiser state"]
+  print(f"plan {parts}; held {held:,}; compiled step {compiled:,} ({analysis})", file=sys.stderr)
+  return {
+    "planned_state": planned,
+    "held_state": held,
+    "planned_total": parts["total"],
+    "compiled_total": compiled,
+    "temp": analysis.temp_size_in_bytes,
+  }
+
+
 def main():
   tiny.fast_compiles()
   which = sys.argv[1]
@@ -148,6 +181,7 @@ def main():
       path = write_llama(Path(folder))
       report["full"], setup_ = compare("llama full", path, "causal_lm", "full")
       report["checkpoint"] = checkpoint_across_meshes(*setup_, "causal_lm")
+      report["plan"] = plan_vs_measured(*setup_)
   else:
     lora = PeftSpec(lora_targets=r"attention/self/(query|value)$", lora_rank=8, lora_alpha=16.0, lora_dropout=0.1)
     report["lora_fgm"], _ = compare("minilm lora+fgm", "minilm", "classification", "lora", lora, "fgm")
