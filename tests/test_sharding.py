@@ -240,10 +240,18 @@ def test_small_llama_sharded_equals_one_device(llama_report):
 def test_checkpoint_restores_onto_another_mesh(llama_report):
   assert llama_report["checkpoint"] == {
     "identical": True,
-    "restored_spec": "P('fsdp', 'tensor')",
+    "restored_spec": "P('fsdp', None)",  # up_proj's "fsdp,tensor" with tensor=1
     "restored_mesh": {"data": 4, "fsdp": 2, "tensor": 1},
     "loop_state": {"note": "fsdp=8"},
   }
+
+
+def test_plan_matches_what_the_devices_hold(llama_report):
+  """memory.plan of the small Llama on fsdp=8: parameter and optimiser bytes within 5% of what each device
+  holds, the total within 25% of the compiled step's memory analysis (arguments + outputs - aliased + temporaries)."""
+  r = llama_report["plan"]
+  assert abs(r["planned_state"] - r["held_state"]) <= 0.05 * r["held_state"], r
+  assert abs(r["planned_total"] - r["compiled_total"]) <= 0.25 * r["compiled_total"], r
 
 
 @pytest.mark.slow
