@@ -21,8 +21,9 @@ Train metrics come back as device scalars (not synced to the host): for pmap the
 of the psum'd values, which every device holds.
 
 Multi-host (several processes, each with its own devices), mesh mode:
-  1. every process calls `jax.distributed.initialize()` before any other jax call; `jax.devices()`
-     then lists all processes' devices and the mesh spans them;
+  1. every process calls `initialize_distributed` (scripts do, from the FTJAX_* environment or config
+     key `distributed`) before any other jax call; `jax.devices()` then lists all processes' devices
+     and the mesh spans them;
   2. each process reads its own shard of the data: the input pipeline's
      `shard_index=jax.process_index(), num_shards=jax.process_count()`, with a per-process batch of
      `global_batch / jax.process_count()` rows;
