@@ -259,3 +259,30 @@ def test_minilm_lora_fgm_and_full_sharded_equal_one_device():
   report = run_check("minilm", 900)
   assert_matches_single_device(report["lora_fgm"])
   assert_matches_single_device(report["full"])
+
+
+def test_train_script_stops_on_a_bad_layout_in_one_line(tmp_path, tiny_bert, tfds_dir, rte_dir):
+  """Before any compilation: exit status 2 and one line naming the key."""
+  from conftest import scripts_together, tiny_flags
+
+  flags = tiny_flags(tiny_bert, tfds_dir, data_dir=rte_dir, parallel="mesh")
+  runs = {
+    "mesh": ["--config.mesh=data=2,fsdp=2"],
+    "rule": ["--config.sharding=('nothing/matches/this:fsdp',)"],
+  }
+  done = scripts_together(
+    {
+      name: ("train", ["--config=configs/glue.py:rte", f"--workdir={tmp_path / name}", *flags, *extra], None)
+      for name, extra in runs.items()
+    }
+  )
+  expected = {
+    "mesh": "error: config key mesh: the sizes of 'data=2,fsdp=2' multiply to 4, but there are 1 devices",
+    "rule": "error: config key sharding: rule 'nothing/matches/this:fsdp' matches no parameter",
+  }
+  for name, line in expected.items():
+    assert done[name].returncode == 2, done[name].stderr[-2000:]
+    assert line in done[name].stderr and "Traceback" not in done[name].stderr
+    assert not (tmp_path / name / "checkpoints" / "latest").exists() or not any(
+      (tmp_path / name / "checkpoints" / "latest").iterdir()
+    )
