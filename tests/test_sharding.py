@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -286,3 +287,19 @@ def test_train_script_stops_on_a_bad_layout_in_one_line(tmp_path, tiny_bert, tfd
     assert not (tmp_path / name / "checkpoints" / "latest").exists() or not any(
       (tmp_path / name / "checkpoints" / "latest").iterdir()
     )
+
+
+def test_param_dtype_bfloat16_stores_frozen_weights_in_half():
+  import tiny_run as tiny
+  from ftjax import experiment, step
+
+  model, task, tx, state = tiny.tiny_run(peft=PeftSpec(lora_targets="query|value", lora_rank=4), method="lora")
+  frozen = experiment.frozen_weights(state.frozen, "bfloat16")
+  assert {x.dtype for x in jax.tree.leaves(frozen)} == {jnp.dtype(jnp.bfloat16)}
+  train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=tiny.adversarial_config()))
+  new, metrics = train_step(state.replace(frozen=frozen), tiny.random_batch(0))
+  assert {x.dtype for x in jax.tree.leaves(new.trainable)} == {jnp.dtype(jnp.float32)}  # what trains stays float32
+  assert {x.dtype for x in jax.tree.leaves(new.frozen)} == {jnp.dtype(jnp.bfloat16)}
+  assert np.isfinite(float(metrics["loss_sum"]))
+  with pytest.raises(InputError, match="config key param_dtype: 'float16' is not one of"):
+    experiment.frozen_weights(state.frozen, "float16")
