@@ -116,7 +116,7 @@ def get_config():
   # --- devices -----------------------------------------------------------------------------------
   c.parallel = "mesh"  # mesh (jit over the mesh below) | pmap (data parallel) | none (one device)
   c.mesh = "data=-1"  # mesh mode: axis sizes over all processes' devices, e.g. "data=2,fsdp=4,tensor=1"; -1 = the rest
-  c.sharding = ()  # rules "<regex>:<spec>" over param paths before the architecture's (ftjax/sharding.py),
+  c.sharding = ()  # mesh mode: rules "<regex>:<spec>" over param paths before the architecture's (ftjax/sharding.py),
   # spec = per dimension a mesh axis or "-", e.g. ".*/(query|key|value)/kernel$:fsdp,tensor"; ":" alone replicates
   c.distributed = False  # True: jax.distributed.initialize() (TPU pods, SLURM find the cluster themselves;
   # else set FTJAX_COORDINATOR=host:port, FTJAX_NUM_PROCESSES, FTJAX_PROCESS_ID; docs/scale.md)
