@@ -25,6 +25,7 @@ def get_config():
   # --- model -------------------------------------------------------------------------------------
   c.model = "minilm"  # local HF folder, Hub id, or "minilm" (the packaged all-MiniLM-L6-v2)
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and optimiser state stay float32)
+  c.param_dtype = "float32"  # weights that do not train: float32 | bfloat16 (half the memory; trainable stay float32)
   c.remat = False  # recompute each layer's activations in the backward pass (memory ↓, time ↑ ~30%)
   c.dropout = True  # False turns every dropout off during training (mechanics tests, ablations)
   c.head_dropout = 0.1  # dropout before the task head [probability]
@@ -117,7 +118,12 @@ def get_config():
   c.init_from_peft = ""
 
   # --- devices -----------------------------------------------------------------------------------
-  c.parallel = "mesh"  # mesh (jit over a data-parallel mesh) | pmap | none (one device)
+  c.parallel = "mesh"  # mesh (jit over the mesh below) | pmap (data parallel) | none (one device)
+  c.mesh = "data=-1"  # mesh mode: axis sizes over all processes' devices, e.g. "data=2,fsdp=4,tensor=1"; -1 = the rest
+  c.sharding = ()  # mesh mode: rules "<regex>:<spec>" over param paths before the architecture's (ftjax/sharding.py),
+  # spec = per dimension a mesh axis or "-", e.g. ".*/(query|key|value)/kernel$:fsdp,tensor"; ":" alone replicates
+  c.distributed = False  # True: jax.distributed.initialize() (TPU pods, SLURM find the cluster themselves;
+  # else set FTJAX_COORDINATOR=host:port, FTJAX_NUM_PROCESSES, FTJAX_PROCESS_ID; docs/scale.md)
 
   # --- generation (decoder tasks) ----------------------------------------------------------------
   c.generation = ml_collections.ConfigDict()

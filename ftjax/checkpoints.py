@@ -57,8 +57,17 @@ class CorruptCheckpointError(InputError):
   """No checkpoint in the folder restores; the message names the folder and the ways out."""
 
 
-def _abstract(tree):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def _abstract(tree, shardings=None):
+  """Shape structs of `tree`; with `shardings` (a tree of NamedShardings like it), orbax restores each
+  array straight into those shards, whatever mesh the checkpoint was saved from."""
+  if shardings is None and jax.process_count() > 1:  # host templates: every process gets the whole arrays
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    everywhere = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), PartitionSpec())
+    shardings = jax.tree.map(lambda _: everywhere, tree)
+  if shardings is None:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
 
 
 def tree_digest(tree) -> str | None:
@@ -184,9 +193,9 @@ class Checkpoints:
     for old in self.latest.all_steps()[: -self.keep]:
       self.latest.delete(old)
 
-  def _restore_latest(self, step: int, template):
+  def _restore_latest(self, step: int, template, shardings=None):
     """(state tree, loop state) of one latest checkpoint; ValueError if its arrays differ from its sha256."""
-    items = dict(state=ocp.args.StandardRestore(_abstract(template)), loop=ocp.args.JsonRestore())
+    items = dict(state=ocp.args.StandardRestore(_abstract(template, shardings)), loop=ocp.args.JsonRestore())
     has_digest = (self.latest.directory / str(step) / "integrity").is_dir()  # checkpoints before the sha256: none
     if has_digest:
       items["integrity"] = ocp.args.JsonRestore()
@@ -198,16 +207,19 @@ class Checkpoints:
         raise ValueError(f"the arrays read differ from those written (sha256 {saved[:12]}… when saved)")
     return tree, dict(restored["loop"])
 
-  def restore(self, state, say=print):
+  def restore(self, state, say=print, shardings=None):
     """(state with trainable/opt_state/step/rng restored, loop state) from the newest latest checkpoint
-    that restores. Each one that fails is reported in one line (step, folder, cause) and, once an older
-    one has restored, moved to checkpoints/unrestorable/; CorruptCheckpointError if none restores."""
+    that restores; with `shardings` (like `state`: sharding.state_shardings) the arrays come back on
+    them. Each one that fails is reported in one line (step, folder, cause) and, once an older one has
+    restored, moved to checkpoints/unrestorable/; CorruptCheckpointError if none restores."""
     template = {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    if shardings is not None:
+      shardings = {k: getattr(shardings, k) for k in template}
     failed = []
     for step in reversed(self.latest.all_steps()):
       try:
         with _orbax_settled():
-          tree, loop_state = self._restore_latest(step, template)
+          tree, loop_state = self._restore_latest(step, template, shardings)
         cause = None
       except Exception as e:  # any failure to read a checkpoint is a reason to try the older one
         cause = _cause(e)

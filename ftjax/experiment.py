@@ -163,6 +163,15 @@ def for_inference(workdir, peft_folder, config):
   return restore(workdir, config)
 
 
+def frozen_weights(frozen: dict, param_dtype: str = "float32") -> dict:
+  """The weights that do not train in `param_dtype` (config key param_dtype): bfloat16 halves their
+  memory; trainable ones stay float32, and so do the optimiser state and gradients."""
+  if param_dtype not in DTYPES:
+    raise InputError(f"config key param_dtype: {param_dtype!r} is not one of {sorted(DTYPES)}")
+  dtype = DTYPES[param_dtype]
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, frozen)
+
+
 def load_config(workdir):
   """The config a run was trained with (workdir/config.json)."""
   import ml_collections
@@ -192,6 +201,7 @@ def restore(workdir, config=None):
       f"(sha256 {record['backbone']['sha256']} then, {now} now)"
     )
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  frozen = frozen_weights(frozen, config.get("param_dtype", "float32"))
   manager = checkpoints.Checkpoints(workdir)
   trainable = manager.restore_trainable(trainable)
   manager.close()

@@ -17,6 +17,7 @@ folder; a second process on the same workdir stops with an error).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -26,7 +27,8 @@ import jax
 import numpy as np
 
 from ftjax import checkpoints as ckpt
-from ftjax import experiment, models, optim, parallel, preemption, progress, step as steps, trainability, xla_cpu
+from ftjax import experiment, models, optim, parallel, preemption, progress, sharding, step as steps, trainability
+from ftjax import xla_cpu
 from ftjax.data import pipeline
 from ftjax.errors import InputError, Stopped
 from ftjax.tasks import datasets
@@ -58,6 +60,8 @@ def selection(config, kind: str) -> tuple[str, str]:
 
 
 def append_metrics(workdir: Path, step: int, split: str, values: dict, writer=None) -> None:
+  if jax.process_index() != 0:  # several processes (multi-host): process 0 alone writes the run's files
+    return
   record = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
   with open(workdir / "metrics.jsonl", "a") as f:
     f.write(json.dumps(record) + "\n")
@@ -71,7 +75,7 @@ def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int,
   padded to different length buckets, so per-token outputs are padded to the widest bucket. With `desc`,
   a terminal shows a bar over the batches."""
   parts, loss_sum, count = None, 0.0, 0.0
-  batches = pipeline.prefetch(pipeline.eval_batches(features, batch_size))
+  batches = pipeline.prefetch(pipeline.eval_batches(features, batch_size, jax.process_index(), jax.process_count()))
   if desc:
     batches = progress.batches(batches, math.ceil(len(features["input_ids"]) / batch_size), desc)
   for batch in batches:
@@ -79,7 +83,7 @@ def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int,
     out = jax.tree.map(par.to_host, out)
     loss_sum += float(np.sum(par.to_host(sums["loss_sum"])))
     count += float(np.sum(par.to_host(sums["count"])))
-    rows = batch["example_index"]
+    rows = par.to_host(batch["example_index"])  # every process's rows, as `out` holds
     keep = rows >= 0
     parts = jax.tree.map(lambda x: [], out) if parts is None else parts
     parts = jax.tree.map(
@@ -142,7 +146,8 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
     hypotheses += [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
   references = [list(e["refs"]) for e in examples]
   score = metrics.e2e if config.task.source == "e2e_nlg" else metrics.generation
-  (workdir / f"generations_{split}.txt").write_text("".join(h + "\n" for h in hypotheses))
+  if jax.process_index() == 0:
+    (workdir / f"generations_{split}.txt").write_text("".join(h + "\n" for h in hypotheses))
   return score(references, hypotheses)
 
 
@@ -150,8 +155,10 @@ def train_and_evaluate(config, workdir) -> dict:
   """Fine-tunes as `config` says, in `workdir`; returns the final metrics per split."""
   workdir = Path(workdir).expanduser().resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  # The run's XLA:CPU lowering and signal handlers end with the run.
-  with exclusive_workdir(workdir), xla_cpu.restoring_lowering(), preemption.stop_signals() as stop:
+  # The run's XLA:CPU lowering and signal handlers end with the run. Several processes share a workdir
+  # (multi-host): process 0 holds its lock.
+  lock = exclusive_workdir(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock, xla_cpu.restoring_lowering(), preemption.stop_signals() as stop:
     return _train_and_evaluate(config, workdir, stop)
 
 
@@ -164,14 +171,17 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   spec = exp.model.peft  # dropout hash's CPU lowering, before the step compiles; no number changes
   threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0)
   xla_cpu.set_threefry_lowering(threefry)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  lead = jax.process_index() == 0  # several processes (multi-host): process 0 alone writes the run's files
+  if lead:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   run_record = {
     "task": {"kind": exp.task.kind, "num_labels": exp.task.num_labels, "label_names": list(exp.task.label_names)},
     "backbone": models.backbone_reference(config.model),
     "rules": list(exp.rules),
     "cpu_threefry": threefry,
   }
-  (workdir / "run.json").write_text(json.dumps(run_record, indent=2))
+  if lead:
+    (workdir / "run.json").write_text(json.dumps(run_record, indent=2))
 
   # --- data ----------------------------------------------------------------------------------------
   train = datasets.load(config, exp.tokenizer, config.task.train_split, config.max_train_examples)
@@ -191,6 +201,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
 
   # --- trainability, optimiser, state ------------------------------------------------------------
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  frozen = experiment.frozen_weights(frozen, config.get("param_dtype", "float32"))
   print(trainability.summary(trainable, frozen))
   tx, lr_schedule = optim.make_optimizer(config, trainable, total_steps, exp.num_layers)
   state = steps.create_state(trainable, frozen, tx, config.seed)
@@ -206,12 +217,18 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     "cpu_seconds": 0.0,
   }  # times: to the latest checkpoint
 
+  # --- devices: the mesh, and where each array lives (a bad rule stops here, before any compile) ----
+  par = parallel.make_parallel(config.parallel, config.get("mesh", "data=-1"))
+  user_rules = tuple(config.get("sharding", ()))
+  shardings = par.state_shardings(state, sharding.rules_for(exp.model, user_rules), checked=user_rules)
+
   # --- resume, or start from a finished run ------------------------------------------------------
   checkpoints = ckpt.Checkpoints(workdir, config.keep_checkpoints)
   if not config.resume:
     checkpoints.discard()
   if checkpoints.latest_step() is not None:
-    state, loop_state = checkpoints.restore(state)  # the newest that restores (checkpoints.py)
+    # the newest that restores (checkpoints.py), straight into this mesh's shards
+    state, loop_state = checkpoints.restore(state, shardings=shardings)
     print(f"resuming {workdir} at step {int(state.step)}")
     # the time earlier processes spent reaching this checkpoint (work after it is redone, so not counted)
     started -= loop_state.setdefault("wall_seconds", 0.0)
@@ -219,10 +236,10 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   elif config.init_from:
     state = state.replace(trainable=load_trained(config.init_from, state.trainable))
     print(f"starting from the trained parameters of {config.init_from}")
-  _truncate_metrics(workdir, int(state.step))  # at step 0: the lines of a run killed before its first checkpoint
+  if lead:  # at step 0: the lines of a run killed before its first checkpoint
+    _truncate_metrics(workdir, int(state.step))
 
-  # --- devices --------------------------------------------------------------------------------------
-  par = parallel.make_parallel(config.parallel)
+  # --- compiled steps --------------------------------------------------------------------------------
   adv = config.adversarial
   train_step = par.compile_train_step(
     lambda axis_name: steps.make_train_step(
@@ -233,28 +250,29 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
       grad_accum_steps=config.grad_accum_steps,
       dropout=config.dropout,
       axis_name=axis_name,
-    )
+    ),
+    shardings,
   )
-  eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
-  state = par.put_state(state)
+  eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task), shardings)
+  state = par.put_state(state, shardings)
 
   import tensorboardX
 
-  writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+  writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard")) if lead else None
 
   def evaluate(split_data, step):
     with bar.paused():  # evaluation time stays out of the training rate and estimate
       values, report = evaluate_split(par, eval_step, state.trainable, state.frozen, split_data, config.eval_batch_size)
     if values:
       append_metrics(workdir, step, split_data.split, values, writer)
-    if report:
+    if report and lead:
       (workdir / f"ner_report_{split_data.split}.txt").write_text(report)
     return values
 
   # --- the loop ------------------------------------------------------------------------------------
   def saved_part():
     """The host copy of what checkpoints hold: everything but the frozen weights (never saved)."""
-    return par.get_state(state.replace(frozen={}))
+    return par.checkpointable(state.replace(frozen={}))
 
   step = int(saved_part().step)
   dev_history: dict[int, dict] = {}
@@ -291,7 +309,9 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     raise Stopped(f"{stop.received} before the first step; rerun the command to resume")
   while step < total_steps and not loop_state["stopped_early"]:
     epoch, start = divmod(step, steps_per_epoch)
-    batches = pipeline.train_batches(train.features, config.batch_size, config.seed, epoch, start)
+    batches = pipeline.train_batches(
+      train.features, config.batch_size, config.seed, epoch, start, jax.process_index(), jax.process_count()
+    )
     for batch in pipeline.prefetch(batches):
       state, metrics = train_step(state, par.put_batch(batch))
       step += 1
@@ -332,7 +352,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
         loop_state["cpu_seconds"] = time.process_time() - cpu_started
         checkpoints.save(saved_part(), loop_state)
       if stop.received and not (last or loop_state["stopped_early"]):
-        writer.flush()
+        if writer is not None:
+          writer.flush()
         bar.close()
         _stop_with_checkpoint(stop, checkpoints, saved_part(), loop_state, pending, started, cpu_started, workdir)
       if last or loop_state["stopped_early"]:
@@ -349,7 +370,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     checkpoints.save(host, loop_state)
   if config.early_stopping.restore_best and loop_state["best_step"] not in (None, step):
     host = par.get_state(state)
-    state = par.put_state(host.replace(trainable=checkpoints.restore_trainable(host.trainable)))
+    state = par.put_state(host.replace(trainable=checkpoints.restore_trainable(host.trainable)), shardings)
     progress.write(
       f"restored the best checkpoint (step {loop_state['best_step']}, {metric_name} = {loop_state['best_value']:.3f})"
     )
@@ -373,7 +394,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     append_metrics(workdir, params_step, split, values, writer)
     final[f"{split} generation"] = values
   checkpoints.close()
-  writer.close()
+  if writer is not None:
+    writer.close()
   summary = _summary(
     config,
     workdir,
@@ -387,7 +409,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     time.time() - started,
     time.process_time() - cpu_started,
   )
-  (workdir / "summary.txt").write_text(summary)
+  if lead:
+    (workdir / "summary.txt").write_text(summary)
   print(summary)
   print(progress.next_commands(workdir, config, exp.model, exp.task.kind), flush=True)
   return final

@@ -6,9 +6,11 @@ the run's metrics.jsonl (split as given).
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -37,12 +39,16 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   config = FLAGS.config if FLAGS.init_from_peft else FLAGS.workdir and experiment.load_config(FLAGS.workdir)
+  parallel.initialize_distributed(bool(config) and config.get("distributed", False))  # several processes: docs/scale.md
+  if jax.process_index() != 0:  # every process scores its rows; process 0 alone prints and writes
+    sys.stdout = open(os.devnull, "w")
   if FLAGS.data_dir and config:
     config.data_dir = FLAGS.data_dir
   config, exp, trainable, frozen = experiment.for_inference(FLAGS.workdir, FLAGS.init_from_peft, config)
   data = datasets.load(config, exp.tokenizer, FLAGS.split, FLAGS.max_examples)
-  par = parallel.make_parallel("none")
+  par = parallel.for_scoring(config)
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
+  trainable, frozen = par.put_state((trainable, frozen)) if par.mode == "mesh" else (trainable, frozen)
   values, report = evaluate_split(par, eval_step, trainable, frozen, data, config.eval_batch_size)
   if report:
     print(report)

@@ -14,9 +14,11 @@ Inputs and outputs per task:
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
@@ -84,6 +86,10 @@ def entities(words, tags):
 
 def main(argv):
   del argv
+  config = FLAGS.config if FLAGS.init_from_peft else FLAGS.workdir and experiment.load_config(FLAGS.workdir)
+  parallel.initialize_distributed(bool(config) and config.get("distributed", False))  # docs/scale.md
+  if jax.process_index() != 0:  # every process scores its rows; process 0 alone prints
+    sys.stdout = open(os.devnull, "w")
   config, exp, trainable, frozen = experiment.for_inference(FLAGS.workdir, FLAGS.init_from_peft, FLAGS.config)
   kind, names = exp.task.kind, exp.task.label_names
   source = open(FLAGS.input) if FLAGS.input else sys.stdin
@@ -121,8 +127,9 @@ def main(argv):
     "question_answering": feats.qa,
   }[kind]
   features = featurize(examples, tok, config.max_length)
-  par = parallel.make_parallel("none")
+  par = parallel.for_scoring(config)
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
+  trainable, frozen = par.put_state((trainable, frozen)) if par.mode == "mesh" else (trainable, frozen)
   outputs, _, _ = run_eval(par, eval_step, trainable, frozen, features, config.eval_batch_size)
   if kind == "classification":
     probs = np.exp(outputs - outputs.max(-1, keepdims=True))

@@ -25,7 +25,9 @@ from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-from ftjax import cli  # noqa: E402
+import jax  # noqa: E402
+
+from ftjax import cli, parallel  # noqa: E402
 from ftjax.loop import train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])", lock_config=True)
@@ -34,10 +36,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  # Several processes (multi-host: docs/scale.md): join them before anything asks jax for devices.
+  parallel.initialize_distributed(flags.FLAGS.config.get("distributed", False))
   workdir = Path(flags.FLAGS.workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   # The exact command, for tables that cite it (scripts/report.py); a resumed run keeps the first.
-  if not (workdir / "command.txt").exists():
+  if jax.process_index() == 0 and not (workdir / "command.txt").exists():
     (workdir / "command.txt").write_text(" ".join(["python"] + [shlex.quote(a) for a in sys.argv]) + "\n")
   train_and_evaluate(flags.FLAGS.config, workdir)
 

@@ -56,7 +56,7 @@ def test_eval_outputs_gathered_in_batch_order(report):
 def test_batches_are_split_over_devices_without_host_keys(report):
   assert report["mesh_batch"] == {
     "keys": ["attention_mask", "input_ids", "labels", "token_type_ids", "weights"],
-    "spec": "P('data',)",
+    "spec": "P(('data', 'fsdp'),)",  # rows over data × fsdp (sharding.BATCH_AXES)
     "rows_per_device": [2],
   }
   for mode in ("mesh", "pmap"):

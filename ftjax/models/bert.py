@@ -285,4 +285,17 @@ def hf_names(config: BertConfig, hf_keys) -> list[tuple[str, str, bool]]:
   return _hf_names(config, with_pooler="pooler.dense.weight" in hf_keys)
 
 
+# Where each parameter lives on the (data, fsdp, tensor) mesh (ftjax/sharding.py): column-parallel q/k/v
+# and intermediate kernels, row-parallel output kernels, vocabulary-parallel word embeddings, FSDP over the
+# other dimension; biases and LayerNorms (hidden-sized vectors) replicated.
+SHARDING = (
+  r"^backbone/.*/(query|key|value)/kernel$:fsdp,tensor",
+  r"^backbone/.*/intermediate/dense/kernel$:fsdp,tensor",
+  r"^backbone/.*/output/dense/kernel$:tensor,fsdp",
+  r"^backbone/embeddings/word_embeddings/embedding$:tensor,fsdp",
+  r"^backbone/embeddings/(position|token_type)_embeddings/embedding$:-,fsdp",
+  r"^backbone/pooler/kernel$:fsdp,tensor",
+  r"^backbone/.*/(bias|scale)$:",
+)
+
 Config, Model = BertConfig, BertModel  # what `ftjax.models.loading` looks up per architecture

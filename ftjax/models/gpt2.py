@@ -216,4 +216,15 @@ def hf_names(config: GPT2Config, hf_keys) -> list[tuple[str, str, bool]]:
   return names
 
 
+# Where each parameter lives on the (data, fsdp, tensor) mesh (ftjax/sharding.py): column-parallel c_attn
+# and c_fc, row-parallel c_proj, vocabulary-parallel wte (tied to the output layer), FSDP over the other
+# dimension; biases and LayerNorms replicated.
+SHARDING = (
+  r"^backbone/.*/(c_attn|c_fc)/kernel$:fsdp,tensor",
+  r"^backbone/.*/c_proj/kernel$:tensor,fsdp",
+  r"^backbone/wte/embedding$:tensor,fsdp",
+  r"^backbone/wpe/embedding$:-,fsdp",
+  r"^backbone/.*/(bias|scale)$:",
+)
+
 Config, Model = GPT2Config, GPT2LMHeadModel  # what `ftjax.models.loading` looks up per architecture

@@ -400,4 +400,15 @@ def hf_names(config: LlamaConfig, hf_keys) -> list[tuple[str, str, bool]]:
   return names
 
 
+# Where each parameter lives on the (data, fsdp, tensor) mesh (ftjax/sharding.py): column-parallel
+# q/k/v/gate/up kernels, row-parallel o/down kernels, vocabulary-parallel embedding and lm_head, FSDP over
+# the other dimension; RMSNorm scales (and biases, where a config has them) replicated.
+SHARDING = (
+  r"^backbone/.*/(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$:fsdp,tensor",
+  r"^backbone/.*/(o_proj|down_proj)/kernel$:tensor,fsdp",
+  r"^backbone/embed_tokens/embedding$:tensor,fsdp",
+  r"^backbone/lm_head/kernel$:fsdp,tensor",
+  r"^backbone/.*/(scale|bias)$:",
+)
+
 Config, Model = LlamaConfig, LlamaForCausalLM  # what `ftjax.models.loading` looks up per architecture
