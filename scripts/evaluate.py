@@ -33,10 +33,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  config = experiment.load_config(FLAGS.workdir)
+  config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
   if FLAGS.data_dir:
-    config.data_dir = FLAGS.data_dir
-  config, exp, trainable, frozen = experiment.restore(FLAGS.workdir, config)
+    config = datasets.with_data_dir(config, FLAGS.data_dir, FLAGS.split)
   data = datasets.load(config, exp.tokenizer, FLAGS.split, FLAGS.max_examples)
   par = parallel.make_parallel("none")
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
