@@ -43,6 +43,7 @@ def get_config():
   c.task.test_file = ""  # table source only: file for the final test (labels optional)
   c.task.text_fields = "text"  # table source only: one column name, or two separated by a comma
   c.task.label_field = "label"  # table source only: the label column (label ids = sorted label strings)
+  c.task.label_names = ()  # table source only: the label set in id order; () → the sorted labels of train_file
   c.task.doc_stride = 128  # squad only: context tokens shared by neighbouring windows [tokens]
   c.task.train_split = "train"  # the split trained on
   c.task.dev_split = "dev"  # the split evaluated during training and selected on; "" → none

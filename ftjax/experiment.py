@@ -192,8 +192,12 @@ def restore(workdir, config=None):
 
   workdir = Path(workdir).expanduser().resolve()
   config = config or load_config(workdir)
-  exp = build(config)
   record = json.loads((workdir / "run.json").read_text())
+  if config.task.source == "table" and not config.task.get("label_names"):
+    # The run's label set, so that predicting or scoring needs none of its training files.
+    with config.unlocked():
+      config.task.label_names = tuple(record["task"]["label_names"])
+  exp = build(config)
   now = backbone_reference(config.model)["sha256"]
   if now != record["backbone"]["sha256"]:
     raise InputError(

@@ -29,6 +29,7 @@ import numpy as np
 from ftjax import checkpoints as ckpt
 from ftjax import experiment, models, optim, parallel, preemption, progress, sharding, step as steps, trainability
 from ftjax import xla_cpu
+from ftjax import provenance
 from ftjax.data import pipeline
 from ftjax.errors import InputError, Stopped
 from ftjax.tasks import datasets
@@ -179,6 +180,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     "backbone": models.backbone_reference(config.model),
     "rules": list(exp.rules),
     "cpu_threefry": threefry,
+    "environment": provenance.environment(),  # versions, machine, devices, commit: what the numbers hold on
   }
   if lead:
     (workdir / "run.json").write_text(json.dumps(run_record, indent=2))

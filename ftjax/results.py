@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
-import subprocess
 from pathlib import Path
 
 from ftjax import experiment
@@ -47,7 +45,9 @@ def describe(workdir: Path) -> dict:
   workdir = Path(workdir)
   config = experiment.load_config(workdir)
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
-  kind = json.loads((workdir / "run.json").read_text())["task"]["kind"]
+  record = json.loads((workdir / "run.json").read_text())
+  kind = record["task"]["kind"]
+  environment = record.get("environment", {})  # runs before 2026-12-05 did not record it
   metric, mode = selection(config, kind)
   dev = [l for l in lines if l["split"] == (config.task.dev_split or "dev") and metric in l]
   best = (max if mode == "max" else min)(dev, key=lambda l: l[metric]) if dev else {}
@@ -74,24 +74,8 @@ def describe(workdir: Path) -> dict:
     "trainable_params": int(params.group(1).replace(",", "")) if params else None,
     "total_params": int(params.group(2).replace(",", "")) if params else None,
     "command": command,
+    "versions": environment.get("versions"),
   }
-
-
-def commit() -> str:
-  """The checkout's commit (short hash), '+dirty' when tracked code differs from it (results/ aside:
-  regenerating a table must not mark the table itself dirty)."""
-  root = Path(__file__).resolve().parents[1]
-  run = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
-  head = run("rev-parse", "--short", "HEAD") or "?"
-  return head + ("+dirty" if run("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
-
-
-def machine() -> str:
-  """CPU model and core count: the numbers in results/ are only comparable on the same kind of machine."""
-  cpu = "?"
-  if Path("/proc/cpuinfo").exists():
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-  return f"{cpu} ({platform.machine()}, {os.cpu_count()} cores)"
 
 
 GENERATED_BELOW = "<!-- generated below: edit the findings above this line; the command below rewrites the rest -->"

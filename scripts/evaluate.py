@@ -42,9 +42,9 @@ def main(argv):
   parallel.initialize_distributed(bool(config) and config.get("distributed", False))  # several processes: docs/scale.md
   if jax.process_index() != 0:  # every process scores its rows; process 0 alone prints and writes
     sys.stdout = open(os.devnull, "w")
-  if FLAGS.data_dir and config:
-    config.data_dir = FLAGS.data_dir
   config, exp, trainable, frozen = experiment.for_inference(FLAGS.workdir, FLAGS.init_from_peft, config)
+  if FLAGS.data_dir:
+    config = datasets.with_data_dir(config, FLAGS.data_dir, FLAGS.split)
   data = datasets.load(config, exp.tokenizer, FLAGS.split, FLAGS.max_examples)
   par = parallel.for_scoring(config)
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))

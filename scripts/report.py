@@ -16,7 +16,8 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 from ftjax import cli  # noqa: E402
-from ftjax.results import commit, describe, machine, write_page  # noqa: E402
+from ftjax.provenance import commit, machine  # noqa: E402
+from ftjax.results import describe, write_page  # noqa: E402
 
 flags.DEFINE_string("out", "results/tasks", "output path without extension (.md and .json are written)")
 flags.DEFINE_string("title", "Fine-tuning runs", "heading of the table")

@@ -316,6 +316,43 @@ def test_init_from_continues_a_finished_run_on_new_data(cli, reviews_run, tmp_pa
   assert not np.array_equal(np.asarray(fresh_head), np.asarray(first["head"]["classifier"]["kernel"]))
 
 
+def test_run_json_records_versions_and_machine(reviews_run):
+  environment = json.loads((reviews_run / "run.json").read_text())["environment"]
+  versions = environment["versions"]
+  assert versions["jax"] == jax.__version__ and versions["flax"] and versions["transformers"]
+  assert {"python", "jaxlib", "optax", "orbax-checkpoint"} <= set(versions)
+  assert environment["machine"] and environment["devices"].endswith("cpu") and environment["commit"]
+
+
+def test_a_table_run_predicts_and_scores_new_data_without_its_training_files(cli, reviews_run, tmp_path):
+  """The run folder moved where its CSVs are not: predict.py needs none (the label set is the run's);
+  evaluate.py --data_dir scores a folder's dev.csv, a file given directly, and names what is missing."""
+  moved = tmp_path / "moved"
+  shutil.copytree(reviews_run, moved)
+  config = json.loads((moved / "config.json").read_text())
+  for split in ("train", "dev"):
+    config["task"][f"{split}_file"] = str(tmp_path / "gone" / f"{split}.csv")
+  (moved / "config.json").write_text(json.dumps(config))
+  new_data = tmp_path / "new_data"
+  new_data.mkdir()
+  shutil.copy(cli["reviews"]["dev2"], new_data / "dev.csv")
+  results = scripts_together(
+    {
+      "predict": ("predict", [f"--workdir={moved}"], "a gripping, funny film\nawful\n"),
+      "folder": ("evaluate", [f"--workdir={moved}", "--split=dev", f"--data_dir={new_data}"], None),
+      "file": ("evaluate", [f"--workdir={moved}", "--split=test", f"--data_dir={new_data / 'dev.csv'}"], None),
+      "missing": ("evaluate", [f"--workdir={moved}", "--split=test", f"--data_dir={new_data}"], None),
+    }
+  )
+  rows = json_rows(check(results["predict"]))
+  assert [set(r["scores"]) for r in rows] == [{"1", "5"}] * 2
+  folder, file = (json_rows(check(results[k]))[-1] for k in ("folder", "file"))
+  assert folder["split"] == "dev" and file["split"] == "test"
+  assert folder["accuracy"] == file["accuracy"]  # the same 32 rows, read from the folder and from the file
+  assert results["missing"].returncode != 0
+  assert "a table run reads split 'test' from test.csv, test.tsv or test.jsonl" in results["missing"].stderr
+
+
 # --- bad input: one clear message, a non-zero exit, nothing half-written ------------------------------
 
 

@@ -86,15 +86,27 @@ def resolve(path_or_id: str | os.PathLike) -> Path:
   if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
     raise CheckpointError(f"model path {name!r} is not a folder with a Hugging Face checkpoint")
   try:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import list_repo_files, snapshot_download
 
-    return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]))
+    return Path(snapshot_download(name, allow_patterns=hub_patterns(list_repo_files(name))))
   except Exception as e:  # offline, unknown repo, gated…: say what to do instead
     raise CheckpointError(
       f"model {name!r} is neither a local folder nor a packaged short name "
       f"({', '.join(PACKAGED_MODELS)}), and downloading it from the Hub failed: "
       f"{type(e).__name__}: {e}. Pass the path of a local checkpoint folder."
     ) from None
+
+
+# Configs, tokenizer files (vocab.txt, merges.txt, sentencepiece .model) and weights.
+HUB_FILES = ["*.json", "*.txt", "*.model"]
+
+
+def hub_patterns(repo_files: list[str]) -> list[str]:
+  """What to download of a Hub repository: safetensors weights when it has them (many repositories hold
+  the same weights twice, as safetensors and as a PyTorch pickle: one copy is enough, and safetensors
+  needs no torch), the pickle otherwise."""
+  weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in repo_files) else ["*.bin"]
+  return HUB_FILES + weights
 
 
 def read_config(folder: Path) -> dict:

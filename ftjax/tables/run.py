@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ftjax import results
+from ftjax import provenance, results
 from ftjax.errors import InputError
 from ftjax.tables import tabulate
 from ftjax.tables.grid import REPO, Grid, command_recipe, read_record, recipe, shown_path
@@ -73,7 +73,7 @@ def run_cell(grid: Grid, cell: Cell, workdir: Path) -> int:
   """Train one cell in a child process (run from the repository, output to <workdir>/train.log)."""
   workdir.mkdir(parents=True, exist_ok=True)
   started = datetime.datetime.now()
-  commit = results.commit()  # the code the child imports now ("+dirty": uncommitted edits to tracked files)
+  commit = provenance.commit()  # the code the child imports now ("+dirty": uncommitted edits to tracked files)
   with open(workdir / "train.log", "a") as log:
     log.write(f"\n=== {started:%Y-%m-%d %H:%M:%S} python {shlex.join(grid.argv(cell, workdir))}\n")
     log.flush()
@@ -89,7 +89,7 @@ def run_cell(grid: Grid, cell: Cell, workdir: Path) -> int:
   if code == 0:
     (workdir / "cell.json").write_text(
       json.dumps(
-        {"commit": commit, "machine": results.machine(), "finished": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}
+        {"commit": commit, "machine": provenance.machine(), "finished": f"{datetime.datetime.now():%Y-%m-%d %H:%M}"}
       )
     )
   return code

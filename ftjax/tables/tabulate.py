@@ -15,7 +15,7 @@ import shlex
 import statistics
 from typing import TYPE_CHECKING
 
-from ftjax import results
+from ftjax import provenance, results
 from ftjax.tables.grid import Grid, cell_meta, command_recipe, read_record, recipe, shown_path
 from ftjax.tables.plot import plot
 from ftjax.workdir_lock import waiting_lock
@@ -199,9 +199,11 @@ def markdown(grid: Grid, scores: dict, finished: list[dict], reruns: list[dict],
   header += [label for label, _ in table.row_references]
   lines = [
     f"Regenerate: `python scripts/reproduce.py --table={table.name}` (trains the cells that have not "
-    f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {results.commit()} on "
+    f"finished, then tabulates; `--rebuild` only tabulates). Tabulated at commit {provenance.commit()} on "
     f"{datetime.date.today()}; {len(finished)} of {len(table.cells)} cells finished; the cells ran "
     f"on {', '.join(sorted({r['machine'] for r in finished})) or '—'}.{compute_line(table, finished)}",
+    "",
+    provenance.versions_line(finished),
     "",
     table.notes,
     "",
@@ -297,7 +299,7 @@ def write_results(grid: Grid, say=print) -> list[dict]:
           "table": table.name,
           "title": table.title,
           "notes": table.notes,
-          "commit": results.commit(),
+          "commit": provenance.commit(),
           "date": str(datetime.date.today()),
           "columns": [dataclasses.asdict(c) for c in table.columns],
           "grid": scores,

@@ -39,7 +39,9 @@ def _glue(task: str) -> Source:
 
 
 def _table_label_names(config) -> tuple:
-  return raw.table_label_names(config.task.train_file, config.task.label_field)
+  """task.label_names when set (a finished run's, recorded in its config), else the train file's labels."""
+  names = tuple(config.task.get("label_names", ()))
+  return names or raw.table_label_names(config.task.train_file, config.task.label_field)
 
 
 SOURCES: dict[str, Source] = {
@@ -90,8 +92,8 @@ def examples(config, split: str):
   options = {}
   data_dir = config.data_dir
   if config.task.source == "table":
-    if not config.task.train_file or not config.task.label_field:
-      raise raw.DataError("a table task needs config keys task.train_file and task.label_field")
+    if not config.task.label_field or not (config.task.train_file or config.task.get("label_names")):
+      raise raw.DataError("a table task needs config keys task.train_file (or task.label_names) and task.label_field")
     data_dir = _table_folder(config)
     options = {
       "text_fields": config.task.text_fields,
@@ -111,6 +113,36 @@ def examples(config, split: str):
     for link in Path(data_dir).iterdir():
       message = message.replace(str(link), str(link.resolve()))
     raise raw.DataError(message) from None
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def with_data_dir(config, data_dir: str, split: str):
+  """`config` reading `split` from other raw files (scoring a finished run on new data): a folder of the
+  source's raw files, or for a table run a folder holding `<split>.csv|tsv|jsonl` (or that file itself).
+  A table run's other files are dropped: its label set is the run's (task.label_names)."""
+  config = config.copy_and_resolve_references()
+  path = Path(data_dir).expanduser()
+  if config.task.source != "table":
+    config.data_dir = str(path)
+    return config
+  if path.is_file():
+    file = path
+  else:
+    found = [path / f"{split}{s}" for s in TABLE_SUFFIXES if (path / f"{split}{s}").is_file()]
+    if not found:
+      raise raw.DataError(
+        f"--data_dir={data_dir}: a table run reads split {split!r} from {split}.csv, {split}.tsv or "
+        f"{split}.jsonl in that folder (or from a file given directly); none exists"
+      )
+    file = found[0]
+  if split not in ("train", "dev", "test"):
+    raise raw.DataError(f"--split={split}: a table run's splits are train, dev and test")
+  for name in ("train", "dev", "test"):
+    config.task[f"{name}_file"] = ""
+  config.task[f"{split}_file"] = str(file.resolve())
+  return config
 
 
 @dataclasses.dataclass
