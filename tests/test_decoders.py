@@ -1,10 +1,12 @@
-"""The Llama variants (Mistral, Qwen2/2.5, Qwen3) and Gemma 3 against transformers' PyTorch classes, on random
-checkpoints that transformers writes: logits, greedy generation, merged-LoRA and PEFT export, bad input.
+"""The Llama variants (Mistral, Qwen2/2.5, Qwen3) and Gemma 3 against transformers' PyTorch classes, on
+random checkpoints that transformers writes: logits, greedy generation, merged-LoRA and PEFT export, bad
+input; then the real SmolLM2-135M and Gemma 3 270M GGUF files, loaded and exported.
 
 Each variant's own computation is exercised: Mistral's sliding window (4 slots, shorter than the prompts
 plus the continuation), Qwen2's q/k/v-only biases and its window on layers ≥ max_window_layers, Qwen3's
-per-head q/k RMSNorm; Gemma 3's local/global layers with two rotary bases (the global one scaled),
-its query_pre_attn_scalar and final-logit soft-capping. Norm weights are perturbed away from 1, so a norm read into the wrong place shows.
+per-head q/k RMSNorm; Gemma 3's local/global layers with two rotary bases (the global one scaled), its
+query_pre_attn_scalar and final-logit soft-capping. Norm weights and biases are perturbed away from
+their initial values, so a norm or bias read into the wrong place shows.
 """
 
 from __future__ import annotations
