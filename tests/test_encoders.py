@@ -258,3 +258,14 @@ def test_random_checkpoint_script_writes_a_loadable_roberta_with_a_bpe_tokenizer
     {"params": params}, jnp.asarray(batch["input_ids"]), attention_mask=jnp.asarray(batch["attention_mask"])
   )
   assert out.last_hidden_state.shape == batch["input_ids"].shape + (32,)
+
+
+def test_pooler_head_on_a_checkpoint_without_a_pooler_is_one_line_naming_the_key():
+  from ftjax.errors import InputError
+  from ftjax.models.outputs import EncoderOutput
+  from ftjax.tasks.heads import pool
+
+  hidden = jnp.ones((2, 3, 8))
+  with pytest.raises(InputError, match="config key head_pooling: 'pooler' reads the backbone's pooler"):
+    pool(EncoderOutput(last_hidden_state=hidden, pooler_output=None), jnp.ones((2, 3)), "pooler")
+  assert pool(EncoderOutput(last_hidden_state=hidden, pooler_output=None), jnp.ones((2, 3)), "cls").shape == (2, 8)

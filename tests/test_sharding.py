@@ -46,6 +46,64 @@ TINY = {
     intermediate_size=64,
     max_position_embeddings=64,
   ),
+  "roberta": dict(
+    model_type="roberta",
+    vocab_size=96,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=66,
+    pad_token_id=1,
+  ),
+  "electra": dict(
+    model_type="electra",
+    vocab_size=96,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  ),
+  "distilbert": dict(model_type="distilbert", vocab_size=96, dim=32, n_layers=1, n_heads=4, hidden_dim=64),
+  "deberta-v2": dict(
+    model_type="deberta-v2",
+    vocab_size=96,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    relative_attention=True,
+    pos_att_type=["c2p", "p2c"],
+    position_biased_input=False,
+    position_buckets=8,
+    norm_rel_ebd="layer_norm",
+    share_att_key=True,
+  ),
+  "qwen3": dict(
+    model_type="qwen3",
+    vocab_size=96,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  ),
+  "gemma3_text": dict(
+    model_type="gemma3_text",
+    vocab_size=96,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  ),
 }
 METHODS = {
   "full": NO_PEFT,
@@ -61,7 +119,10 @@ MESH = {"data": 1, "fsdp": 8, "tensor": 2}
 def abstract_tree(arch, peft, kind="classification"):
   """(model, shapes of {"backbone", method collections, "head"}) without allocating anything."""
   model = build_model(TINY[arch], peft=peft)
-  task = make_task(kind if not model.is_decoder else "causal_lm", 2)
+  # DeBERTa has no pooler: its sequence heads read [CLS]
+  task = make_task(
+    kind if not model.is_decoder else "causal_lm", 2, pooling="cls" if arch == "deberta-v2" else "pooler"
+  )
 
   def init():
     ids = jnp.ones((2, 8), jnp.int32)
@@ -77,6 +138,8 @@ def abstract_tree(arch, peft, kind="classification"):
 @pytest.mark.parametrize("arch", sorted(TINY))
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_default_rules_decide_every_parameter(arch, method):
+  if arch == "deberta-v2" and method in ("prompt", "prefix"):
+    pytest.skip("DeBERTa refuses soft prompts and prefixes (tests/test_encoders.py)")
   model, tree = abstract_tree(arch, METHODS[method])
   specs = sharding.param_specs(tree, sharding.rules_for(model), MESH)
   assert set(specs) == set(trainability.flatten(tree))

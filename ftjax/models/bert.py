@@ -295,6 +295,7 @@ SHARDING = (
   r"^backbone/embeddings/word_embeddings/embedding$:tensor,fsdp",
   r"^backbone/embeddings/(position|token_type)_embeddings/embedding$:-,fsdp",
   r"^backbone/pooler/kernel$:fsdp,tensor",
+  r"^backbone/embeddings_project/kernel$:fsdp,-",  # ELECTRA: embedding width → hidden size
   r"^backbone/.*/(bias|scale)$:",
 )
 

@@ -282,4 +282,17 @@ def hf_names(config: DebertaV2Config, hf_keys) -> list[tuple[str, str, bool]]:
 HF_PREFIXES = ("deberta.",)
 # LoRA's default targets (config lora.targets="default"): query and value, as PEFT's DeBERTa-v2 default.
 LORA_TARGETS = r"attention/self/(query_proj|value_proj)$"
+# Where each parameter lives on the (data, fsdp, tensor) mesh (ftjax/sharding.py), as bert.py's rules:
+# column-parallel projections into heads and the intermediate layer, row-parallel outputs, vocabulary-
+# parallel word embeddings; the relative-position table is split over its width like the positions.
+SHARDING = (
+  r"^backbone/.*/(query_proj|key_proj|value_proj|pos_key_proj|pos_query_proj)/kernel$:fsdp,tensor",
+  r"^backbone/.*/intermediate/dense/kernel$:fsdp,tensor",
+  r"^backbone/.*/output/dense/kernel$:tensor,fsdp",
+  r"^backbone/embeddings/word_embeddings/embedding$:tensor,fsdp",
+  r"^backbone/embeddings/(position|token_type)_embeddings/embedding$:-,fsdp",
+  r"^backbone/embeddings/embed_proj/kernel$:fsdp,-",
+  r"^backbone/encoder/rel_embeddings/embedding$:-,fsdp",
+  r"^backbone/.*/(bias|scale)$:",
+)
 Config, Model = DebertaV2Config, DebertaV2Model

@@ -143,14 +143,8 @@ def hf_names(config: Gemma3Config, hf_keys) -> list[tuple[str, str, bool]]:
   return names
 
 
-# Where each parameter lives on the (data, fsdp, tensor) mesh (ftjax/sharding.py, branch `shard`): the
-# Llama rules, as llama.py's SHARDING: Gemma 3's extra norms are scales too (replicated).
-SHARDING = (
-  r"^backbone/.*/(q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$:fsdp,tensor",
-  r"^backbone/.*/(o_proj|down_proj)/kernel$:tensor,fsdp",
-  r"^backbone/embed_tokens/embedding$:tensor,fsdp",
-  r"^backbone/lm_head/kernel$:fsdp,tensor",
-  r"^backbone/.*/(scale|bias)$:",
-)
+# Where each parameter lives on the (data, fsdp, tensor) mesh (ftjax/sharding.py): Llama's rules; Gemma 3's
+# extra norms are scales too (replicated).
+SHARDING = llama.SHARDING
 
 Config, Model = Gemma3Config, Gemma3ForCausalLM  # what `ftjax.models.loading` looks up per architecture

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.errors import InputError
 from ftjax.models.layers import Dense
 from ftjax.models.outputs import DecoderOutput, EncoderOutput
 
@@ -46,6 +47,11 @@ POOLINGS = ("pooler", "cls", "mean")
 def pool(outputs: EncoderOutput, attention_mask, pooling: str) -> jax.Array:
   """One vector per sequence (B, H) from an encoder's outputs."""
   if pooling == "pooler":
+    if outputs.pooler_output is None:
+      raise InputError(
+        "config key head_pooling: 'pooler' reads the backbone's pooler and this checkpoint has none "
+        "(ELECTRA, DistilBERT and DeBERTa ship without one): use cls or mean"
+      )
     return outputs.pooler_output
   hidden = outputs.last_hidden_state
   if pooling == "cls":
