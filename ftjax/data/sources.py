@@ -34,6 +34,7 @@ class Hub:
 
   module: str  # the tensorflow_datasets module that registers the builder (imported on use)
   rename: Callable[[dict], dict] = lambda example: example  # TFDS's fields → raw.py's schema
+  splits: dict = dataclasses.field(default_factory=lambda: {"dev": "validation"})  # ftjax's split → TFDS's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,11 @@ def _glue(task: str) -> Source:
     _schema(example),
     lambda config: tuple(spec.label_names or ()),
     selection_metric="matthews" if task == "cola" else "",  # CoLA is reported (and selected) by Matthews
-    hub=Hub("tensorflow_datasets.text.glue", lambda e: {names.get(k, k): v for k, v in e.items()}),
+    hub=Hub(
+      "tensorflow_datasets.text.glue",
+      lambda e: {names.get(k, k): v for k, v in e.items()},
+      {"dev": "validation_matched" if task == "mnli" else "validation"},
+    ),
   )
 
 

@@ -134,10 +134,6 @@ def _decode(value):
   return value.item() if isinstance(value, np.generic) else value
 
 
-# TFDS's own datasets name the dev split "validation"; each source's Hub record maps the fields.
-_HUB_SPLITS = {"dev": "validation"}
-
-
 def import_hub_builder(source: str) -> sources.Hub | None:
   """The source's Hub record, its TFDS builder registered: without TensorFlow `import tensorflow_datasets`
   registers none, so the builder's module is imported here (sources without one fail later as unknown)."""
@@ -161,11 +157,10 @@ def load_split(
     if split not in builder.info.splits:
       raise raw.DataError(f"{data_dir}: no {split!r} split of {source!r}; found {sorted(builder.info.splits)}")
     return Split(builder.as_data_source(split=split))
-  hub_split = _HUB_SPLITS.get(split, split)
-  if source == "glue/mnli" and split == "dev":
-    hub_split = "validation_matched"
+  hub = sources.SOURCES[source].hub if source in sources.SOURCES else None
+  hub_split = (hub.splits if hub else {"dev": "validation"}).get(split, split)
   try:
-    hub = import_hub_builder(source)
+    import_hub_builder(source)
     data = tfds.data_source(
       source,
       split=hub_split,
