@@ -91,10 +91,16 @@ def _token_f1(prediction: str, reference: str) -> float:
 
 def squad(references: dict[str, Sequence[str]], predictions: dict[str, str]) -> dict[str, float]:
   """exact_match and f1 x100, each the max over an example's reference answers, averaged over every
-  question in `references` (a question without a prediction scores 0, as in the official script)."""
+  question in `references` (a question without a prediction scores 0, as in the official script). A
+  question without answers is unanswerable (SQuAD v2.0): the empty prediction scores 1, any other 0,
+  as in the official v2.0 script."""
   exact = f1 = 0.0
   for qid, answers in references.items():
     prediction = predictions.get(qid, "")
+    if not answers:  # unanswerable: exact match and F1 are both "predicted no answer"
+      exact += float(not normalize_answer(prediction))
+      f1 += float(not normalize_answer(prediction))
+      continue
     exact += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
     f1 += max(_token_f1(prediction, a) for a in answers)
   return {"exact_match": 100 * exact / len(references), "f1": 100 * f1 / len(references)}

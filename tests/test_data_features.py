@@ -84,6 +84,33 @@ def test_qa_windows_recover_answers(bert_tokenizer):
   assert answers == {"short": "Paris", "long": "under the old oak tree"}
 
 
+def test_qa_skips_and_counts_answers_not_in_the_context(bert_tokenizer, capsys):
+  good = _squad("good", "Paris is the capital of France.", "What is the capital?", "Paris")
+  moved = {**_squad("moved", "Paris is the capital of France.", "Which country?", "France"), "answer_starts": [0]}
+  unanswerable = {**_squad("none", "Paris is the capital of France.", "Who?", "Paris"), "answer_texts": []}
+  unanswerable["answer_starts"] = []
+  out = features.qa([good, moved, unanswerable], bert_tokenizer, max_length=32, doc_stride=8)
+  assert (
+    "qa: skipped 1 of 3 questions whose answer is not in the context at its answer_start" in capsys.readouterr().out
+  )
+  assert out["example_id"].tolist() == [0, 2]  # example ids still index the examples given
+  assert out["start_positions"][1] == out["end_positions"][1] == 0  # unanswerable: CLS
+  # SQuAD v2.0 decoding: where the CLS score beats every span, the answer is empty.
+  n, t = out["input_ids"].shape
+  start_logits, end_logits = np.zeros((n, t)), np.zeros((n, t))
+  start_logits[0, out["start_positions"][0]] = end_logits[0, out["end_positions"][0]] = 10
+  start_logits[1, 0] = end_logits[1, 0] = 10
+  span = np.flatnonzero(out["offset_mapping"][1, :, 0] >= 0)[0]  # a weaker span in the unanswerable's window
+  start_logits[1, span] = end_logits[1, span] = 1
+  examples = [good, moved, unanswerable]
+  assert features.qa_answers(examples, out, start_logits, end_logits, allow_null=True) == {
+    "good": "Paris",
+    "moved": "",
+    "none": "",
+  }
+  assert features.qa_answers(examples, out, start_logits, end_logits)["none"] != ""  # v1.1: always a span
+
+
 def test_generation_masks_prompt(bpe_tokenizer):
   example = {"mr": "name[Alimentum]", "refs": ["Alimentum is in the city centre.", "Alimentum."]}
   out = features.generation([example], bpe_tokenizer, max_length=64)

@@ -154,3 +154,36 @@ def test_squad_and_text(tmp_path):
     list(sources.read("squad", tmp_path, "dev"))
   _write(tmp_path / "valid.txt", " \n = Title = \n text\n")
   assert "".join(e["text"] for e in sources.read("wikitext2", tmp_path, "dev")) == " \n = Title = \n text\n"
+
+
+@needs_data
+def test_real_squad_split_by_article():
+  """SQuAD v1.1 dev split by article: 34 / 4 / 10 articles, 7,628 / 954 / 1,988 questions, no article on two
+  sides, every question once."""
+  splits = {split: list(sources.read("squad_articles", DATA / "squad", split)) for split in ("train", "dev", "test")}
+  assert {s: len(e) for s, e in splits.items()} == {"train": 7628, "dev": 954, "test": 1988}
+  titles = {s: {e["title"] for e in examples} for s, examples in splits.items()}
+  assert [len(t) for t in titles.values()] == [34, 4, 10]
+  assert not (titles["train"] & titles["dev"] or titles["train"] & titles["test"] or titles["dev"] & titles["test"])
+  assert len({e["id"] for examples in splits.values() for e in examples}) == 10570
+  assert [e["idx"] for e in splits["test"][:3]] == [0, 1, 2]
+
+
+def test_squad_v2_and_article_split_errors(tmp_path):
+  import json
+
+  def article(title, answers):
+    qa = {"id": title, "question": "Q?", "answers": answers, "is_impossible": not answers}
+    return {"title": title, "paragraphs": [{"context": "Paris is in France.", "qas": [qa]}]}
+
+  answer = [{"text": "France", "answer_start": 12}]
+  data = [article(f"a{i}", answer if i % 2 else []) for i in range(5)]  # v2.0: no answers = unanswerable
+  _write(tmp_path / "dev-v2.0.json", json.dumps({"version": "v2.0", "data": data}))
+  assert raw.article_split(5, "train") == range(0, 3) and raw.article_split(48, "test") == range(38, 48)
+  test = list(sources.read("squad_articles", tmp_path, "test"))
+  assert [(e["id"], e["answer_texts"]) for e in test] == [("a4", [])]
+  with pytest.raises(raw.DataError, match="unknown split 'validation'"):
+    list(sources.read("squad_articles", tmp_path, "validation"))
+  _write(tmp_path / "other.json", "{}")
+  with pytest.raises(raw.DataError, match=r"expected exactly one SQuAD-format .json file, found \['dev-v2.0.json', "):
+    list(sources.read("squad_articles", tmp_path, "train"))

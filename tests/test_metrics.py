@@ -58,3 +58,10 @@ def test_generation_bleu_and_rouge():
 
 def test_perplexity():
   assert metrics.perplexity(nll_sum=4 * math.log(10), num_tokens=4) == pytest.approx({"perplexity": 10.0})
+
+
+def test_squad_v2_unanswerable_questions_score_the_empty_answer():
+  """Before: max() over no references crashed. The official v2.0 script scores an unanswerable question 1
+  for the empty prediction and 0 for any other."""
+  scores = metrics.squad({"a": [], "b": [], "c": ["Paris"]}, {"a": "", "b": "France", "c": "Paris"})
+  assert scores == pytest.approx({"exact_match": 200 / 3, "f1": 200 / 3})

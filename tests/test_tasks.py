@@ -130,7 +130,7 @@ def squad_dir(tmp_path_factory):
 def test_question_answering(tiny_bert, tfds_dir, squad_dir):
   # 48 tokens with a 16-token stride: the long context becomes several windows
   config = tiny_config(
-    squad.get_config(), tiny_bert, tfds_dir, data_dir=str(squad_dir), max_length=48, **{"task.doc_stride": 16}
+    squad.get_config("official"), tiny_bert, tfds_dir, data_dir=str(squad_dir), max_length=48, **{"task.doc_stride": 16}
   )
   exp, data, outputs, values, _ = run_task(config, limit=0)
   rows, width = data.features["input_ids"].shape

@@ -95,14 +95,31 @@ def word_predictions(
 # ----------------------------------------------------------------------------------- extractive QA
 
 
+def answer_in_context(example: dict) -> int | None:
+  """Index of the first answer whose text is at its answer_start in the context, or None."""
+  for i, (text, start) in enumerate(zip(example["answer_texts"], example["answer_starts"])):
+    if example["context"][start : start + len(text)] == text:
+      return i
+  return None
+
+
 def qa(examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: int = 128) -> dict[str, np.ndarray]:
   """SQuAD examples to windows of (question, context chunk). doc_stride is the number of context tokens two
-  neighbouring windows share. Labels use the first answer; a window without the whole answer points at
-  CLS (index 0), as in Hugging Face's run_qa."""
+  neighbouring windows share. Labels use the first answer found at its answer_start; a window without the
+  whole answer, and every window of an unanswerable question (no answers, SQuAD v2.0), points at CLS
+  (index 0), as in Hugging Face's run_qa. A question whose answers are all missing from the context at
+  their answer_start gets no windows (so neither trains nor is scored); how many is printed."""
   examples = list(examples)
+  answer = [answer_in_context(e) for e in examples]
+  kept = [i for i, e in enumerate(examples) if not e["answer_texts"] or answer[i] is not None]
+  if len(kept) < len(examples):
+    print(
+      f"qa: skipped {len(examples) - len(kept)} of {len(examples)} questions whose answer is not in the context "
+      "at its answer_start"
+    )
   encoding = tokenizer(
-    [e["question"].lstrip() for e in examples],
-    [e["context"] for e in examples],
+    [examples[i]["question"].lstrip() for i in kept],
+    [examples[i]["context"] for i in kept],
     truncation="only_second",
     max_length=max_length,
     stride=doc_stride,
@@ -112,7 +129,7 @@ def qa(examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: i
   )
   n = len(encoding["input_ids"])
   features = _arrays(encoding, n, max_length)
-  example_id = np.asarray(encoding["overflow_to_sample_mapping"], np.int32)
+  example_id = np.asarray(kept, np.int32)[np.asarray(encoding["overflow_to_sample_mapping"], np.int64)]
   offsets = np.full((n, max_length, 2), -1, np.int32)
   starts, ends = np.zeros(n, np.int32), np.zeros(n, np.int32)
   for row in range(n):
@@ -122,8 +139,9 @@ def qa(examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: i
     example = examples[example_id[row]]
     if not example["answer_texts"] or not context:
       continue
-    start_char = example["answer_starts"][0]
-    end_char = start_char + len(example["answer_texts"][0])
+    first = answer[example_id[row]]
+    start_char = example["answer_starts"][first]
+    end_char = start_char + len(example["answer_texts"][first])
     first, last = context[0], context[-1]
     if offsets[row, first, 0] > start_char or offsets[row, last, 1] < end_char:
       continue  # the answer is not entirely inside this window
@@ -145,15 +163,19 @@ def qa_answers(
   end_logits: np.ndarray,
   n_best: int = 20,
   max_answer_length: int = 30,
+  allow_null: bool = False,
 ) -> dict[str, str]:
   """Best answer text per example id, the n-best search of Hugging Face's SQuAD post-processing: over the
   n_best start and end tokens of every window of an example, the highest start+end logit with both inside
-  the context, start <= end and at most max_answer_length tokens."""
+  the context, start <= end and at most max_answer_length tokens. With allow_null (SQuAD v2.0), the empty
+  answer wins where its score, the smallest CLS start+end logit over the example's windows, is higher."""
   best: dict[int, tuple[float, str]] = {}
+  null: dict[int, float] = {}
   for row in range(len(start_logits)):
     example_id = int(features["example_id"][row])
     offsets = features["offset_mapping"][row]
     context = examples[example_id]["context"]
+    null[example_id] = min(null.get(example_id, np.inf), float(start_logits[row, 0] + end_logits[row, 0]))
     for s in np.argsort(start_logits[row])[::-1][:n_best]:
       for e in np.argsort(end_logits[row])[::-1][:n_best]:
         if offsets[s, 0] < 0 or offsets[e, 0] < 0 or e < s or e - s + 1 > max_answer_length:
@@ -161,6 +183,8 @@ def qa_answers(
         score = float(start_logits[row, s] + end_logits[row, e])
         if example_id not in best or score > best[example_id][0]:
           best[example_id] = (score, context[offsets[s, 0] : offsets[e, 1]])
+  if allow_null:
+    best = {i: (score, text) for i, (score, text) in best.items() if score >= null[i]}
   return {examples[i]["id"]: best[i][1] if i in best else "" for i in range(len(examples))}
 
 

@@ -5,7 +5,8 @@ Every reader is a generator of plain dicts (str, int, float, lists of those), on
     classification   {"idx", "text", ["text_pair"], "label"}      label: class id, float (STS-B), -1 unlabelled
     conll2003        {"idx", "tokens": [str], "tags": [int]}       tags index CONLL2003_TAGS (IOB2)
     e2e              {"idx", "mr", "refs": [str]}                  train: one ref per row; dev/test: grouped
-    squad            {"idx", "id", "title", "context", "question", "answer_texts", "answer_starts"}
+    squad            {"idx", "id", "title", "context", "question", "answer_texts", "answer_starts"}   no answers:
+                     unanswerable (SQuAD v2.0)
     text             {"idx", "text"}                               one line of the file, newline kept
 
 Bad input raises DataError naming the file and the 1-based line (or the JSON key / column), because the
@@ -334,9 +335,7 @@ def read_e2e(data_dir: str | Path, split: str) -> Iterator[dict]:
 SQUAD_FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
 
 
-def read_squad(path: str | Path) -> Iterator[dict]:
-  """Questions of a SQuAD v1.1-format JSON file; errors name the JSON key path."""
-  path = Path(path)
+def _squad_root(path: Path) -> dict:
   if not path.is_file():
     raise DataError(f"{path}: file does not exist")
   try:
@@ -344,6 +343,16 @@ def read_squad(path: str | Path) -> Iterator[dict]:
       root = json.load(f)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+  if not isinstance(root, dict) or not isinstance(root.get("data"), list):
+    raise DataError(f"{path}: missing key .data (a list of articles)")
+  return root
+
+
+def read_squad(path: str | Path, articles: range | None = None) -> Iterator[dict]:
+  """Questions of a SQuAD-format JSON file (v1.1, or v2.0 where an unanswerable question has no answers),
+  of the articles at positions `articles` (None: all); errors name the JSON key path."""
+  path = Path(path)
+  root = _squad_root(path)
 
   def get(node, key, where):
     if not isinstance(node, dict) or key not in node:
@@ -351,7 +360,9 @@ def read_squad(path: str | Path) -> Iterator[dict]:
     return node[key]
 
   idx = 0
-  for a, article in enumerate(get(root, "data", "")):
+  for a, article in enumerate(root["data"]):
+    if articles is not None and a not in articles:
+      continue
     title = article.get("title", "") if isinstance(article, dict) else ""
     for p, paragraph in enumerate(get(article, "paragraphs", f"data[{a}]")):
       where_p = f"data[{a}].paragraphs[{p}]"
@@ -372,6 +383,36 @@ def read_squad(path: str | Path) -> Iterator[dict]:
           "answer_starts": [int(get(x, "answer_start", f"{where}.answers[{i}]")) for i, x in enumerate(answers)],
         }
         idx += 1
+
+
+SQUAD_ARTICLE_SPLITS = ("train", "dev", "test")
+
+
+def squad_file(data_dir: str | Path) -> Path:
+  """The one SQuAD-format .json file in data_dir (e.g. dev-v1.1.json, or a v2.0 file)."""
+  found = sorted(Path(data_dir).glob("*.json"))
+  if len(found) != 1:
+    raise DataError(f"{data_dir}: expected exactly one SQuAD-format .json file, found {[p.name for p in found]}")
+  return found[0]
+
+
+def article_split(num_articles: int, split: str) -> range:
+  """The positions of `split`'s articles in the file: the last 10/48 test, the 4/48 before them dev, the rest
+  train, so SQuAD v1.1 dev's 48 articles split 34 / 4 / 10 and no article is on two sides."""
+  if split not in SQUAD_ARTICLE_SPLITS:
+    raise DataError(f"unknown split {split!r} of a SQuAD file split by article; expected one of {SQUAD_ARTICLE_SPLITS}")
+  if num_articles < 3:
+    raise DataError(f"a split by article needs at least 3 articles, the file has {num_articles}")
+  test = max(1, round(num_articles * 10 / 48))
+  dev = max(1, round(num_articles * 4 / 48))
+  train_end, dev_end = num_articles - test - dev, num_articles - test
+  return {"train": range(0, train_end), "dev": range(train_end, dev_end), "test": range(dev_end, num_articles)}[split]
+
+
+def read_squad_by_article(data_dir: str | Path, split: str) -> Iterator[dict]:
+  """One split (`article_split`) of the SQuAD-format file in data_dir."""
+  path = squad_file(data_dir)
+  return read_squad(path, article_split(len(_squad_root(path)["data"]), split))
 
 
 # ----------------------------------------------------------------------------------- plain text

@@ -26,6 +26,15 @@ from ftjax.data import raw
 _TEXT = tfds.features.Text
 _SEQ = tfds.features.Sequence
 _IDX = {"idx": np.int64}
+_SQUAD = {
+  **_IDX,
+  "id": _TEXT(),
+  "title": _TEXT(),
+  "context": _TEXT(),
+  "question": _TEXT(),
+  "answer_texts": _SEQ(_TEXT()),
+  "answer_starts": _SEQ(np.int64),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,21 +178,19 @@ SOURCES: dict[str, Source] = {
     "question_answering",
     lambda data_dir, split: raw.read_squad(raw.split_path(data_dir, raw.SQUAD_FILES, split)),
     named_files(raw.SQUAD_FILES),
-    _schema(
-      {
-        **_IDX,
-        "id": _TEXT(),
-        "title": _TEXT(),
-        "context": _TEXT(),
-        "question": _TEXT(),
-        "answer_texts": _SEQ(_TEXT()),
-        "answer_starts": _SEQ(np.int64),
-      }
-    ),
+    _schema(_SQUAD),
     hub=Hub(
       "tensorflow_datasets.question_answering.squad",
       lambda e: {**e, "answer_texts": e["answers"]["text"], "answer_starts": e["answers"]["answer_start"]},
     ),
+  ),
+  # The one SQuAD-format file in data_dir (v1.1 dev in ../shared/data/squad) split by article: raw.article_split
+  "squad_articles": Source(
+    "question_answering",
+    raw.read_squad_by_article,
+    lambda data_dir: {split: raw.squad_file(data_dir) for split in raw.SQUAD_ARTICLE_SPLITS},
+    _schema(_SQUAD),
+    labelled_test=lambda config: True,
   ),
   "e2e_nlg": Source(
     "causal_lm",

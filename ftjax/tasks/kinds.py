@@ -77,8 +77,13 @@ def _score_tokens(data, outputs, loss_sum, count):
 
 
 def _score_qa(data, outputs, loss_sum, count):
-  answers = feats.qa_answers(data.examples, data.features, outputs[0], outputs[1])
-  return metrics.squad({e["id"]: list(e["answer_texts"]) for e in data.examples}, answers), None
+  """SQuAD EM/F1 over the questions with windows (features.qa skips, and counts, those whose answer is not
+  in their context). Where the split has unanswerable questions (SQuAD v2.0), the empty answer competes."""
+  allow_null = any(not e["answer_texts"] for e in data.examples)
+  answers = feats.qa_answers(data.examples, data.features, outputs[0], outputs[1], allow_null=allow_null)
+  featurised = set(data.features["example_id"].tolist())
+  references = {e["id"]: list(e["answer_texts"]) for i, e in enumerate(data.examples) if i in featurised}
+  return metrics.squad(references, answers), None
 
 
 def _score_lm(data, outputs, loss_sum, count):
