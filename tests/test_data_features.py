@@ -7,6 +7,7 @@ import pytest
 import transformers
 
 from ftjax.data import features
+from ftjax.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,23 @@ def test_qa_skips_and_counts_answers_not_in_the_context(bert_tokenizer, capsys):
     "none": "",
   }
   assert features.qa_answers(examples, out, start_logits, end_logits)["none"] != ""  # v1.1: always a span
+
+
+def test_relation_markers_and_entity_starts(bert_tokenizer):
+  example = {"id": "1", "text": "The <e1>child</e1> was wrapped into the <e2>cradle</e2> by a cord.", "label": 3}
+  out = features.relation([example], bert_tokenizer, max_length=32)
+  tokens = bert_tokenizer.convert_ids_to_tokens(out["input_ids"][0][: out["attention_mask"][0].sum()])
+  assert tokens[:6] == ["[CLS]", "the", "[unused0]", "child", "[unused1]", "was"] and tokens[-1] == "[SEP]"
+  assert tokens[out["entity1_positions"][0]] == "[unused0]" and tokens[out["entity2_positions"][0]] == "[unused2]"
+  assert out["labels"].tolist() == [3]
+  # Too long: a window that keeps both start markers; markers further apart than max_length allows: an error.
+  cut = features.relation([example], bert_tokenizer, max_length=12)
+  tokens = bert_tokenizer.convert_ids_to_tokens(cut["input_ids"][0])
+  assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and tokens[cut["entity2_positions"][0]] == "[unused2]"
+  assert tokens[cut["entity1_positions"][0]] == "[unused0]" and "cord" not in tokens  # cut from the end
+  longer = {**example, "text": example["text"].replace("wrapped", "wrapped up and put")}
+  with pytest.raises(InputError, match="example 1: the entity markers are 10 tokens apart; max_length=12"):
+    features.relation([longer], bert_tokenizer, 12)
 
 
 def test_generation_masks_prompt(bpe_tokenizer):

@@ -187,3 +187,31 @@ def test_squad_v2_and_article_split_errors(tmp_path):
   _write(tmp_path / "other.json", "{}")
   with pytest.raises(raw.DataError, match=r"expected exactly one SQuAD-format .json file, found \['dev-v2.0.json', "):
     list(sources.read("squad_articles", tmp_path, "train"))
+
+
+@needs_data
+def test_real_semeval_splits():
+  """Train and dev are the first 7,200 and last 800 sentences of TRAIN_FILE.TXT; test is TEST_FILE_FULL.TXT."""
+  folder = DATA / "semeval2010_task8"
+  splits = {split: list(sources.read("semeval2010_task8", folder, split)) for split in ("train", "dev", "test")}
+  assert {s: len(e) for s, e in splits.items()} == {"train": 7200, "dev": 800, "test": 2717}
+  assert [splits[s][0]["id"] for s in splits] == ["1", "7201", "8001"]
+  first = splits["train"][0]
+  assert raw.SEMEVAL_LABELS[first["label"]] == "Component-Whole(e2,e1)"
+  assert first["text"].startswith("The system as described") and "<e1>configuration</e1>" in first["text"]
+  assert len(raw.SEMEVAL_LABELS) == 19
+
+
+@pytest.mark.parametrize(
+  "record, message",
+  [
+    ('1\t"A <e1>cat</e1> sat on a <e2>mat</e2>."\nTopic-Mat(e1,e2)\n', r"TRAIN_FILE.TXT:2: unknown relation"),
+    ('1\t"A <e1>cat</e1> sat on a mat."\nOther\n', r"TRAIN_FILE.TXT:1: malformed record: expected one <e2>"),
+    ('1 "A <e1>cat</e1> sat on a <e2>mat</e2>."\nOther\n', r"TRAIN_FILE.TXT:1: malformed record: expected id<TAB>"),
+  ],
+)
+def test_malformed_semeval_record_names_file_and_line(tmp_path, record, message):
+  good = '1\t"The <e1>child</e1> was in the <e2>cradle</e2>."\nOther\nComment:\n\n'
+  _write(tmp_path / "TRAIN_FILE.TXT", good + record.replace("1", "2", 1))
+  with pytest.raises(raw.DataError, match=message.replace(":1:", ":5:").replace(":2:", ":6:")):
+    list(sources.read("semeval2010_task8", tmp_path, "dev"))

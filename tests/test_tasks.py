@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base, conll2003, glue, squad
+from configs import base, conll2003, glue, semeval, squad
 from ftjax import evaluation, experiment, optim, parallel, step as steps, trainability
 from ftjax.data import pipeline, raw
 from ftjax.tasks import datasets
@@ -147,6 +147,20 @@ def test_question_answering(tiny_bert, tfds_dir, squad_dir):
   perfect_end[np.arange(rows), gold_end] = 10.0
   scores, _ = data.score((perfect_start, perfect_end), 0.0, 1.0)
   assert scores["exact_match"] == 100.0 and scores["f1"] == 100.0
+
+
+def test_relation_extraction_on_real_semeval(tiny_bert, tfds_dir):
+  """SemEval-2010 Task 8 through the entity-start head: 19 labels, the official score's names, selected on f1."""
+  needs_data("semeval2010_task8")
+  config = tiny_config(semeval.get_config(), tiny_bert, tfds_dir, max_length=96)
+  exp, data, outputs, values, _ = run_task(config, limit=16)
+  assert exp.task.kind == "relation_classification" and exp.task.num_labels == 19
+  assert exp.task.head_inputs == ("entity1_positions", "entity2_positions")
+  assert outputs.shape == (16, 19)
+  assert set(values) == {"loss", "f1", "precision", "recall", "accuracy"}
+  assert evaluation.selection(config, "relation_classification") == ("f1", "max")
+  perfect = np.eye(19, dtype=np.float32)[data.features["labels"]]
+  assert data.score(perfect, 0.0, 1.0)[0]["accuracy"] == 100.0
 
 
 @pytest.fixture(scope="module")

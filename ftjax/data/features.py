@@ -6,6 +6,7 @@ pipeline cuts each batch down to a length bucket). Device arrays, int32 unless s
     input_ids, attention_mask (1 = real token), token_type_ids       [N, T]   every task
     labels   [N] int32 class id | [N] float32 regression | [N, T] int32 with -100 ignored (tokens, causal LM)
     start_positions, end_positions                                   [N]      extractive QA
+    entity1_positions, entity2_positions                             [N]      relation extraction (marker tokens)
 
 Host-only arrays, which the pipeline never puts in a batch (it gives `example_index` instead, the feature row):
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from ftjax.errors import InputError
 
 IGNORE = -100  # label of positions the loss skips (Hugging Face / optax convention)
 HOST_KEYS = ("example_id", "word_ids", "offset_mapping")
@@ -186,6 +189,70 @@ def qa_answers(
   if allow_null:
     best = {i: (score, text) for i, (score, text) in best.items() if score >= null[i]}
   return {examples[i]["id"]: best[i][1] if i in best else "" for i in range(len(examples))}
+
+
+# ------------------------------------------------------------------------------ relation extraction
+
+# Entity markers: BERT vocabularies' unused entries (one token each, embeddings that fine-tuning trains),
+# or the tags' own text where a vocabulary has no such entries.
+ENTITY_MARKERS = {"<e1>": "[unused0]", "</e1>": "[unused1]", "<e2>": "[unused2]", "</e2>": "[unused3]"}
+
+
+def _marker_ids(tokenizer) -> dict[str, list[int]]:
+  vocab = tokenizer.get_vocab()
+  if all(m in vocab for m in ENTITY_MARKERS.values()):
+    return {tag: [vocab[m]] for tag, m in ENTITY_MARKERS.items()}
+  return {tag: tokenizer(tag, add_special_tokens=False)["input_ids"] for tag in ENTITY_MARKERS}
+
+
+def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+  """The special tokens the tokenizer puts before and after a text ([CLS] and [SEP] for BERT)."""
+  bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+  full = tokenizer("a")["input_ids"]
+  start = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
+  return full[:start], full[start + len(bare) :]
+
+
+def relation(examples: Sequence[dict], tokenizer, max_length: int = 128) -> dict[str, np.ndarray]:
+  """Sentences with <e1>…</e1> <e2>…</e2> tags ("text", "label") to token ids with a marker token at each
+  tag; `entity1_positions`/`entity2_positions` [N] are the tokens of the <e1> and <e2> markers, which the
+  entity-start head reads (Baldini Soares et al. 2019). A row longer than max_length keeps a window that
+  holds both start markers; markers further apart than that are an error naming the example."""
+  examples = list(examples)
+  markers = _marker_ids(tokenizer)
+  prefix, suffix = _special_tokens_around(tokenizer)
+  offset, budget = len(prefix), max_length - len(prefix) - len(suffix)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  input_ids = np.full((len(examples), max_length), pad, np.int32)
+  mask = np.zeros((len(examples), max_length), np.int32)
+  positions = np.zeros((2, len(examples)), np.int32)
+  for row, example in enumerate(examples):
+    text, ids, starts = example["text"], [], {}
+    for tag in ("<e1>", "</e1>", "<e2>", "</e2>"):
+      before, _, text = text.partition(tag)
+      ids += tokenizer(before, add_special_tokens=False)["input_ids"]
+      starts[tag] = len(ids)
+      ids += markers[tag]
+    ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    e1, e2 = starts["<e1>"], starts["<e2>"]
+    if e2 - e1 >= budget:
+      raise InputError(
+        f"example {example.get('id', row)}: the entity markers are {e2 - e1} tokens apart; max_length={max_length} "
+        "cannot hold both"
+      )
+    start = min(e1, max(0, len(ids) - budget))  # keep the end of the sentence where it fits
+    ids = prefix + ids[start : start + budget] + suffix
+    input_ids[row, : len(ids)] = ids
+    mask[row, : len(ids)] = 1
+    positions[:, row] = (e1 - start + offset, e2 - start + offset)
+  return {
+    "input_ids": input_ids,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros_like(input_ids),
+    "labels": np.asarray([e["label"] for e in examples], np.int32),
+    "entity1_positions": positions[0],
+    "entity2_positions": positions[1],
+  }
 
 
 # ------------------------------------------------------------------------------ causal generation

@@ -8,6 +8,8 @@ Every reader is a generator of plain dicts (str, int, float, lists of those), on
     squad            {"idx", "id", "title", "context", "question", "answer_texts", "answer_starts"}   no answers:
                      unanswerable (SQuAD v2.0)
     text             {"idx", "text"}                               one line of the file, newline kept
+    semeval          {"idx", "id", "text", "label"}                text with <e1>…</e1> <e2>…</e2>; label
+                                                                   indexes SEMEVAL_LABELS
 
 Bad input raises DataError naming the file and the 1-based line (or the JSON key / column), because the
 person who sees the error is usually fixing a file by hand.
@@ -429,3 +431,67 @@ def read_text(path: str | Path) -> Iterator[dict]:
   with open(path, encoding="utf-8") as f:
     for idx, line in enumerate(f):
       yield {"idx": idx, "text": line}
+
+
+# -------------------------------------------------------------------------- SemEval-2010 Task 8
+
+SEMEVAL_TYPES = (
+  "Cause-Effect",
+  "Component-Whole",
+  "Content-Container",
+  "Entity-Destination",
+  "Entity-Origin",
+  "Instrument-Agency",
+  "Member-Collection",
+  "Message-Topic",
+  "Product-Producer",
+)
+# Label ids: Other first, then each relation type in both directions (the scorer's 2×9+1 labels).
+SEMEVAL_LABELS = ("Other",) + tuple(f"{t}({a},{b})" for t in SEMEVAL_TYPES for a, b in (("e1", "e2"), ("e2", "e1")))
+SEMEVAL_FILES = {"train": "TRAIN_FILE.TXT", "dev": "TRAIN_FILE.TXT", "test": "TEST_FILE_FULL.TXT"}
+SEMEVAL_DEV = 800  # the last 800 sentences of TRAIN_FILE.TXT are dev; train is the first 7,200
+_ENTITY_TAGS = ("<e1>", "</e1>", "<e2>", "</e2>")
+
+
+def read_semeval(data_dir: str | Path, split: str) -> Iterator[dict]:
+  """SemEval-2010 Task 8 sentences `{"idx", "id", "text", "label"}`: text keeps the <e1>…</e1> <e2>…</e2>
+  tags, label indexes SEMEVAL_LABELS. Train and dev are the first 7,200 and the last 800 of the training file;
+  test is TEST_FILE_FULL.TXT. A record is `id<TAB>"sentence"`, the relation, `Comment:…`, a blank line."""
+  path = split_path(data_dir, SEMEVAL_FILES, split)
+  records = list(_semeval_records(path))
+  if split != "test":
+    records = records[:-SEMEVAL_DEV] if split == "train" else records[-SEMEVAL_DEV:]
+  for idx, record in enumerate(records):
+    yield {"idx": idx, **record}
+
+
+def check_entity_tags(text: str, where: str) -> None:
+  """DataError naming `where` unless text has exactly one <e1>…</e1> followed by one <e2>…</e2>."""
+  for tag in _ENTITY_TAGS:
+    if text.count(tag) != 1:
+      raise DataError(f"{where}: malformed record: expected one {tag} in the sentence")
+  if not text.index("<e1>") < text.index("</e1>") < text.index("<e2>") < text.index("</e2>"):
+    raise DataError(f"{where}: malformed record: expected <e1>…</e1> before <e2>…</e2>")
+
+
+def _semeval_records(path: Path) -> Iterator[dict]:
+  with open(path, encoding="utf-8") as f:
+    lines = [line.rstrip("\r\n") for line in f]
+  number = 0
+  while number < len(lines):
+    if not lines[number].strip():
+      number += 1
+      continue
+    where = f"{path}:{number + 1}"
+    sentence_id, tab, quoted = lines[number].partition("\t")
+    if not tab or not sentence_id.strip().isdigit() or len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
+      raise DataError(f'{where}: malformed record: expected id<TAB>"sentence"')
+    text = quoted[1:-1]
+    check_entity_tags(text, where)
+    relation = lines[number + 1].strip() if number + 1 < len(lines) else ""
+    if relation not in SEMEVAL_LABELS:
+      raise DataError(f"{path}:{number + 2}: unknown relation {relation!r}; expected one of {list(SEMEVAL_LABELS)}")
+    yield {"id": sentence_id.strip(), "text": text, "label": SEMEVAL_LABELS.index(relation)}
+    number += 2
+    if number < len(lines) and lines[number].startswith("Comment"):
+      number += 1

@@ -192,6 +192,15 @@ SOURCES: dict[str, Source] = {
     _schema(_SQUAD),
     labelled_test=lambda config: True,
   ),
+  # SemEval-2010 Task 8: dev = the last 800 of the training file (raw.read_semeval)
+  "semeval2010_task8": Source(
+    "relation_classification",
+    raw.read_semeval,
+    named_files(raw.SEMEVAL_FILES),
+    _schema({**_IDX, "id": _TEXT(), "text": _TEXT(), "label": np.int64}),
+    lambda config: raw.SEMEVAL_LABELS,
+    labelled_test=lambda config: True,
+  ),
   "e2e_nlg": Source(
     "causal_lm",
     raw.read_e2e,

@@ -16,7 +16,7 @@ import numpy as np
 
 from ftjax import metrics
 from ftjax.data import features as feats
-from ftjax.data.raw import DataError
+from ftjax.data.raw import DataError, check_entity_tags
 from ftjax.tasks import heads, losses
 
 
@@ -58,6 +58,10 @@ def _generation_features(examples, tokenizer, config):
   return feats.generation(examples, tokenizer, config.max_length)
 
 
+def _relation_features(examples, tokenizer, config):
+  return feats.relation(examples, tokenizer, config.max_length)
+
+
 # ------------------------------------------------------------------------------------- scoring
 
 
@@ -86,6 +90,10 @@ def _score_qa(data, outputs, loss_sum, count):
   return metrics.squad(references, answers), None
 
 
+def _score_relation(data, outputs, loss_sum, count):
+  return metrics.semeval(data.features["labels"], outputs.argmax(-1), data.label_names), None
+
+
 def _score_lm(data, outputs, loss_sum, count):
   return metrics.perplexity(loss_sum, count), None
 
@@ -112,6 +120,12 @@ def _parse_qa(fields, number, where):
   if len(fields) != 2:
     raise DataError(f"{where}:{number}: expected question<TAB>context")
   return {"id": str(number), "question": fields[0], "context": fields[1], "answer_texts": [], "answer_starts": []}
+
+
+def _parse_relation(fields, number, where):
+  text = "\t".join(fields)
+  check_entity_tags(text, f"{where}:{number}")
+  return {"id": str(number), "text": text, "label": 0}
 
 
 def _parse_prompt(fields, number, where):
@@ -223,6 +237,19 @@ KINDS: dict[str, Kind] = {
     _parse_qa,
     _decode_qa,
     "question_answering",
+  ),
+  "relation_classification": Kind(
+    "relation_classification",
+    lambda num_labels, dropout_rate, pooling: heads.EntityStartHead(num_labels, dropout_rate),
+    losses.classification,
+    _relation_features,
+    _score_relation,
+    ("f1", "max"),
+    "a sentence with <e1>…</e1> and <e2>…</e2> around the two nominals",
+    _parse_relation,
+    _decode_labels,
+    None,  # transformers has no entity-start classification class
+    head_inputs=("entity1_positions", "entity2_positions"),
   ),
   "causal_lm": Kind(
     "causal_lm",
