@@ -10,6 +10,7 @@ Inputs and outputs per task:
   NER              a sentence (split on whitespace into words) → {"entities": [{"type", "text", "start", "end"}]}
                    (start/end are word indices, end exclusive)
   QA               question<TAB>context     → {"answer"}
+  relations        a sentence with <e1>…</e1> and <e2>…</e2> → {"label", "score", "scores"}
   causal LM        a prompt                 → {"generated"} (the config's generation settings)
 """
 

@@ -242,3 +242,14 @@ def test_mean_pooling_suits_the_sentence_embedding_backbone(tfds_dir, tmp_path):
   (train, y_train), (dev, y_dev) = features("train", 400), features("dev", 300)
   acc = {p: LogisticRegression(max_iter=3000).fit(train[p], y_train).score(dev[p], y_dev) for p in train}
   assert acc["mean"] > acc["pooler"] + 0.03, acc
+
+
+def test_every_source_names_a_kind_and_every_kind_is_complete():
+  """The two records meet here: a source's kind is a key of KINDS, and each kind's head builds."""
+  from ftjax.data import sources
+  from ftjax.tasks import KINDS, make_task
+
+  assert {s.kind for s in sources.SOURCES.values()} == set(KINDS)
+  for name in KINDS:
+    task = make_task(name, 3, ("a", "b", "c"))
+    assert task.kind == name and (task.head is None) == (not KINDS[name].host_outputs)
