@@ -36,7 +36,7 @@ def get_config():
 
   # --- task and data -------------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()
-  # a key of ftjax.tasks.datasets.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2)
+  # a key of ftjax.data.sources.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2)
   c.task.source = "glue/sst2"
   c.task.train_file = ""  # table source only: labelled CSV/TSV/JSONL for training
   c.task.dev_file = ""  # table source only: labelled file for validation

@@ -11,8 +11,9 @@ are not fractions and are reported unscaled, as the E2E challenge and the LoRA p
 `f1` for classification is binary F1 of class 1 when there are two classes (MRPC's and QQP's convention:
 the positive class is "equivalent"/"duplicate") and macro F1 over classes otherwise.
 
-The only logic written here rather than imported is the official SQuAD v1.1 evaluation (answer
-normalisation, exact match, token F1, max over references), which has no maintained package.
+The only logic written here rather than imported is the official SQuAD evaluation (answer normalisation,
+exact match, token F1, max over references) and the official SemEval-2010 Task 8 score (its Perl scorer's
+macro-F1), which have no maintained package.
 """
 
 from __future__ import annotations
@@ -91,13 +92,50 @@ def _token_f1(prediction: str, reference: str) -> float:
 
 def squad(references: dict[str, Sequence[str]], predictions: dict[str, str]) -> dict[str, float]:
   """exact_match and f1 x100, each the max over an example's reference answers, averaged over every
-  question in `references` (a question without a prediction scores 0, as in the official script)."""
+  question in `references` (a question without a prediction scores 0, as in the official script). A
+  question without answers is unanswerable (SQuAD v2.0): the empty prediction scores 1, any other 0,
+  as in the official v2.0 script."""
   exact = f1 = 0.0
   for qid, answers in references.items():
     prediction = predictions.get(qid, "")
+    if not answers:  # unanswerable: exact match and F1 are both "predicted no answer"
+      exact += float(not normalize_answer(prediction))
+      f1 += float(not normalize_answer(prediction))
+      continue
     exact += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
     f1 += max(_token_f1(prediction, a) for a in answers)
   return {"exact_match": 100 * exact / len(references), "f1": 100 * f1 / len(references)}
+
+
+# ------------------------------------------------------------------ SemEval-2010 Task 8 (the official score)
+
+
+def semeval(labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
+  """The official SemEval-2010 Task 8 score, x100: "(9+1)-way evaluation with directionality taken into
+  account", macro-averaged over the relation types, Other excluded. Per type t, a prediction is correct
+  when it equals the gold label (type and direction); precision divides by every prediction of type t
+  (a wrong direction counts against it), recall by every gold example of type t; f1 is the mean of the
+  per-type F1s, precision and recall the means of theirs (the official scorer's macro average).
+  `accuracy` is plain accuracy over the 2x9+1 labels. Label names are "Type(e1,e2)" or "Other"."""
+  types = [name.split("(")[0] for name in label_names]
+  gold = np.asarray(labels)
+  predicted = np.asarray(predictions)
+  gold_type = np.asarray(types, dtype=object)[gold]
+  predicted_type = np.asarray(types, dtype=object)[predicted]
+  scores = []
+  for t in sorted(set(types) - {"Other"}):
+    correct = np.sum((gold == predicted) & (gold_type == t))
+    n_predicted, n_gold = np.sum(predicted_type == t), np.sum(gold_type == t)
+    p = correct / n_predicted if n_predicted else 0.0
+    r = correct / n_gold if n_gold else 0.0
+    scores.append((p, r, 2 * p * r / (p + r) if p + r else 0.0))
+  p, r, f1 = np.mean(scores, axis=0)
+  return {
+    "f1": 100 * float(f1),
+    "precision": 100 * float(p),
+    "recall": 100 * float(r),
+    "accuracy": 100 * float(np.mean(gold == predicted)),
+  }
 
 
 # ---------------------------------------------------------------------------------------- generation

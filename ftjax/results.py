@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ftjax import experiment
-from ftjax.loop import selection
+from ftjax.evaluation import selection
 
 SHOWN = (
   "accuracy",

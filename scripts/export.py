@@ -16,21 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from ftjax.errors import InputError  # noqa: E402
 from ftjax import cli  # noqa: E402
 from ftjax import experiment, export, models, trainability  # noqa: E402
+from ftjax.tasks import kinds  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("out", None, "output folder")
 flags.DEFINE_enum("format", "hf", ["hf", "peft"], "merged transformers checkpoint, or PEFT LoRA adapter")
 flags.mark_flags_as_required(["workdir", "out"])
 FLAGS = flags.FLAGS
-
-# ftjax task kind → export task
-EXPORT_TASKS = {
-  "classification": "sequence_classification",
-  "regression": "sequence_classification",
-  "token_classification": "token_classification",
-  "question_answering": "question_answering",
-  "causal_lm": "causal_lm",
-}
 
 
 def main(argv):
@@ -39,20 +31,21 @@ def main(argv):
   tree = trainability.combine(trainable, frozen)
   task = exp.task
   arch = export.architecture(exp.model)
+  export_task = kinds.kind(task.kind).export_task
+  if export_task is None:
+    raise InputError(f"task kind {task.kind}: transformers has no class for this head, so there is nothing to export")
   if (
-    task.kind in ("classification", "regression")
+    export_task == "sequence_classification"
     and not exp.model.is_decoder
     and config.get("head_pooling", "pooler") != "pooler"
-    and (arch is None or (arch[0], EXPORT_TASKS[task.kind]) not in export.NO_EXPORT)  # export says why
+    and (arch is None or (arch[0], export_task) not in export.NO_EXPORT)  # export says why
   ):
     raise InputError(
       f"config key head_pooling={config.head_pooling!r}: transformers' "
       "BertForSequenceClassification reads the pooler, so this run's head has no place there"
     )
   labels = dict(enumerate(task.label_names)) if task.label_names else None
-  common = dict(
-    model=exp.model, tree=tree, task=EXPORT_TASKS[task.kind], num_labels=task.num_labels or None, id2label=labels
-  )
+  common = dict(model=exp.model, tree=tree, task=export_task, num_labels=task.num_labels or None, id2label=labels)
   try:
     if FLAGS.format == "hf":
       out = export.export_hf(FLAGS.out, source_folder=models.resolve(config.model), **common)

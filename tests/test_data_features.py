@@ -7,6 +7,7 @@ import pytest
 import transformers
 
 from ftjax.data import features
+from ftjax.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,50 @@ def test_qa_windows_recover_answers(bert_tokenizer):
       end_logits[row, out["end_positions"][row]] = 10
   answers = features.qa_answers(examples, out, start_logits, end_logits)
   assert answers == {"short": "Paris", "long": "under the old oak tree"}
+
+
+def test_qa_skips_and_counts_answers_not_in_the_context(bert_tokenizer, capsys):
+  good = _squad("good", "Paris is the capital of France.", "What is the capital?", "Paris")
+  moved = {**_squad("moved", "Paris is the capital of France.", "Which country?", "France"), "answer_starts": [0]}
+  unanswerable = {**_squad("none", "Paris is the capital of France.", "Who?", "Paris"), "answer_texts": []}
+  unanswerable["answer_starts"] = []
+  out = features.qa([good, moved, unanswerable], bert_tokenizer, max_length=32, doc_stride=8)
+  assert (
+    "qa: skipped 1 of 3 questions whose answer is not in the context at its answer_start" in capsys.readouterr().out
+  )
+  assert out["example_id"].tolist() == [0, 2]  # example ids still index the examples given
+  assert out["start_positions"][1] == out["end_positions"][1] == 0  # unanswerable: CLS
+  # SQuAD v2.0 decoding: where the CLS score beats every span, the answer is empty.
+  n, t = out["input_ids"].shape
+  start_logits, end_logits = np.zeros((n, t)), np.zeros((n, t))
+  start_logits[0, out["start_positions"][0]] = end_logits[0, out["end_positions"][0]] = 10
+  start_logits[1, 0] = end_logits[1, 0] = 10
+  span = np.flatnonzero(out["offset_mapping"][1, :, 0] >= 0)[0]  # a weaker span in the unanswerable's window
+  start_logits[1, span] = end_logits[1, span] = 1
+  examples = [good, moved, unanswerable]
+  assert features.qa_answers(examples, out, start_logits, end_logits, allow_null=True) == {
+    "good": "Paris",
+    "moved": "",
+    "none": "",
+  }
+  assert features.qa_answers(examples, out, start_logits, end_logits)["none"] != ""  # v1.1: always a span
+
+
+def test_relation_markers_and_entity_starts(bert_tokenizer):
+  example = {"id": "1", "text": "The <e1>child</e1> was wrapped into the <e2>cradle</e2> by a cord.", "label": 3}
+  out = features.relation([example], bert_tokenizer, max_length=32)
+  tokens = bert_tokenizer.convert_ids_to_tokens(out["input_ids"][0][: out["attention_mask"][0].sum()])
+  assert tokens[:6] == ["[CLS]", "the", "[unused0]", "child", "[unused1]", "was"] and tokens[-1] == "[SEP]"
+  assert tokens[out["entity1_positions"][0]] == "[unused0]" and tokens[out["entity2_positions"][0]] == "[unused2]"
+  assert out["labels"].tolist() == [3]
+  # Too long: a window that keeps both start markers; markers further apart than max_length allows: an error.
+  cut = features.relation([example], bert_tokenizer, max_length=12)
+  tokens = bert_tokenizer.convert_ids_to_tokens(cut["input_ids"][0])
+  assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and tokens[cut["entity2_positions"][0]] == "[unused2]"
+  assert tokens[cut["entity1_positions"][0]] == "[unused0]" and "cord" not in tokens  # cut from the end
+  longer = {**example, "text": example["text"].replace("wrapped", "wrapped up and put")}
+  with pytest.raises(InputError, match="example 1: the entity markers are 10 tokens apart; max_length=12"):
+    features.relation([longer], bert_tokenizer, 12)
 
 
 def test_generation_masks_prompt(bpe_tokenizer):

@@ -58,3 +58,24 @@ def test_generation_bleu_and_rouge():
 
 def test_perplexity():
   assert metrics.perplexity(nll_sum=4 * math.log(10), num_tokens=4) == pytest.approx({"perplexity": 10.0})
+
+
+def test_squad_v2_unanswerable_questions_score_the_empty_answer():
+  """Before: max() over no references crashed. The official v2.0 script scores an unanswerable question 1
+  for the empty prediction and 0 for any other."""
+  scores = metrics.squad({"a": [], "b": [], "c": ["Paris"]}, {"a": "", "b": "France", "c": "Paris"})
+  assert scores == pytest.approx({"exact_match": 200 / 3, "f1": 200 / 3})
+
+
+def test_semeval_official_score_by_hand():
+  """Types A and B, each in two directions. A: 3 gold, 3 predicted (one of them the wrong direction, which
+  counts against precision and recall), 2 correct: P = R = F1 = 2/3. B: 1 gold, 1 predicted, none correct:
+  0. Macro over A and B, Other excluded: F1 = 1/3. Accuracy over all labels: 3 of 6."""
+  names = ("Other", "A(e1,e2)", "A(e2,e1)", "B(e1,e2)", "B(e2,e1)")
+  gold = [1, 1, 2, 3, 0, 0]
+  predicted = [1, 2, 2, 0, 3, 0]
+  scores = metrics.semeval(gold, predicted, names)
+  assert scores == pytest.approx({"f1": 100 / 3, "precision": 100 / 3, "recall": 100 / 3, "accuracy": 50.0})
+  # The majority class (Other) predicts no relation: every relation's precision and recall are 0.
+  assert metrics.semeval(gold, [0] * 6, names)["f1"] == 0.0
+  assert metrics.semeval(gold, gold, names)["f1"] == pytest.approx(100.0)

@@ -6,6 +6,7 @@ pipeline cuts each batch down to a length bucket). Device arrays, int32 unless s
     input_ids, attention_mask (1 = real token), token_type_ids       [N, T]   every task
     labels   [N] int32 class id | [N] float32 regression | [N, T] int32 with -100 ignored (tokens, causal LM)
     start_positions, end_positions                                   [N]      extractive QA
+    entity1_positions, entity2_positions                             [N]      relation extraction (marker tokens)
 
 Host-only arrays, which the pipeline never puts in a batch (it gives `example_index` instead, the feature row):
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from ftjax.errors import InputError
 
 IGNORE = -100  # label of positions the loss skips (Hugging Face / optax convention)
 HOST_KEYS = ("example_id", "word_ids", "offset_mapping")
@@ -95,14 +98,31 @@ def word_predictions(
 # ----------------------------------------------------------------------------------- extractive QA
 
 
+def answer_in_context(example: dict) -> int | None:
+  """Index of the first answer whose text is at its answer_start in the context, or None."""
+  for i, (text, start) in enumerate(zip(example["answer_texts"], example["answer_starts"])):
+    if example["context"][start : start + len(text)] == text:
+      return i
+  return None
+
+
 def qa(examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: int = 128) -> dict[str, np.ndarray]:
   """SQuAD examples to windows of (question, context chunk). doc_stride is the number of context tokens two
-  neighbouring windows share. Labels use the first answer; a window without the whole answer points at
-  CLS (index 0), as in Hugging Face's run_qa."""
+  neighbouring windows share. Labels use the first answer found at its answer_start; a window without the
+  whole answer, and every window of an unanswerable question (no answers, SQuAD v2.0), points at CLS
+  (index 0), as in Hugging Face's run_qa. A question whose answers are all missing from the context at
+  their answer_start gets no windows (so neither trains nor is scored); how many is printed."""
   examples = list(examples)
+  answer = [answer_in_context(e) for e in examples]
+  kept = [i for i, e in enumerate(examples) if not e["answer_texts"] or answer[i] is not None]
+  if len(kept) < len(examples):
+    print(
+      f"qa: skipped {len(examples) - len(kept)} of {len(examples)} questions whose answer is not in the context "
+      "at its answer_start"
+    )
   encoding = tokenizer(
-    [e["question"].lstrip() for e in examples],
-    [e["context"] for e in examples],
+    [examples[i]["question"].lstrip() for i in kept],
+    [examples[i]["context"] for i in kept],
     truncation="only_second",
     max_length=max_length,
     stride=doc_stride,
@@ -112,7 +132,7 @@ def qa(examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: i
   )
   n = len(encoding["input_ids"])
   features = _arrays(encoding, n, max_length)
-  example_id = np.asarray(encoding["overflow_to_sample_mapping"], np.int32)
+  example_id = np.asarray(kept, np.int32)[np.asarray(encoding["overflow_to_sample_mapping"], np.int64)]
   offsets = np.full((n, max_length, 2), -1, np.int32)
   starts, ends = np.zeros(n, np.int32), np.zeros(n, np.int32)
   for row in range(n):
@@ -122,8 +142,9 @@ def qa(examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: i
     example = examples[example_id[row]]
     if not example["answer_texts"] or not context:
       continue
-    start_char = example["answer_starts"][0]
-    end_char = start_char + len(example["answer_texts"][0])
+    first = answer[example_id[row]]
+    start_char = example["answer_starts"][first]
+    end_char = start_char + len(example["answer_texts"][first])
     first, last = context[0], context[-1]
     if offsets[row, first, 0] > start_char or offsets[row, last, 1] < end_char:
       continue  # the answer is not entirely inside this window
@@ -145,15 +166,19 @@ def qa_answers(
   end_logits: np.ndarray,
   n_best: int = 20,
   max_answer_length: int = 30,
+  allow_null: bool = False,
 ) -> dict[str, str]:
   """Best answer text per example id, the n-best search of Hugging Face's SQuAD post-processing: over the
   n_best start and end tokens of every window of an example, the highest start+end logit with both inside
-  the context, start <= end and at most max_answer_length tokens."""
+  the context, start <= end and at most max_answer_length tokens. With allow_null (SQuAD v2.0), the empty
+  answer wins where its score, the smallest CLS start+end logit over the example's windows, is higher."""
   best: dict[int, tuple[float, str]] = {}
+  null: dict[int, float] = {}
   for row in range(len(start_logits)):
     example_id = int(features["example_id"][row])
     offsets = features["offset_mapping"][row]
     context = examples[example_id]["context"]
+    null[example_id] = min(null.get(example_id, np.inf), float(start_logits[row, 0] + end_logits[row, 0]))
     for s in np.argsort(start_logits[row])[::-1][:n_best]:
       for e in np.argsort(end_logits[row])[::-1][:n_best]:
         if offsets[s, 0] < 0 or offsets[e, 0] < 0 or e < s or e - s + 1 > max_answer_length:
@@ -161,7 +186,73 @@ def qa_answers(
         score = float(start_logits[row, s] + end_logits[row, e])
         if example_id not in best or score > best[example_id][0]:
           best[example_id] = (score, context[offsets[s, 0] : offsets[e, 1]])
+  if allow_null:
+    best = {i: (score, text) for i, (score, text) in best.items() if score >= null[i]}
   return {examples[i]["id"]: best[i][1] if i in best else "" for i in range(len(examples))}
+
+
+# ------------------------------------------------------------------------------ relation extraction
+
+# Entity markers: BERT vocabularies' unused entries (one token each, embeddings that fine-tuning trains),
+# or the tags' own text where a vocabulary has no such entries.
+ENTITY_MARKERS = {"<e1>": "[unused0]", "</e1>": "[unused1]", "<e2>": "[unused2]", "</e2>": "[unused3]"}
+
+
+def _marker_ids(tokenizer) -> dict[str, list[int]]:
+  vocab = tokenizer.get_vocab()
+  if all(m in vocab for m in ENTITY_MARKERS.values()):
+    return {tag: [vocab[m]] for tag, m in ENTITY_MARKERS.items()}
+  return {tag: tokenizer(tag, add_special_tokens=False)["input_ids"] for tag in ENTITY_MARKERS}
+
+
+def _special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+  """The special tokens the tokenizer puts before and after a text ([CLS] and [SEP] for BERT)."""
+  bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+  full = tokenizer("a")["input_ids"]
+  start = next(i for i in range(len(full)) if full[i : i + len(bare)] == bare)
+  return full[:start], full[start + len(bare) :]
+
+
+def relation(examples: Sequence[dict], tokenizer, max_length: int = 128) -> dict[str, np.ndarray]:
+  """Sentences with <e1>…</e1> <e2>…</e2> tags ("text", "label") to token ids with a marker token at each
+  tag; `entity1_positions`/`entity2_positions` [N] are the tokens of the <e1> and <e2> markers, which the
+  entity-start head reads (Baldini Soares et al. 2019). A row longer than max_length keeps a window that
+  holds both start markers; markers further apart than that are an error naming the example."""
+  examples = list(examples)
+  markers = _marker_ids(tokenizer)
+  prefix, suffix = _special_tokens_around(tokenizer)
+  offset, budget = len(prefix), max_length - len(prefix) - len(suffix)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  input_ids = np.full((len(examples), max_length), pad, np.int32)
+  mask = np.zeros((len(examples), max_length), np.int32)
+  positions = np.zeros((2, len(examples)), np.int32)
+  for row, example in enumerate(examples):
+    text, ids, starts = example["text"], [], {}
+    for tag in ("<e1>", "</e1>", "<e2>", "</e2>"):
+      before, _, text = text.partition(tag)
+      ids += tokenizer(before, add_special_tokens=False)["input_ids"]
+      starts[tag] = len(ids)
+      ids += markers[tag]
+    ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    e1, e2 = starts["<e1>"], starts["<e2>"]
+    if e2 - e1 >= budget:
+      raise InputError(
+        f"example {example.get('id', row)}: the entity markers are {e2 - e1} tokens apart; max_length={max_length} "
+        "cannot hold both"
+      )
+    start = min(e1, max(0, len(ids) - budget))  # keep the end of the sentence where it fits
+    ids = prefix + ids[start : start + budget] + suffix
+    input_ids[row, : len(ids)] = ids
+    mask[row, : len(ids)] = 1
+    positions[:, row] = (e1 - start + offset, e2 - start + offset)
+  return {
+    "input_ids": input_ids,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros_like(input_ids),
+    "labels": np.asarray([e["label"] for e in examples], np.int32),
+    "entity1_positions": positions[0],
+    "entity2_positions": positions[1],
+  }
 
 
 # ------------------------------------------------------------------------------ causal generation

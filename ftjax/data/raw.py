@@ -5,8 +5,11 @@ Every reader is a generator of plain dicts (str, int, float, lists of those), on
     classification   {"idx", "text", ["text_pair"], "label"}      label: class id, float (STS-B), -1 unlabelled
     conll2003        {"idx", "tokens": [str], "tags": [int]}       tags index CONLL2003_TAGS (IOB2)
     e2e              {"idx", "mr", "refs": [str]}                  train: one ref per row; dev/test: grouped
-    squad            {"idx", "id", "title", "context", "question", "answer_texts", "answer_starts"}
+    squad            {"idx", "id", "title", "context", "question", "answer_texts", "answer_starts"}   no answers:
+                     unanswerable (SQuAD v2.0)
     text             {"idx", "text"}                               one line of the file, newline kept
+    semeval          {"idx", "id", "text", "label"}                text with <e1>…</e1> <e2>…</e2>; label
+                                                                   indexes SEMEVAL_LABELS
 
 Bad input raises DataError naming the file and the 1-based line (or the JSON key / column), because the
 person who sees the error is usually fixing a file by hand.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -335,9 +337,7 @@ def read_e2e(data_dir: str | Path, split: str) -> Iterator[dict]:
 SQUAD_FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
 
 
-def read_squad(path: str | Path) -> Iterator[dict]:
-  """Questions of a SQuAD v1.1-format JSON file; errors name the JSON key path."""
-  path = Path(path)
+def _squad_root(path: Path) -> dict:
   if not path.is_file():
     raise DataError(f"{path}: file does not exist")
   try:
@@ -345,6 +345,16 @@ def read_squad(path: str | Path) -> Iterator[dict]:
       root = json.load(f)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+  if not isinstance(root, dict) or not isinstance(root.get("data"), list):
+    raise DataError(f"{path}: missing key .data (a list of articles)")
+  return root
+
+
+def read_squad(path: str | Path, articles: range | None = None) -> Iterator[dict]:
+  """Questions of a SQuAD-format JSON file (v1.1, or v2.0 where an unanswerable question has no answers),
+  of the articles at positions `articles` (None: all); errors name the JSON key path."""
+  path = Path(path)
+  root = _squad_root(path)
 
   def get(node, key, where):
     if not isinstance(node, dict) or key not in node:
@@ -352,7 +362,9 @@ def read_squad(path: str | Path) -> Iterator[dict]:
     return node[key]
 
   idx = 0
-  for a, article in enumerate(get(root, "data", "")):
+  for a, article in enumerate(root["data"]):
+    if articles is not None and a not in articles:
+      continue
     title = article.get("title", "") if isinstance(article, dict) else ""
     for p, paragraph in enumerate(get(article, "paragraphs", f"data[{a}]")):
       where_p = f"data[{a}].paragraphs[{p}]"
@@ -375,6 +387,36 @@ def read_squad(path: str | Path) -> Iterator[dict]:
         idx += 1
 
 
+SQUAD_ARTICLE_SPLITS = ("train", "dev", "test")
+
+
+def squad_file(data_dir: str | Path) -> Path:
+  """The one SQuAD-format .json file in data_dir (e.g. dev-v1.1.json, or a v2.0 file)."""
+  found = sorted(Path(data_dir).glob("*.json"))
+  if len(found) != 1:
+    raise DataError(f"{data_dir}: expected exactly one SQuAD-format .json file, found {[p.name for p in found]}")
+  return found[0]
+
+
+def article_split(num_articles: int, split: str) -> range:
+  """The positions of `split`'s articles in the file: the last 10/48 test, the 4/48 before them dev, the rest
+  train, so SQuAD v1.1 dev's 48 articles split 34 / 4 / 10 and no article is on two sides."""
+  if split not in SQUAD_ARTICLE_SPLITS:
+    raise DataError(f"unknown split {split!r} of a SQuAD file split by article; expected one of {SQUAD_ARTICLE_SPLITS}")
+  if num_articles < 3:
+    raise DataError(f"a split by article needs at least 3 articles, the file has {num_articles}")
+  test = max(1, round(num_articles * 10 / 48))
+  dev = max(1, round(num_articles * 4 / 48))
+  train_end, dev_end = num_articles - test - dev, num_articles - test
+  return {"train": range(0, train_end), "dev": range(train_end, dev_end), "test": range(dev_end, num_articles)}[split]
+
+
+def read_squad_by_article(data_dir: str | Path, split: str) -> Iterator[dict]:
+  """One split (`article_split`) of the SQuAD-format file in data_dir."""
+  path = squad_file(data_dir)
+  return read_squad(path, article_split(len(_squad_root(path)["data"]), split))
+
+
 # ----------------------------------------------------------------------------------- plain text
 
 WIKITEXT2_FILES = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}
@@ -391,23 +433,65 @@ def read_text(path: str | Path) -> Iterator[dict]:
       yield {"idx": idx, "text": line}
 
 
-# ------------------------------------------------------------------------------------- by name
+# -------------------------------------------------------------------------- SemEval-2010 Task 8
 
-# Source names follow TFDS's where TFDS has the dataset, so one name works with local files and the hub.
-READERS = {
-  **{f"glue/{task}": functools.partial(read_glue, task) for task in GLUE_TASKS},
-  "conll2003": read_conll2003,
-  "e2e_nlg": read_e2e,
-  "squad": lambda data_dir, split: read_squad(split_path(data_dir, SQUAD_FILES, split)),
-  "wikitext2": lambda data_dir, split: read_text(split_path(data_dir, WIKITEXT2_FILES, split)),
-  "table": read_table_split,
-}
+SEMEVAL_TYPES = (
+  "Cause-Effect",
+  "Component-Whole",
+  "Content-Container",
+  "Entity-Destination",
+  "Entity-Origin",
+  "Instrument-Agency",
+  "Member-Collection",
+  "Message-Topic",
+  "Product-Producer",
+)
+# Label ids: Other first, then each relation type in both directions (the scorer's 2×9+1 labels).
+SEMEVAL_LABELS = ("Other",) + tuple(f"{t}({a},{b})" for t in SEMEVAL_TYPES for a, b in (("e1", "e2"), ("e2", "e1")))
+SEMEVAL_FILES = {"train": "TRAIN_FILE.TXT", "dev": "TRAIN_FILE.TXT", "test": "TEST_FILE_FULL.TXT"}
+SEMEVAL_DEV = 800  # the last 800 sentences of TRAIN_FILE.TXT are dev; train is the first 7,200
+_ENTITY_TAGS = ("<e1>", "</e1>", "<e2>", "</e2>")
 
 
-def read(source: str, data_dir: str | Path, split: str, **options) -> Iterator[dict]:
-  """Examples of `split` of `source` (a key of READERS) from the raw files in data_dir."""
-  if source not in READERS:
-    raise DataError(f"unknown source {source!r}; expected one of {sorted(READERS)}")
-  if not Path(data_dir).is_dir():
-    raise DataError(f"{data_dir}: data directory does not exist")
-  return READERS[source](data_dir, split, **options)
+def read_semeval(data_dir: str | Path, split: str) -> Iterator[dict]:
+  """SemEval-2010 Task 8 sentences `{"idx", "id", "text", "label"}`: text keeps the <e1>…</e1> <e2>…</e2>
+  tags, label indexes SEMEVAL_LABELS. Train and dev are the first 7,200 and the last 800 of the training file;
+  test is TEST_FILE_FULL.TXT. A record is `id<TAB>"sentence"`, the relation, `Comment:…`, a blank line."""
+  path = split_path(data_dir, SEMEVAL_FILES, split)
+  records = list(_semeval_records(path))
+  if split != "test":
+    records = records[:-SEMEVAL_DEV] if split == "train" else records[-SEMEVAL_DEV:]
+  for idx, record in enumerate(records):
+    yield {"idx": idx, **record}
+
+
+def check_entity_tags(text: str, where: str) -> None:
+  """DataError naming `where` unless text has exactly one <e1>…</e1> followed by one <e2>…</e2>."""
+  for tag in _ENTITY_TAGS:
+    if text.count(tag) != 1:
+      raise DataError(f"{where}: malformed record: expected one {tag} in the sentence")
+  if not text.index("<e1>") < text.index("</e1>") < text.index("<e2>") < text.index("</e2>"):
+    raise DataError(f"{where}: malformed record: expected <e1>…</e1> before <e2>…</e2>")
+
+
+def _semeval_records(path: Path) -> Iterator[dict]:
+  with open(path, encoding="utf-8") as f:
+    lines = [line.rstrip("\r\n") for line in f]
+  number = 0
+  while number < len(lines):
+    if not lines[number].strip():
+      number += 1
+      continue
+    where = f"{path}:{number + 1}"
+    sentence_id, tab, quoted = lines[number].partition("\t")
+    if not tab or not sentence_id.strip().isdigit() or len(quoted) < 2 or quoted[0] != '"' or quoted[-1] != '"':
+      raise DataError(f'{where}: malformed record: expected id<TAB>"sentence"')
+    text = quoted[1:-1]
+    check_entity_tags(text, where)
+    relation = lines[number + 1].strip() if number + 1 < len(lines) else ""
+    if relation not in SEMEVAL_LABELS:
+      raise DataError(f"{path}:{number + 2}: unknown relation {relation!r}; expected one of {list(SEMEVAL_LABELS)}")
+    yield {"id": sentence_id.strip(), "text": text, "label": SEMEVAL_LABELS.index(relation)}
+    number += 2
+    if number < len(lines) and lines[number].startswith("Comment"):
+      number += 1

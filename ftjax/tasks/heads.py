@@ -84,3 +84,28 @@ class QuestionAnsweringHead(nn.Module):
   def __call__(self, outputs: EncoderOutput, attention_mask, deterministic: bool = True):
     logits = Dense(2, dtype=self.dtype, name="qa_outputs")(outputs.last_hidden_state).astype(jnp.float32)
     return logits[..., 0], logits[..., 1]
+
+
+class EntityStartHead(nn.Module):
+  """Logits (B, num_labels) for the relation between two marked entities: the hidden states at the two
+  entity-start markers, concatenated (B, 2H), dropout, one dense layer (Baldini Soares et al. 2019's
+  "entity start" representation). Positions (B,) index the tokens; None (initialisation) reads token 0."""
+
+  num_labels: int
+  dropout_rate: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self, outputs, attention_mask, deterministic: bool = True, entity1_positions=None, entity2_positions=None
+  ) -> jax.Array:
+    hidden = outputs.last_hidden_state
+    zeros = jnp.zeros(hidden.shape[:1], jnp.int32)
+
+    def at(positions):
+      positions = zeros if positions is None else positions
+      return jnp.take_along_axis(hidden, positions[:, None, None], axis=1)[:, 0]
+
+    pooled = jnp.concatenate([at(entity1_positions), at(entity2_positions)], axis=-1)
+    pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+    return Dense(self.num_labels, dtype=self.dtype, name="classifier")(pooled).astype(jnp.float32)
