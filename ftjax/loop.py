@@ -110,19 +110,21 @@ def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, b
 
 def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> dict:
   """Decodes the first `generation.eval_examples` examples of `split` with the config's decoding
-  settings, scores them against all their references (metrics.e2e for E2E: BLEU, NIST, METEOR,
-  ROUGE-L, CIDEr; else BLEU and ROUGE-L), and writes the outputs to workdir/generations_<split>.txt."""
-  from ftjax import generation, metrics
-  from ftjax.data import features as feats
+  settings, scores them against all their references with the source's metric (Source.score_generation:
+  E2E's five, ROUGE-1/2/L, sacreBLEU, …), and writes the outputs to workdir/generations_<split>.txt."""
+  from ftjax import generation
 
   g = config.generation
+  src = datasets.source(config)
+  if src.prompts is None:
+    raise InputError(f"config key generation.eval_examples: {config.task.source} has no prompts to decode")
   examples = list(datasets.examples(config, split))[: g.eval_examples]
   tok = exp.tokenizer
   variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
   hypotheses = []
   starts = range(0, len(examples), g.batch_size)
   for start in progress.batches(starts, len(starts), f"generate {split}"):
-    prompts = feats.generation_prompts(examples[start : start + g.batch_size], tok, config.max_length)
+    prompts = src.prompts(examples[start : start + g.batch_size], tok, config)
     out = generation.generate(
       exp.model,
       tree["backbone"],
@@ -141,9 +143,8 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
     new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
     hypotheses += [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
   references = [list(e["refs"]) for e in examples]
-  score = metrics.e2e if config.task.source == "e2e_nlg" else metrics.generation
-  (workdir / f"generations_{split}.txt").write_text("".join(h + "\n" for h in hypotheses))
-  return score(references, hypotheses)
+  (workdir / f"generations_{split}.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))
+  return src.score_generation(references, hypotheses)
 
 
 def train_and_evaluate(config, workdir) -> dict:

@@ -32,6 +32,7 @@ from ftjax.data import raw
 DEFAULT_TFDS_DIR = Path("~/.cache/ftjax/tfds").expanduser()
 
 _TEXT = tfds.features.Text
+CHAT_SOURCES = ("samsum", "multi30k", "dailydialog", "instruction")  # raw.py's chat schema
 
 
 def _features(source: str, options: dict) -> dict:
@@ -60,18 +61,23 @@ def _features(source: str, options: dict) -> dict:
       "answer_starts": seq(np.int64),
     },
     "wikitext2": {**idx, "text": _TEXT()},
+    **{chat: {**idx, "system": _TEXT(), "turns": seq(_TEXT()), "refs": seq(_TEXT())} for chat in CHAT_SOURCES},
   }[source]
 
 
 def _split_files(source: str, data_dir: Path) -> dict[str, Path]:
   """The splits present in data_dir and their files (all of them are prepared together)."""
-  if source == "table":
+  if source in ("table", "instruction"):
     return {p.stem: p for p in sorted(data_dir.iterdir()) if p.suffix in (".tsv", ".csv", ".jsonl")}
   files = {
     "conll2003": raw.CONLL2003_FILES,
     "e2e_nlg": raw.E2E_FILES,
     "squad": raw.SQUAD_FILES,
     "wikitext2": raw.WIKITEXT2_FILES,
+    "samsum": raw.SAMSUM_FILES,
+    # the source side of each pair; a change to the target side alone would not be prepared again
+    "multi30k": {split: f"{stem}.en" for split, stem in raw.MULTI30K_FILES.items()},
+    "dailydialog": raw.DAILYDIALOG_FILES,
   }.get(source)
   if files is None:
     files = raw.GLUE_TASKS[source.removeprefix("glue/")].files

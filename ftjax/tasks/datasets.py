@@ -26,6 +26,9 @@ class Source:
   kind: str  # a key of ftjax.tasks.KINDS
   featurize: Callable  # (examples, tokenizer, config) → features
   label_names: Callable[[Any], tuple] = lambda config: ()
+  # decoders: (examples, tokenizer, config) → left-padded prompts, and (references, hypotheses) → metrics
+  prompts: Callable | None = None
+  score_generation: Callable = metrics.generation
 
 
 def _classification(examples, tokenizer, config):
@@ -42,6 +45,28 @@ def _table_label_names(config) -> tuple:
   return raw.table_label_names(config.task.train_file, config.task.label_field)
 
 
+def _chat_options(config, instruction: str) -> dict:
+  """How a chat source's examples become prompts; `instruction` is the source's own ("{}" = the text)."""
+  task = config.task
+  return {
+    "instruction": task.get("instruction") or instruction,
+    "system": task.get("system_prompt", ""),
+    "chat_template": task.get("chat_template", True),
+  }
+
+
+def _chat(instruction: str, score: Callable) -> Source:
+  """A decoder task in raw.py's chat schema, prompted through the tokenizer's chat template."""
+  return Source(
+    "causal_lm",
+    lambda ex, tok, config: feats.chat(ex, tok, config.max_length, **_chat_options(config, instruction)),
+    prompts=lambda ex, tok, config: feats.chat_prompts(
+      ex, tok, config.max_length, **_chat_options(config, instruction)
+    ),
+    score_generation=score,
+  )
+
+
 SOURCES: dict[str, Source] = {
   **{f"glue/{task}": _glue(task) for task in raw.GLUE_TASKS},
   "table": Source("classification", _classification, _table_label_names),
@@ -53,7 +78,16 @@ SOURCES: dict[str, Source] = {
   "squad": Source(
     "question_answering", lambda ex, tok, config: feats.qa(ex, tok, config.max_length, config.task.doc_stride)
   ),
-  "e2e_nlg": Source("causal_lm", lambda ex, tok, config: feats.generation(ex, tok, config.max_length)),
+  "e2e_nlg": Source(
+    "causal_lm",
+    lambda ex, tok, config: feats.generation(ex, tok, config.max_length),
+    prompts=lambda ex, tok, config: feats.generation_prompts(ex, tok, config.max_length),
+    score_generation=metrics.e2e,
+  ),
+  "samsum": _chat("Summarize this dialogue:\n{}", metrics.summarization),
+  "multi30k": _chat("Translate this English sentence into German:\n{}", metrics.translation),
+  "dailydialog": _chat("{}", metrics.dialogue),
+  "instruction": _chat("{}", metrics.generation),
   "wikitext2": Source("causal_lm", lambda ex, tok, config: feats.language_modeling(ex, tok, config.max_length)),
 }
 
@@ -98,6 +132,11 @@ def examples(config, split: str):
       "label_field": config.task.label_field,
       "label_names": list(_table_label_names(config)),
     }
+  elif config.task.source == "instruction":
+    if not config.task.train_file:
+      raise raw.DataError("an instruction task needs config key task.train_file (JSONL, CSV or TSV)")
+    data_dir = _table_folder(config)
+    options = {k: config.task[k] for k in ("prompt_field", "response_field", "system_field")}
   if data_dir is None:
     print(
       f"data_dir unset: reading {config.task.source!r} {split} through TFDS by name (downloads once; needs the network)"
@@ -105,7 +144,7 @@ def examples(config, split: str):
   try:
     return load_split(config.task.source, split, data_dir=data_dir, tfds_dir=config.tfds_dir, **options)
   except raw.DataError as e:
-    if config.task.source != "table":
+    if config.task.source not in ("table", "instruction"):
       raise
     message = str(e)  # name the configured files, not their links under tfds_dir
     for link in Path(data_dir).iterdir():
