@@ -13,7 +13,8 @@ Host-only arrays, which the pipeline never puts in a batch (it gives `example_in
     word_ids        [N, T]  word of each token, -1 on special tokens and padding (NER decoding)
     offset_mapping  [N, T, 2] character span of each context token, -1 elsewhere (QA decoding)
 
-Rows longer than max_length are truncated; whether the model has that many positions is the model's concern.
+Rows longer than max_length are truncated (generation rows on the prompt side only, never the target);
+whether the model has that many positions is the model's concern.
 """
 
 from __future__ import annotations
@@ -180,27 +181,32 @@ def generation(
   separator: str = " || ",
 ) -> dict[str, np.ndarray]:
   """Training rows `prompt + separator + target + EOS`, one per reference, right-padded. `labels` are the
-  input ids with -100 on the prompt and the padding: aligned with input_ids, the loss shifts them."""
+  input ids with -100 on the prompt and the padding: aligned with input_ids, the loss shifts them. A row
+  too long loses the start of its prompt, never its target; a target with no room left for a prompt
+  token skips its row (counted on stdout)."""
   examples = list(examples)
   prompts = _prompt_ids(tokenizer, [e[prompt_field] for e in examples], separator)
   rows = [(i, t) for i, e in enumerate(examples) for t in e[targets_field]]
   targets = tokenizer([t for _, t in rows], add_special_tokens=False)["input_ids"]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  input_ids = np.full((len(rows), max_length), pad, np.int32)
-  labels = np.full((len(rows), max_length), IGNORE, np.int32)
-  mask = np.zeros((len(rows), max_length), np.int32)
-  for row, ((example, _), target) in enumerate(zip(rows, targets)):
-    prompt = prompts[example]
-    ids = (prompt + target + [tokenizer.eos_token_id])[:max_length]
+  kept = [(i, t + [tokenizer.eos_token_id]) for (i, _), t in zip(rows, targets) if len(t) + 1 < max_length]
+  if len(kept) < len(rows):
+    print(f"generation features: {len(rows) - len(kept)} of {len(rows)} rows skipped (the target leaves no room)")
+  input_ids = np.full((len(kept), max_length), pad, np.int32)
+  labels = np.full((len(kept), max_length), IGNORE, np.int32)
+  mask = np.zeros((len(kept), max_length), np.int32)
+  for row, (example, target) in enumerate(kept):
+    prompt = prompts[example][-(max_length - len(target)) :]
+    ids = prompt + target
     input_ids[row, : len(ids)] = ids
     mask[row, : len(ids)] = 1
-    labels[row, len(prompt) : len(ids)] = ids[len(prompt) :]
+    labels[row, len(prompt) : len(ids)] = target
   return {
     "input_ids": input_ids,
     "attention_mask": mask,
     "token_type_ids": np.zeros_like(input_ids),
     "labels": labels,
-    "example_id": np.asarray([i for i, _ in rows], np.int32),
+    "example_id": np.asarray([i for i, _ in kept], np.int32),
   }
 
 
