@@ -35,7 +35,7 @@ def get_config():
 
   # --- task and data -------------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()
-  # a key of ftjax.tasks.datasets.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2, samsum,
+  # a key of ftjax.data.sources.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2, samsum,
   # multi30k, dailydialog, instruction)
   c.task.source = "glue/sst2"
   c.task.train_file = ""  # table and instruction sources: labelled CSV/TSV/JSONL for training

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from ftjax import models, trainability
 from ftjax.errors import InputError
 from ftjax.peft.spec import METHOD_COLLECTIONS, PeftSpec
-from ftjax.tasks import Task, datasets, make_task
+from ftjax.tasks import Task, datasets, kinds, make_task
 from ftjax.tasks.heads import POOLINGS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -64,7 +64,8 @@ def init_tree(model, task: Task, backbone: dict, seed: int) -> dict:
     {"params": backbone}, ids, attention_mask=mask, mutable=list(METHOD_COLLECTIONS), rngs={"params": method_rng}
   )
   tree = {"backbone": backbone, **{k: v for k, v in method.items() if v}}
-  tree["head"] = {} if task.head is None else task.head.init(head_rng, outputs, mask)["params"]
+  inputs = {name: jnp.zeros((2,), jnp.int32) for name in task.head_inputs}  # e.g. entity positions (B,)
+  tree["head"] = {} if task.head is None else task.head.init(head_rng, outputs, mask, **inputs)["params"]
   return tree
 
 
@@ -76,13 +77,11 @@ def build(config) -> Experiment:
   pooling = config.get("head_pooling", "pooler")  # runs saved before the key existed used the pooler
   if pooling not in POOLINGS:
     raise InputError(f"config key head_pooling: {pooling!r} is not one of {POOLINGS}")
-  task = make_task(
-    src.kind, len(label_names) or (1 if src.kind == "regression" else 0), label_names, config.head_dropout, pooling
-  )
+  task = make_task(src.kind, len(label_names), label_names, config.head_dropout, pooling)
   model, backbone = models.from_pretrained(
     config.model, dtype=DTYPES[config.dtype], peft=peft_spec(config), remat=config.remat
   )
-  if src.kind == "causal_lm" and not model.is_decoder:
+  if kinds.kind(src.kind).generates and not model.is_decoder:
     raise InputError(f"config key task.source: {config.task.source} needs a decoder; {config.model} is an encoder")
   tokenizer = models.load_tokenizer(config.model)
   if tokenizer.pad_token_id is None:  # GPT-2 has none; padding is masked anyway, EOS is the usual stand-in

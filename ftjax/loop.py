@@ -26,125 +26,17 @@ import jax
 import numpy as np
 
 from ftjax import checkpoints as ckpt
-from ftjax import experiment, models, optim, parallel, preemption, progress, step as steps, trainability, xla_cpu
+from ftjax import evaluation, experiment, models, optim, parallel, preemption, progress, step as steps
+from ftjax import trainability, xla_cpu
 from ftjax.data import pipeline
 from ftjax.errors import InputError, Stopped
-from ftjax.tasks import datasets
+from ftjax.evaluation import append_metrics
+from ftjax.tasks import datasets, kinds
 from ftjax.workdir_lock import exclusive_workdir
-
-# The dev metric a task is usually selected on, and whether larger is better.
-DEFAULT_SELECTION = {
-  "classification": ("accuracy", "max"),
-  "regression": ("pearson", "max"),
-  "token_classification": ("f1", "max"),
-  "question_answering": ("f1", "max"),
-  "causal_lm": ("perplexity", "min"),
-}
-MATTHEWS_TASKS = ("glue/cola",)  # CoLA is reported (and selected) by Matthews correlation
 
 
 class NonFiniteError(FloatingPointError):
   """The loss or gradient became NaN or infinite; the message names the step."""
-
-
-def selection(config, kind: str) -> tuple[str, str]:
-  metric, mode = DEFAULT_SELECTION[kind]
-  if config.task.source in MATTHEWS_TASKS:
-    metric = "matthews"
-  if config.early_stopping.metric:
-    metric = config.early_stopping.metric
-    mode = "min" if metric in ("loss", "perplexity") else "max"
-  return metric, mode
-
-
-def append_metrics(workdir: Path, step: int, split: str, values: dict, writer=None) -> None:
-  record = {"step": step, "split": split, **{k: float(v) for k, v in values.items()}}
-  with open(workdir / "metrics.jsonl", "a") as f:
-    f.write(json.dumps(record) + "\n")
-  if writer is not None:
-    for k, v in values.items():
-      writer.add_scalar(f"{split}/{k}", float(v), step)
-
-
-def run_eval(par, eval_step, trainable, frozen, features: dict, batch_size: int, desc: str | None = None):
-  """(head outputs per feature row, loss sum, count): every row once, in feature order. Batches are
-  padded to different length buckets, so per-token outputs are padded to the widest bucket. With `desc`,
-  a terminal shows a bar over the batches."""
-  parts, loss_sum, count = None, 0.0, 0.0
-  batches = pipeline.prefetch(pipeline.eval_batches(features, batch_size))
-  if desc:
-    batches = progress.batches(batches, math.ceil(len(features["input_ids"]) / batch_size), desc)
-  for batch in batches:
-    out, sums = eval_step(trainable, frozen, par.put_batch(batch))
-    out = jax.tree.map(par.to_host, out)
-    loss_sum += float(np.sum(par.to_host(sums["loss_sum"])))
-    count += float(np.sum(par.to_host(sums["count"])))
-    rows = batch["example_index"]
-    keep = rows >= 0
-    parts = jax.tree.map(lambda x: [], out) if parts is None else parts
-    parts = jax.tree.map(
-      lambda acc, x: acc + [(rows[keep], x[keep])], parts, out, is_leaf=lambda x: isinstance(x, list)
-    )
-  if parts is None:  # the step returns no per-row outputs (language models: the loss is the score)
-    return None, loss_sum, count
-  num_rows = len(features["input_ids"])
-
-  def assemble(chunks):
-    first = chunks[0][1]
-    width = (max(x.shape[1] for _, x in chunks),) if first.ndim > 1 else ()
-    full = np.zeros((num_rows,) + width + first.shape[2:], first.dtype)
-    for rows, x in chunks:
-      full[(rows,) + ((slice(0, x.shape[1]),) if width else ())] = x
-    return full
-
-  return jax.tree.map(assemble, parts, is_leaf=lambda x: isinstance(x, list)), loss_sum, count
-
-
-def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, batch_size: int):
-  """(metrics, report) of one split."""
-  outputs, loss_sum, count = run_eval(
-    par, eval_step, trainable, frozen, data.features, batch_size, desc=f"eval {data.split}"
-  )
-  return data.score(outputs, loss_sum, count)
-
-
-def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> dict:
-  """Decodes the first `generation.eval_examples` examples of `split` with the config's decoding
-  settings, scores them against all their references with the source's metric (Source.score_generation:
-  E2E's five, ROUGE-1/2/L, sacreBLEU, …), and writes the outputs to workdir/generations_<split>.txt."""
-  from ftjax import generation
-
-  g = config.generation
-  src = datasets.source(config)
-  if src.prompts is None:
-    raise InputError(f"config key generation.eval_examples: {config.task.source} has no prompts to decode")
-  examples = list(datasets.examples(config, split))[: g.eval_examples]
-  tok = exp.tokenizer
-  variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
-  hypotheses = []
-  starts = range(0, len(examples), g.batch_size)
-  for start in progress.batches(starts, len(starts), f"generate {split}"):
-    prompts = src.prompts(examples[start : start + g.batch_size], tok, config)
-    out = generation.generate(
-      exp.model,
-      tree["backbone"],
-      prompts["input_ids"],
-      prompts["attention_mask"],
-      max_new_tokens=g.max_new_tokens,
-      method=g.method,
-      num_beams=g.num_beams,
-      length_penalty=g.length_penalty,
-      no_repeat_ngram_size=g.no_repeat_ngram_size,
-      eos_token_id=tok.eos_token_id,
-      pad_token_id=tok.pad_token_id,
-      rng=jax.random.key(config.seed),
-      variables=variables,
-    )
-    new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
-    hypotheses += [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
-  references = [list(e["refs"]) for e in examples]
-  (workdir / f"generations_{split}.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))
-  return src.score_generation(references, hypotheses)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -195,7 +87,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   print(trainability.summary(trainable, frozen))
   tx, lr_schedule = optim.make_optimizer(config, trainable, total_steps, exp.num_layers)
   state = steps.create_state(trainable, frozen, tx, config.seed)
-  metric_name, mode = selection(config, exp.task.kind)
+  metric_name, mode = evaluation.selection(config, exp.task.kind)
   better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
   loop_state = {
     "best_value": None,
@@ -246,11 +138,13 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
 
   def evaluate(split_data, step):
     with bar.paused():  # evaluation time stays out of the training rate and estimate
-      values, report = evaluate_split(par, eval_step, state.trainable, state.frozen, split_data, config.eval_batch_size)
+      values, report = evaluation.evaluate_split(
+        par, eval_step, state.trainable, state.frozen, split_data, config.eval_batch_size
+      )
     if values:
       append_metrics(workdir, step, split_data.split, values, writer)
     if report:
-      (workdir / f"ner_report_{split_data.split}.txt").write_text(report)
+      (workdir / kinds.kind(split_data.kind).report_file.format(split=split_data.split)).write_text(report)
     return values
 
   # --- the loop ------------------------------------------------------------------------------------
@@ -367,11 +261,11 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
       dev if split == config.task.dev_split else datasets.load(config, exp.tokenizer, split, config.max_eval_examples)
     )
     final[split] = evaluate(data, params_step)
-  if exp.task.kind == "causal_lm" and config.generation.eval_examples > 0:
+  if kinds.kind(exp.task.kind).generates and config.generation.eval_examples > 0:
     split = config.generation.eval_split
     host = par.get_state(state)
     tree = trainability.combine(host.trainable, host.frozen)
-    values = evaluate_generation(config, exp, tree, split, workdir)
+    values = evaluation.evaluate_generation(config, exp, tree, split, workdir)
     append_metrics(workdir, params_step, split, values, writer)
     final[f"{split} generation"] = values
   checkpoints.close()

@@ -188,24 +188,14 @@ def evaluation_line(step, split, values, metric, improved, best_step, best_value
   return f"eval {split} step {step}: {numbers}  ({verdict})"
 
 
-# What predict.py reads per line, per task kind (its docstring's table).
-PREDICT_INPUT = {
-  "classification": "text, or text<TAB>text for pairs",
-  "regression": "text<TAB>text",
-  "token_classification": "a sentence",
-  "question_answering": "question<TAB>context",
-  "causal_lm": "a prompt",
-}
-LABELLED_TEST = ("conll2003", "e2e_nlg", "wikitext2")  # sources whose test split has labels (GLUE's has none)
-
-
 def export_formats(config, model, kind: str) -> tuple[str, ...]:
   """The scripts/export.py formats this run has: hf for LoRA (merged) and plain fine-tuning of an
   architecture transformers has a class for, peft for LoRA; adapters, prompts and prefixes have none."""
   from ftjax import export
+  from ftjax.tasks import kinds
 
   spec = model.peft
-  task = "sequence_classification" if kind in ("classification", "regression") else kind
+  task = kinds.kind(kind).export_task
   arch = export.ARCHITECTURES.get(type(model))
   if (
     spec.adapter or spec.prompt_length or spec.prefix_length or arch is None or (arch[0], task) not in export.HF_CLASSES
@@ -218,13 +208,16 @@ def export_formats(config, model, kind: str) -> tuple[str, ...]:
 
 def next_commands(workdir: Path, config, model, kind: str) -> str:
   """The commands that come next for a finished run in `workdir`, flags as the scripts define them."""
+  from ftjax.data import sources
+  from ftjax.tasks import kinds
+
   w = shlex.quote(str(workdir))
-  test = config.task.source in LABELLED_TEST or (config.task.source == "table" and config.task.test_file)
+  test = sources.source(config.task.source).labelled_test(config)
   split = next((s for s in ("test",) * bool(test) + ("train",) if s not in config.eval_splits), "dev")
   lines = [
     "next:",
     f"  python scripts/evaluate.py --workdir={w} --split={split}   # score another split",
-    f"  python scripts/predict.py --workdir={w} --input=FILE   # one input a line: {PREDICT_INPUT[kind]}",
+    f"  python scripts/predict.py --workdir={w} --input=FILE   # one input a line: {kinds.kind(kind).predict_input}",
   ]
   for fmt in export_formats(config, model, kind):
     what = "a transformers checkpoint" if fmt == "hf" else "a PEFT adapter"

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from ftjax import experiment
-from ftjax.loop import selection
+from ftjax.evaluation import selection
 
 SHOWN = (
   "accuracy",

@@ -61,7 +61,10 @@ def apply_model(model, task, tree, batch, *, deterministic: bool, rng=None, pert
   if task.head is None:
     return outputs.logits
   head_rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, 1)}
-  return task.head.apply({"params": tree["head"]}, outputs, batch["attention_mask"], deterministic, rngs=head_rngs)
+  inputs = {name: batch[name] for name in task.head_inputs}  # e.g. entity positions for relation heads
+  return task.head.apply(
+    {"params": tree["head"]}, outputs, batch["attention_mask"], deterministic, rngs=head_rngs, **inputs
+  )
 
 
 def embedding_width(model) -> int:
@@ -146,7 +149,7 @@ def make_eval_step(model, task):
     tree = trainability.combine(trainable, frozen)
     out = apply_model(model, task, tree, batch, deterministic=True)
     loss_sum, count = task.loss(out, batch)
-    if task.kind == "causal_lm":  # scored by the loss alone (perplexity): the logits, rows × tokens × 49k
+    if not task.host_outputs:  # scored by the loss alone (perplexity): the logits, rows × tokens × 49k
       out = None  # vocabulary entries, never go to the host (they ran a test split out of memory)
     return out, {"loss_sum": loss_sum, "count": count}
 

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from ftjax import cli  # noqa: E402
 from ftjax import experiment, parallel, step as steps  # noqa: E402
 from ftjax import trainability  # noqa: E402
-from ftjax.loop import append_metrics, evaluate_generation, evaluate_split  # noqa: E402
-from ftjax.tasks import datasets  # noqa: E402
+from ftjax.evaluation import append_metrics, evaluate_generation, evaluate_split  # noqa: E402
+from ftjax.tasks import datasets, kinds  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("split", "dev", "train | dev | test (or any split the data folder has)")
@@ -44,7 +44,7 @@ def main(argv):
   if report:
     print(report)
   workdir = Path(FLAGS.workdir).expanduser().resolve()
-  if FLAGS.generate and exp.task.kind == "causal_lm":
+  if FLAGS.generate and kinds.kind(exp.task.kind).generates:
     config.generation.eval_examples = FLAGS.generate
     values.update(evaluate_generation(config, exp, trainability.combine(trainable, frozen), FLAGS.split, workdir))
   if not values:

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from ftjax.errors import InputError  # noqa: E402
 from ftjax import cli  # noqa: E402
 from ftjax import experiment, export, models, trainability  # noqa: E402
+from ftjax.tasks import kinds  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("out", None, "output folder")
@@ -22,23 +23,17 @@ flags.DEFINE_enum("format", "hf", ["hf", "peft"], "merged transformers checkpoin
 flags.mark_flags_as_required(["workdir", "out"])
 FLAGS = flags.FLAGS
 
-# ftjax task kind → export task
-EXPORT_TASKS = {
-  "classification": "sequence_classification",
-  "regression": "sequence_classification",
-  "token_classification": "token_classification",
-  "question_answering": "question_answering",
-  "causal_lm": "causal_lm",
-}
-
 
 def main(argv):
   del argv
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
   tree = trainability.combine(trainable, frozen)
   task = exp.task
+  export_task = kinds.kind(task.kind).export_task
+  if export_task is None:
+    raise InputError(f"task kind {task.kind}: transformers has no class for this head, so there is nothing to export")
   if (
-    task.kind in ("classification", "regression")
+    export_task == "sequence_classification"
     and not exp.model.is_decoder
     and config.get("head_pooling", "pooler") != "pooler"
   ):
@@ -47,9 +42,7 @@ def main(argv):
       "BertForSequenceClassification reads the pooler, so this run's head has no place there"
     )
   labels = dict(enumerate(task.label_names)) if task.label_names else None
-  common = dict(
-    model=exp.model, tree=tree, task=EXPORT_TASKS[task.kind], num_labels=task.num_labels or None, id2label=labels
-  )
+  common = dict(model=exp.model, tree=tree, task=export_task, num_labels=task.num_labels or None, id2label=labels)
   if FLAGS.format == "hf":
     out = export.export_hf(FLAGS.out, source_folder=models.resolve(config.model), **common)
   else:

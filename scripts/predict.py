@@ -25,7 +25,8 @@ from ftjax import cli  # noqa: E402
 from ftjax import experiment, generation, parallel, step as steps, trainability  # noqa: E402
 from ftjax.data import features as feats  # noqa: E402
 from ftjax.data.raw import DataError  # noqa: E402
-from ftjax.loop import run_eval  # noqa: E402
+from ftjax.evaluation import run_eval  # noqa: E402
+from ftjax.tasks import datasets, kinds  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
 flags.DEFINE_string("input", None, "file with one input per line (default: stdin)")
@@ -34,62 +35,27 @@ FLAGS = flags.FLAGS
 
 
 def parse(lines, kind, where):
-  """Example dicts in the schemas of ftjax.data.raw, from the input lines."""
+  """Example dicts in the schemas of ftjax.data.raw, from the input lines (the kind's `parse`)."""
   examples = []
   for number, line in enumerate(lines, start=1):
     line = line.rstrip("\n")
-    if not line.strip():
-      continue
-    fields = line.split("\t")
-    if kind in ("classification", "regression"):
-      if len(fields) > 2:
-        raise DataError(f"{where}:{number}: expected text or text<TAB>text, got {len(fields)} fields")
-      examples.append(
-        {
-          "text": fields[0],
-          **({"text_pair": fields[1]} if len(fields) == 2 else {}),
-          "label": 0.0 if kind == "regression" else 0,
-        }
-      )
-    elif kind == "token_classification":
-      examples.append({"tokens": line.split(), "tags": [0] * len(line.split())})
-    elif kind == "question_answering":
-      if len(fields) != 2:
-        raise DataError(f"{where}:{number}: expected question<TAB>context")
-      examples.append(
-        {"id": str(number), "question": fields[0], "context": fields[1], "answer_texts": [], "answer_starts": []}
-      )
-    else:
-      examples.append({"mr": line, "refs": [""]})
-  if kind in ("classification", "regression") and len({"text_pair" in e for e in examples}) > 1:
+    if line.strip():
+      examples.append(kind.parse(line.split("\t"), number, where))
+  if len({"text_pair" in e for e in examples}) > 1:
     raise DataError(f"{where}: mix of single texts and pairs; the run was trained on one kind")
   return examples
-
-
-def entities(words, tags):
-  """IOB2 tags → spans."""
-  spans, current = [], None
-  for i, tag in enumerate(tags + ["O"]):
-    if current and not (tag.startswith("I-") and tag[2:] == current["type"]):
-      current["end"] = i
-      current["text"] = " ".join(words[current["start"] : i])
-      spans.append(current)
-      current = None
-    if tag.startswith("B-") or (tag.startswith("I-") and current is None):
-      current = {"type": tag[2:], "start": i}
-  return spans
 
 
 def main(argv):
   del argv
   config, exp, trainable, frozen = experiment.restore(FLAGS.workdir)
-  kind, names = exp.task.kind, exp.task.label_names
+  kind, names = kinds.kind(exp.task.kind), exp.task.label_names
   source = open(FLAGS.input) if FLAGS.input else sys.stdin
   examples = parse(source.readlines(), kind, FLAGS.input or "<stdin>")
   if not examples:
     return
   tok = exp.tokenizer
-  if kind == "causal_lm":
+  if kind.generates:
     tree = trainability.combine(trainable, frozen)
     variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
     prompts = feats.generation_prompts(examples, tok, config.max_length)
@@ -112,40 +78,13 @@ def main(argv):
     for row in new:
       print(json.dumps({"generated": tok.decode(row, skip_special_tokens=True).strip()}))
     return
-  featurize = {
-    "classification": feats.classification,
-    "regression": feats.classification,
-    "token_classification": feats.token_classification,
-    "question_answering": feats.qa,
-  }[kind]
-  features = featurize(examples, tok, config.max_length)
+  src = datasets.source(config)
+  features = (src.featurize or kind.featurize)(examples, tok, config)
   par = parallel.make_parallel("none")
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
   outputs, _, _ = run_eval(par, eval_step, trainable, frozen, features, config.eval_batch_size)
-  if kind == "classification":
-    probs = np.exp(outputs - outputs.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    for p in probs:
-      print(
-        json.dumps(
-          {
-            "label": names[int(p.argmax())],
-            "score": round(float(p.max()), 4),
-            "scores": {n: round(float(x), 4) for n, x in zip(names, p)},
-          }
-        )
-      )
-  elif kind == "regression":
-    for value in outputs[:, 0]:
-      print(json.dumps({"score": round(float(value), 4)}))
-  elif kind == "token_classification":
-    predicted = feats.word_predictions(features, outputs.argmax(-1), [len(e["tokens"]) for e in examples])
-    for example, tags in zip(examples, predicted):
-      print(json.dumps({"entities": entities(example["tokens"], [names[t] for t in tags])}))
-  else:
-    answers = feats.qa_answers(examples, features, outputs[0], outputs[1])
-    for example in examples:
-      print(json.dumps({"answer": answers[example["id"]]}))
+  for prediction in kind.decode(examples, features, outputs, names):
+    print(json.dumps(prediction))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from ftjax import cli, experiment, models  # noqa: E402
 from ftjax.data import pipeline  # noqa: E402
 from ftjax.errors import InputError  # noqa: E402
-from ftjax.loop import append_metrics, selection  # noqa: E402
+from ftjax.evaluation import append_metrics, selection  # noqa: E402
 from ftjax.peft.lora import lora_layers  # noqa: E402
 from ftjax.tasks import datasets  # noqa: E402
 

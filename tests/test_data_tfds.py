@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from configs.base import SHARED_DATA as DATA
-from ftjax.data import raw, tfds_builders
+from ftjax.data import raw, sources, tfds_builders
 
 GLUE_RTE_LIKE = (
   "index\tsentence1\tsentence2\tlabel\n0\tA cat sat.\tA cat is sitting.\tentailment\n"
@@ -25,8 +25,8 @@ def test_round_trip_and_reuse(tmp_path):
   data, tfds_dir = _glue_folder(tmp_path / "rte"), tmp_path / "tfds"
   dev = tfds_builders.load_split("glue/rte", "dev", data_dir=data, tfds_dir=tfds_dir)
   assert len(dev) == 3
-  assert list(dev) == list(raw.read("glue/rte", data, "dev"))  # strings decoded, file order kept
-  assert dev[1:] == list(raw.read("glue/rte", data, "dev"))[1:]
+  assert list(dev) == list(sources.read("glue/rte", data, "dev"))  # strings decoded, file order kept
+  assert dev[1:] == list(sources.read("glue/rte", data, "dev"))[1:]
   assert tfds_builders.load_split("glue/rte", "test", data_dir=data, tfds_dir=tfds_dir)[0]["label"] == -1
   prepared = sorted((tfds_dir / "ftjax_local").iterdir())
   assert len(prepared) == 1
@@ -51,7 +51,7 @@ def test_tfds_by_name_finds_its_builders_without_tensorflow(tmp_path):
   """Up to the network call: without TensorFlow, TFDS registers no builder until its module is imported
   (before the fix: "Dataset glue not found"); each source TFDS has by name builds, array_record, offline."""
   for source in ("glue/rte", "conll2003", "squad"):
-    tfds_builders._import_hub_builder(source)
+    tfds_builders.import_hub_builder(source)
     builder = tfds_builders.tfds.builder(source, data_dir=str(tmp_path), file_format="array_record")
     assert builder.name == source.split("/")[0] and not builder.is_prepared()
 
@@ -60,7 +60,7 @@ def test_tfds_by_name_finds_its_builders_without_tensorflow(tmp_path):
 def test_real_rte_through_tfds(tmp_path):
   dev = tfds_builders.load_split("glue/rte", "dev", data_dir=DATA / "rte", tfds_dir=tmp_path)
   assert len(dev) == 277
-  assert list(dev) == list(raw.read("glue/rte", DATA / "rte", "dev"))
+  assert list(dev) == list(sources.read("glue/rte", DATA / "rte", "dev"))
 
 
 def test_without_shared_data_the_configs_fall_back_to_tfds_by_name_saying_so(tmp_path, monkeypatch, capsys):

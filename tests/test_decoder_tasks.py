@@ -16,7 +16,7 @@ import pytest
 from configs import glue
 from ftjax import experiment, loop, metrics, step as steps, trainability
 from ftjax.data import features as feats
-from ftjax.data import pipeline, raw
+from ftjax.data import pipeline, raw, sources
 from ftjax.errors import InputError
 from ftjax.tasks import datasets
 
@@ -47,16 +47,16 @@ def test_readers_give_the_official_sizes_in_the_chat_schema():
     ("dailydialog", "test"): 7740 - 1000,  # every turn but each dialogue's first
   }
   for (source, split), n in sizes.items():
-    examples = list(raw.read(source, SHARED_DATA / source, split))
+    examples = list(sources.read(source, SHARED_DATA / source, split))
     assert len(examples) == n, (source, split)
     assert set(examples[0]) == {"idx", "system", "turns", "refs"}
-  first = next(raw.read("multi30k", SHARED_DATA / "multi30k", "train"))
+  first = next(sources.read("multi30k", SHARED_DATA / "multi30k", "train"))
   assert first["turns"] == ["Two young, White males are outside near many bushes."]
   assert first["refs"] == ["Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche."]
-  dialogue = list(raw.read("dailydialog", SHARED_DATA / "dailydialog", "test"))[:2]
+  dialogue = list(sources.read("dailydialog", SHARED_DATA / "dailydialog", "test"))[:2]
   assert dialogue[0]["turns"] == ["Hey man , you wanna buy some weed ?"] and dialogue[0]["refs"] == ["Some what ?"]
   assert dialogue[1]["turns"] == dialogue[0]["turns"] + dialogue[0]["refs"]
-  samsum = next(raw.read("samsum", SHARED_DATA / "samsum", "test"))
+  samsum = next(sources.read("samsum", SHARED_DATA / "samsum", "test"))
   assert "\r" not in samsum["turns"][0] and samsum["turns"][0].startswith("Hannah: Hey, do you have Betty's number?")
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from configs import glue
 from ftjax import checkpoints as ckpt
-from ftjax import experiment, loop, workdir_lock
+from ftjax import evaluation, experiment, loop, workdir_lock
 from ftjax.data import pipeline
 
 from conftest import checkpoint_steps, metric_lines, script, tiny_config, tiny_flags
@@ -215,14 +215,14 @@ def test_early_stopping_stops_after_patience_and_restores_the_best(tmp_path, tin
   # (step 4), then 2 evaluations without improvement (a tie is not an improvement) → stop at step 8.
   scripted = iter([50.0, 60.0, 55.0, 60.0])
   seen = []  # (split, trainable) of every evaluation, as host copies
-  real = loop.evaluate_split
+  real = evaluation.evaluate_split
 
   def evaluate_split(par, eval_step, trainable, frozen, data, batch_size):
     values, report = real(par, eval_step, trainable, frozen, data, batch_size)
     seen.append((data.split, jax.tree.map(np.array, jax.device_get(trainable))))
     return ({**values, "accuracy": next(scripted)} if data.split == "dev" else values), report
 
-  monkeypatch.setattr(loop, "evaluate_split", evaluate_split)
+  monkeypatch.setattr(evaluation, "evaluate_split", evaluate_split)
   config = tiny_config(
     glue.get_config("rte"),
     tiny_bert,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from configs import glue
-from ftjax import loop, parallel, progress
+from ftjax import evaluation, loop, parallel, progress
 from ftjax.models.loading import build_model
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
@@ -84,13 +84,13 @@ def test_bar_follows_finished_steps_and_evaluations_print_their_metrics(
   # The dev accuracy is scripted (the tiny model's barely moves): best at step 8, then two evaluations
   # without improvement stop the run at step 16 of 24 and restore step 8's parameters.
   scripted = iter([50.0, 60.0, 55.0, 60.0])
-  evaluate_split = loop.evaluate_split
+  evaluate_split = evaluation.evaluate_split
 
   def scripted_accuracy(*args):
     values, report = evaluate_split(*args)
     return {**values, "accuracy": next(scripted)}, report
 
-  monkeypatch.setattr(loop, "evaluate_split", scripted_accuracy)
+  monkeypatch.setattr(evaluation, "evaluate_split", scripted_accuracy)
   config = tiny_config(
     glue.get_config("rte"),
     tiny_bert,

@@ -1,5 +1,5 @@
 """Each task's pipeline on a few examples: config → datasets.load (TFDS from local files) → one training
-step → evaluation (loop.run_eval / loop.evaluate_split) → the task's metrics, with the contract's names:
+step → evaluation (evaluation.run_eval / evaluation.evaluate_split) → the task's metrics, with the contract's names:
 
   classification         loss, accuracy, f1, matthews
   regression             loss, pearson, spearman
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from configs import base, conll2003, glue, squad
-from ftjax import experiment, loop, optim, parallel, step as steps, trainability
+from ftjax import evaluation, experiment, optim, parallel, step as steps, trainability
 from ftjax.data import pipeline, raw
 from ftjax.tasks import datasets
 
@@ -55,8 +55,8 @@ def run_task(config, split="dev", limit=16):
   metrics = jax.device_get(metrics)
   assert not metrics["nonfinite"] and np.isfinite(metrics["loss_sum"]) and metrics["count"] > 0
   eval_step = par.compile_eval_step(steps.make_eval_step(exp.model, exp.task))
-  outputs, loss_sum, count = loop.run_eval(par, eval_step, state.trainable, state.frozen, data.features, 8)
-  values, report = loop.evaluate_split(par, eval_step, state.trainable, state.frozen, data, 8)
+  outputs, loss_sum, count = evaluation.run_eval(par, eval_step, state.trainable, state.frozen, data.features, 8)
+  values, report = evaluation.evaluate_split(par, eval_step, state.trainable, state.frozen, data, 8)
   assert values == data.score(outputs, loss_sum, count)[0]
   assert values["loss"] == pytest.approx(loss_sum / count)
   return exp, data, outputs, values, report
@@ -69,8 +69,8 @@ def test_classification(tiny_bert, tfds_dir, rte_dir):
   assert data.num_rows == 16 and data.features["labels"].shape == (16,)
   assert outputs.shape == (16, 2)
   assert set(values) == {"loss", "accuracy", "f1", "matthews"}
-  assert loop.selection(config, "classification") == ("accuracy", "max")
-  assert loop.selection(glue.get_config("cola"), "classification") == ("matthews", "max")
+  assert evaluation.selection(config, "classification") == ("accuracy", "max")
+  assert evaluation.selection(glue.get_config("cola"), "classification") == ("matthews", "max")
 
 
 def test_regression(tiny_bert, tfds_dir, stsb_dir):
@@ -79,7 +79,7 @@ def test_regression(tiny_bert, tfds_dir, stsb_dir):
   assert exp.task.kind == "regression" and exp.task.num_labels == 1
   assert data.features["labels"].dtype == np.float32 and outputs.shape == (16, 1)
   assert set(values) == {"loss", "pearson", "spearman"}
-  assert loop.selection(config, "regression") == ("pearson", "max")
+  assert evaluation.selection(config, "regression") == ("pearson", "max")
 
 
 def test_token_classification(tiny_bert, tfds_dir, conll_dir):
@@ -90,7 +90,7 @@ def test_token_classification(tiny_bert, tfds_dir, conll_dir):
   assert outputs.shape[0] == rows == 8 and outputs.shape[2] == len(raw.CONLL2003_TAGS) and outputs.shape[1] <= width
   assert set(values) == {"loss", "precision", "recall", "f1"}
   assert "precision" in report and "f1-score" in report
-  assert loop.selection(config, "token_classification") == ("f1", "max")
+  assert evaluation.selection(config, "token_classification") == ("f1", "max")
 
 
 PASSAGES = [  # (context, [(id, question, [answers])]); offsets are found below, as annotators' tools do
@@ -138,7 +138,7 @@ def test_question_answering(tiny_bert, tfds_dir, squad_dir):
   start, end = outputs
   assert start.shape == end.shape and start.shape[0] == rows and start.shape[1] <= width
   assert set(values) == {"loss", "exact_match", "f1"}
-  assert loop.selection(config, "question_answering") == ("f1", "max")
+  assert evaluation.selection(config, "question_answering") == ("f1", "max")
   # Logits that point at the gold span of every window that holds it score exact match 100.
   gold_start, gold_end = data.features["start_positions"], data.features["end_positions"]
   perfect_start = np.full((rows, width), -10.0, np.float32)
@@ -187,7 +187,7 @@ def test_causal_lm(tiny_gpt2, tfds_dir):
   assert set(values) == {"loss", "perplexity"}
   assert values["perplexity"] == pytest.approx(math.exp(values["loss"]), rel=1e-5)
   assert 50 < values["perplexity"] < 2000  # a random model over a 300-token vocabulary
-  assert loop.selection(config, "causal_lm") == ("perplexity", "min")
+  assert evaluation.selection(config, "causal_lm") == ("perplexity", "min")
 
 
 def test_head_pooling_reads_cls_or_the_mean_of_real_tokens_only():

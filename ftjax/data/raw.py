@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -483,29 +482,3 @@ def read_instructions(
 def read_instructions_split(data_dir: str | Path, split: str, **fields) -> Iterator[dict]:
   """One split of a folder of `{split}.jsonl|csv|tsv` files (see read_instructions)."""
   return read_instructions(table_file(data_dir, split), **fields)
-
-
-# ------------------------------------------------------------------------------------- by name
-
-# Source names follow TFDS's where TFDS has the dataset, so one name works with local files and the hub.
-READERS = {
-  **{f"glue/{task}": functools.partial(read_glue, task) for task in GLUE_TASKS},
-  "conll2003": read_conll2003,
-  "e2e_nlg": read_e2e,
-  "squad": lambda data_dir, split: read_squad(split_path(data_dir, SQUAD_FILES, split)),
-  "wikitext2": lambda data_dir, split: read_text(split_path(data_dir, WIKITEXT2_FILES, split)),
-  "table": read_table_split,
-  "samsum": read_samsum,
-  "multi30k": read_multi30k,
-  "dailydialog": read_dailydialog,
-  "instruction": read_instructions_split,
-}
-
-
-def read(source: str, data_dir: str | Path, split: str, **options) -> Iterator[dict]:
-  """Examples of `split` of `source` (a key of READERS) from the raw files in data_dir."""
-  if source not in READERS:
-    raise DataError(f"unknown source {source!r}; expected one of {sorted(READERS)}")
-  if not Path(data_dir).is_dir():
-    raise DataError(f"{data_dir}: data directory does not exist")
-  return READERS[source](data_dir, split, **options)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections.abc
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -27,61 +28,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ftjax.data import raw
+from ftjax.data import raw, sources
 
 DEFAULT_TFDS_DIR = Path("~/.cache/ftjax/tfds").expanduser()
-
-_TEXT = tfds.features.Text
-CHAT_SOURCES = ("samsum", "multi30k", "dailydialog", "instruction")  # raw.py's chat schema
-
-
-def _features(source: str, options: dict) -> dict:
-  """The TFDS feature spec of the examples `raw.read(source, ...)` yields (see raw.py's docstring)."""
-  idx = {"idx": np.int64}
-  if source.startswith("glue/") or source == "table":
-    if source == "table":
-      pair = len(options["text_fields"].split(",")) == 2
-      regression = False
-    else:
-      task = raw.GLUE_TASKS[source.removeprefix("glue/")]
-      pair, regression = len(task.text_columns) == 2, task.label_values is None
-    spec = {**idx, "text": _TEXT(), "label": np.float64 if regression else np.int64}
-    return {**spec, "text_pair": _TEXT()} if pair else spec
-  seq = tfds.features.Sequence
-  return {
-    "conll2003": {**idx, "tokens": seq(_TEXT()), "tags": seq(np.int64)},
-    "e2e_nlg": {**idx, "mr": _TEXT(), "refs": seq(_TEXT())},
-    "squad": {
-      **idx,
-      "id": _TEXT(),
-      "title": _TEXT(),
-      "context": _TEXT(),
-      "question": _TEXT(),
-      "answer_texts": seq(_TEXT()),
-      "answer_starts": seq(np.int64),
-    },
-    "wikitext2": {**idx, "text": _TEXT()},
-    **{chat: {**idx, "system": _TEXT(), "turns": seq(_TEXT()), "refs": seq(_TEXT())} for chat in CHAT_SOURCES},
-  }[source]
-
-
-def _split_files(source: str, data_dir: Path) -> dict[str, Path]:
-  """The splits present in data_dir and their files (all of them are prepared together)."""
-  if source in ("table", "instruction"):
-    return {p.stem: p for p in sorted(data_dir.iterdir()) if p.suffix in (".tsv", ".csv", ".jsonl")}
-  files = {
-    "conll2003": raw.CONLL2003_FILES,
-    "e2e_nlg": raw.E2E_FILES,
-    "squad": raw.SQUAD_FILES,
-    "wikitext2": raw.WIKITEXT2_FILES,
-    "samsum": raw.SAMSUM_FILES,
-    # the source side of each pair; a change to the target side alone would not be prepared again
-    "multi30k": {split: f"{stem}.en" for split, stem in raw.MULTI30K_FILES.items()},
-    "dailydialog": raw.DAILYDIALOG_FILES,
-  }.get(source)
-  if files is None:
-    files = raw.GLUE_TASKS[source.removeprefix("glue/")].files
-  return {split: data_dir / name for split, name in files.items() if (data_dir / name).is_file()}
 
 
 class LocalConfig(tfds.core.BuilderConfig):
@@ -91,7 +40,7 @@ class LocalConfig(tfds.core.BuilderConfig):
 
 
 class FtjaxLocal(tfds.core.GeneratorBasedBuilder):
-  """Any source of raw.READERS, from local raw files. One config per (source, options, file contents)."""
+  """Any source of sources.SOURCES, from local raw files. One config per (source, options, file contents)."""
 
   VERSION = tfds.core.Version("1.0.0")  # bump when raw.py's output for the same files changes
 
@@ -100,7 +49,7 @@ class FtjaxLocal(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
       builder=self,
       description=f"{config.source} read by ftjax.data.raw from {config.data_dir}",
-      features=tfds.features.FeaturesDict(_features(config.source, config.options)),
+      features=tfds.features.FeaturesDict(sources.SOURCES[config.source].schema(config.options)),
       disable_shuffling=True,  # keep file order: the input pipeline shuffles, reproducibly
     )
 
@@ -109,7 +58,7 @@ class FtjaxLocal(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split):
     config = self.builder_config
-    for example in raw.read(config.source, config.data_dir, split, **config.options):
+    for example in sources.read(config.source, config.data_dir, split, **config.options):
       yield example["idx"], example
 
 
@@ -125,12 +74,12 @@ def _fingerprint(source: str, options: dict, splits: dict[str, Path]) -> str:
 
 def prepare_local(source: str, data_dir: str | Path, tfds_dir: str | Path | None = None, **options) -> Path:
   """Prepare (once) the local builder for the raw files in data_dir; returns the prepared version dir."""
-  if source not in raw.READERS:
-    raise raw.DataError(f"unknown source {source!r}; expected one of {sorted(raw.READERS)}")
+  if source not in sources.SOURCES:
+    raise raw.DataError(f"unknown source {source!r}; expected one of {sorted(sources.SOURCES)}")
   data_dir = Path(data_dir)
   if not data_dir.is_dir():
     raise raw.DataError(f"{data_dir}: data directory does not exist")
-  splits = _split_files(source, data_dir)
+  splits = sources.SOURCES[source].files(data_dir)
   if not splits:
     raise raw.DataError(f"{data_dir}: no files of {source!r} found")
   tfds_dir = Path(tfds_dir or DEFAULT_TFDS_DIR).expanduser()
@@ -185,38 +134,13 @@ def _decode(value):
   return value.item() if isinstance(value, np.generic) else value
 
 
-# TFDS's own datasets use other field and split names; these map them to raw.py's schema where it is cheap.
-_HUB_SPLITS = {"dev": "validation"}
-_HUB_TEXT_FIELDS = {
-  "glue/sst2": ("sentence",),
-  "glue/cola": ("sentence",),
-  "glue/qnli": ("question", "sentence"),
-  "glue/mnli": ("premise", "hypothesis"),
-  "glue/qqp": ("question1", "question2"),
-}
-
-
-def _from_hub(source: str):
-  if source.startswith("glue/"):
-    first, *second = _HUB_TEXT_FIELDS.get(source, ("sentence1", "sentence2"))
-    fields = {first: "text", **({second[0]: "text_pair"} if second else {})}
-    return lambda e: {fields.get(k, k): v for k, v in e.items()}
-  if source == "conll2003":
-    return lambda e: {**e, "tags": e["ner"]}
-  if source == "squad":
-    return lambda e: {**e, "answer_texts": e["answers"]["text"], "answer_starts": e["answers"]["answer_start"]}
-  return None
-
-
-def _import_hub_builder(source: str) -> None:
-  """TFDS registers a builder when its module is imported, and without TensorFlow `import tensorflow_datasets`
-  imports none of them: import the module of each source that TFDS has by name (others fail as unknown)."""
-  if source.startswith("glue/"):
-    import tensorflow_datasets.text.glue  # noqa: F401
-  elif source == "conll2003":
-    import tensorflow_datasets.text.conll2003  # noqa: F401
-  elif source == "squad":
-    import tensorflow_datasets.question_answering.squad  # noqa: F401
+def import_hub_builder(source: str) -> sources.Hub | None:
+  """The source's Hub record, its TFDS builder registered: without TensorFlow `import tensorflow_datasets`
+  registers none, so the builder's module is imported here (sources without one fail later as unknown)."""
+  hub = sources.SOURCES[source].hub if source in sources.SOURCES else None
+  if hub is not None:
+    importlib.import_module(hub.module)
+  return hub
 
 
 def load_split(
@@ -224,7 +148,7 @@ def load_split(
 ) -> Split:
   """One split as a random-access sequence of example dicts (schemas in raw.py).
 
-  data_dir: the raw files of `source` (a key of raw.READERS), prepared once into tfds_dir. None: TFDS's
+  data_dir: the raw files of `source` (a key of sources.SOURCES), prepared once into tfds_dir. None: TFDS's
   own dataset named `source`, which TFDS downloads (needs the network). source_options go to the reader
   (for "table": text_fields, label_field, label_names).
   """
@@ -233,11 +157,10 @@ def load_split(
     if split not in builder.info.splits:
       raise raw.DataError(f"{data_dir}: no {split!r} split of {source!r}; found {sorted(builder.info.splits)}")
     return Split(builder.as_data_source(split=split))
-  hub_split = _HUB_SPLITS.get(split, split)
-  if source == "glue/mnli" and split == "dev":
-    hub_split = "validation_matched"
+  hub = sources.SOURCES[source].hub if source in sources.SOURCES else None
+  hub_split = (hub.splits if hub else {"dev": "validation"}).get(split, split)
   try:
-    _import_hub_builder(source)
+    import_hub_builder(source)
     data = tfds.data_source(
       source,
       split=hub_split,
@@ -251,4 +174,4 @@ def load_split(
       f"set --config.data_dir=FOLDER to the raw files of {source!r} as distributed (the configs use "
       f"../shared/data/<task> beside the clone when it exists), or run where the network reaches TFDS"
     ) from e
-  return Split(data, _from_hub(source))
+  return Split(data, hub and hub.rename)

@@ -1,6 +1,7 @@
 """Tasks: a head, a loss and what evaluation collects, for each kind of problem.
 
-`make_task(kind, ...)` returns a `Task`; the training step and evaluation treat every task alike.
+`make_task(kind, ...)` returns a `Task` built from the kind's record (kinds.py); the training step and
+evaluation treat every task alike.
 """
 
 from __future__ import annotations
@@ -10,18 +11,19 @@ from typing import Callable
 
 import flax.linen as nn
 
-from ftjax.tasks import heads, losses
-
-KINDS = ("classification", "regression", "token_classification", "question_answering", "causal_lm")
+from ftjax.tasks import heads
+from ftjax.tasks.kinds import KINDS, kind as kind_record
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  kind: str
+  kind: str  # a key of KINDS
   head: nn.Module | None  # None: the backbone's own logits (causal LM)
   loss: Callable  # (head output, batch) → (loss sum, count)
   num_labels: int = 0
   label_names: tuple[str, ...] = ()
+  host_outputs: bool = True  # False: the eval step returns no per-row outputs (scored by the loss alone)
+  head_inputs: tuple[str, ...] = ()  # batch arrays passed to the head by name
 
 
 def make_task(
@@ -30,26 +32,16 @@ def make_task(
   """`pooling` (sequence-level tasks on encoders): pooler | cls | mean, see heads.SequenceClassificationHead."""
   if pooling not in heads.POOLINGS:
     raise ValueError(f"head pooling {pooling!r} is not one of {heads.POOLINGS}")
-  if kind == "classification":
-    return Task(
-      kind,
-      heads.SequenceClassificationHead(num_labels, dropout_rate, pooling=pooling),
-      losses.classification,
-      num_labels,
-      tuple(label_names),
-    )
-  if kind == "regression":
-    return Task(kind, heads.SequenceClassificationHead(1, dropout_rate, pooling=pooling), losses.regression, 1)
-  if kind == "token_classification":
-    return Task(
-      kind,
-      heads.TokenClassificationHead(num_labels, dropout_rate),
-      losses.token_classification,
-      num_labels,
-      tuple(label_names),
-    )
-  if kind == "question_answering":
-    return Task(kind, heads.QuestionAnsweringHead(), losses.question_answering)
-  if kind == "causal_lm":
-    return Task(kind, None, losses.causal_lm)
-  raise ValueError(f"unknown task kind {kind!r}; known: {KINDS}")
+  record = kind_record(kind)
+  return Task(
+    kind,
+    record.head(num_labels, dropout_rate, pooling),
+    record.loss,
+    1 if record.regression else num_labels,
+    tuple(label_names),
+    record.host_outputs,
+    record.head_inputs,
+  )
+
+
+__all__ = ["KINDS", "Task", "make_task"]
