@@ -71,6 +71,36 @@ def test_a_jsonl_row_without_the_prompt_field_names_file_line_and_field(tmp_path
   assert row == {"idx": 0, "system": "Be brief.", "turns": ["Capital of France?"], "refs": ["Paris"]}
 
 
+def test_a_users_own_generation_task_by_configuration_alone(tmp_path, smollm2_tokenizer):
+  """source=instruction with the user's field names, through TFDS, featurised with the chat template."""
+  from configs import base
+
+  train = tmp_path / "qa.jsonl"
+  rows = [{"question": f"What is {i} + {i}?", "answer": str(2 * i), "persona": "You add numbers."} for i in range(4)]
+  train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = base.get_config()
+  config.task.update(
+    source="instruction",
+    train_file=str(train),
+    prompt_field="question",
+    response_field="answer",
+    system_field="persona",
+  )
+  config.tfds_dir, config.max_length = str(tmp_path / "tfds"), 64
+  data = datasets.load(config, smollm2_tokenizer, "train")
+  assert data.kind == "causal_lm" and data.num_rows == 4
+  row = data.features["input_ids"][3][: data.features["attention_mask"][3].sum()]
+  assert smollm2_tokenizer.decode(row) == (
+    "<|im_start|>system\nYou add numbers.<|im_end|>\n<|im_start|>user\nWhat is 3 + 3?<|im_end|>\n"
+    "<|im_start|>assistant\n6<|im_end|>"
+  )
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"answer": "1"}) + "\n")
+  config.task.train_file = str(bad)
+  with pytest.raises(raw.DataError, match=rf"^{bad}:2: missing column 'question'$"):
+    datasets.load(config, smollm2_tokenizer, "train")
+
+
 # --- chat-template features ---------------------------------------------------------------------------
 
 
