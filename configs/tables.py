@@ -399,8 +399,8 @@ def decoder_tasks_table() -> Table:
     "epoch on a fixed training subset, loss on the response tokens only. The zero-shot row is the same "
     "config with `num_epochs=0`: no step, the same prompts, subsets and decoding (greedy, no repeated "
     "3-grams). SAMSum: 64 training dialogues (8 steps, lr 1e-3), max length 192 (longer dialogues lose "
-    "their first lines), ROUGE-1/2/L (rouge-score, stemmed) on the first 100 test dialogues. Multi30k: 640 "
-    "training pairs (80 steps, lr 5e-4), cased sacreBLEU on the first 200 sentences of test_2016_flickr. "
+    "their first lines), ROUGE-1/2/L (rouge-score, stemmed) on the first 100 test dialogues. Multi30k: 192 "
+    "training pairs (24 steps, lr 1e-3), cased sacreBLEU on the first 100 sentences of test_2016_flickr. "
     "DailyDialog: 400 training (history, next turn) pairs (50 steps, lr 5e-4), max length 128, perplexity "
     "of the reference turns on 200 dev pairs, BLEU-1/2 (nltk, lower-cased) and distinct-1/2 of the answers "
     "to the first 200 test contexts.",
