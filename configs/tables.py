@@ -401,9 +401,9 @@ def decoder_tasks_table() -> Table:
     "3-grams). SAMSum: 64 training dialogues (8 steps, lr 1e-3), max length 192 (longer dialogues lose "
     "their first lines), ROUGE-1/2/L (rouge-score, stemmed) on the first 100 test dialogues. Multi30k: 192 "
     "training pairs (24 steps, lr 1e-3), cased sacreBLEU on the first 100 sentences of test_2016_flickr. "
-    "DailyDialog: 400 training (history, next turn) pairs (50 steps, lr 5e-4), max length 128, perplexity "
-    "of the reference turns on 200 dev pairs, BLEU-1/2 (nltk, lower-cased) and distinct-1/2 of the answers "
-    "to the first 200 test contexts.",
+    "DailyDialog: 128 training (history, next turn) pairs (16 steps, lr 1e-3), max length 128, perplexity "
+    "of the reference turns on 100 dev pairs, BLEU-1/2 (nltk, lower-cased) and distinct-1/2 of the answers "
+    "to the first 100 test contexts.",
     columns,
     tuple(cells),
   )
