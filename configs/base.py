@@ -36,15 +36,22 @@ def get_config():
 
   # --- task and data -------------------------------------------------------------------------------
   c.task = ml_collections.ConfigDict()
-  # a key of ftjax.data.sources.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2)
+  # a key of ftjax.data.sources.SOURCES (glue/<task>, conll2003, table, squad, e2e_nlg, wikitext2, samsum,
+  # multi30k, dailydialog, instruction)
   c.task.source = "glue/sst2"
-  c.task.train_file = ""  # table source only: labelled CSV/TSV/JSONL for training
-  c.task.dev_file = ""  # table source only: labelled file for validation
-  c.task.test_file = ""  # table source only: file for the final test (labels optional)
+  c.task.train_file = ""  # table and instruction sources: labelled CSV/TSV/JSONL for training
+  c.task.dev_file = ""  # table and instruction sources: labelled file for validation
+  c.task.test_file = ""  # table and instruction sources: file for the final test (labels optional for table)
   c.task.text_fields = "text"  # table source only: one column name, or two separated by a comma
   c.task.label_field = "label"  # table source only: the label column (label ids = sorted label strings)
   c.task.label_names = ()  # table source only: the label set in id order; () → the sorted labels of train_file
   c.task.doc_stride = 128  # squad only: context tokens shared by neighbouring windows [tokens]
+  c.task.prompt_field = "prompt"  # instruction source only: the column/key of the prompt
+  c.task.response_field = "response"  # instruction source only: the column/key of the response
+  c.task.system_field = ""  # instruction source only: a column/key of per-row system prompts; "" → none
+  c.task.system_prompt = ""  # chat sources: the system prompt; "" → the row's, else the template's default
+  c.task.instruction = ""  # chat sources: wraps the prompt, "{}" marking where it goes; "" → the source's own
+  c.task.chat_template = True  # chat sources: prompt through the tokenizer's chat template; False → "prompt || "
   c.task.train_split = "train"  # the split trained on
   c.task.dev_split = "dev"  # the split evaluated during training and selected on; "" → none
   # the task's local raw files; None → TFDS by name (needs network). Configs: shared_data(...) above

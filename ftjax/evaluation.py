@@ -85,20 +85,23 @@ def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, b
 
 def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> dict:
   """Decodes the first `generation.eval_examples` examples of `split` with the config's decoding
-  settings, scores them against all their references with the source's generation metric (E2E: BLEU,
-  NIST, METEOR, ROUGE-L, CIDEr; else BLEU and ROUGE-L), and writes the outputs to
+  settings (prompts: the source's, else features.generation_prompts), scores them against all their
+  references with the source's generation metric (E2E: BLEU, NIST, METEOR, ROUGE-L, CIDEr; SAMSum:
+  ROUGE-1/2/L; …; else BLEU and ROUGE-L), and writes the outputs, one a line, to
   workdir/generations_<split>.txt."""
   from ftjax import generation
   from ftjax.data import features as feats
 
   g = config.generation
+  src = sources.source(config.task.source)
+  make_prompts = src.prompts or (lambda ex, tok, config: feats.generation_prompts(ex, tok, config.max_length))
   examples = list(datasets.examples(config, split))[: g.eval_examples]
   tok = exp.tokenizer
   variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
   hypotheses = []
   starts = range(0, len(examples), g.batch_size)
   for start in progress.batches(starts, len(starts), f"generate {split}"):
-    prompts = feats.generation_prompts(examples[start : start + g.batch_size], tok, config.max_length)
+    prompts = make_prompts(examples[start : start + g.batch_size], tok, config)
     out = generation.generate(
       exp.model,
       tree["backbone"],
@@ -117,7 +120,6 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
     new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
     hypotheses += [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
   references = [list(e["refs"]) for e in examples]
-  score = sources.source(config.task.source).generation_metric
   if jax.process_index() == 0:
-    (workdir / f"generations_{split}.txt").write_text("".join(h + "\n" for h in hypotheses))
-  return score(references, hypotheses)
+    (workdir / f"generations_{split}.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))
+  return src.generation_metric(references, hypotheses)

@@ -182,7 +182,8 @@ def load_config(workdir):
 
 
 def restore(workdir, config=None):
-  """(config, experiment, trainable, frozen) of a finished run, with its best trained parameters.
+  """(config, experiment, trainable, frozen) of a finished run, with its best trained parameters (and,
+  for a run started with `init_from`, the frozen weights it started from).
 
   The backbone is reloaded from where the run recorded it, and checked against the sha256 of its
   weights: a run whose backbone changed underneath it is refused rather than silently mis-evaluated."""
@@ -204,6 +205,10 @@ def restore(workdir, config=None):
       f"(sha256 {record['backbone']['sha256']} then, {now} now)"
     )
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  if config.get("init_from"):  # the frozen weights it started from are the earlier run's, never checkpointed
+    from ftjax.loop import load_trained
+
+    trainable, frozen = load_trained(config.init_from, trainable, frozen)
   frozen = frozen_weights(frozen, config.get("param_dtype", "float32"))
   manager = checkpoints.Checkpoints(workdir)
   trainable = manager.restore_trainable(trainable)

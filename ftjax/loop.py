@@ -124,7 +124,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
     started -= loop_state.setdefault("wall_seconds", 0.0)
     cpu_started -= loop_state.setdefault("cpu_seconds", 0.0)
   elif config.init_from:
-    state = state.replace(trainable=load_trained(config.init_from, state.trainable))
+    carried, kept = load_trained(config.init_from, state.trainable, state.frozen)
+    state = state.replace(trainable=carried, frozen=kept)
     print(f"starting from the trained parameters of {config.init_from}")
   if lead:  # at step 0: the lines of a run killed before its first checkpoint
     _truncate_metrics(workdir, int(state.step))
@@ -379,32 +380,52 @@ def _truncate_metrics(workdir: Path, step: int) -> None:
     partial.replace(file)
 
 
-def load_trained(workdir, trainable_template):
-  """The best trained parameters of a finished run, for `init_from`. Parts whose shapes differ (a head
-  with another number of labels) keep their fresh initialisation."""
+def load_trained(workdir, trainable: dict, frozen: dict) -> tuple[dict, dict]:
+  """(trainable, frozen) with the parameters of a finished run in place, for `init_from`, across methods.
+
+  The earlier run's whole tree is rebuilt (experiment.restore: its best checkpoint over its own backbone,
+  which may itself come from an `init_from`). Its backbone replaces this run's, trainable or frozen (a
+  full run into a LoRA run); LoRA factors this run has no place for (a LoRA run into a full run, other
+  targets or rank) are first merged into that backbone with the earlier run's scale. Adapters and soft
+  prompts cannot be carried into another method: an error. Parts shaped differently (a head with another
+  number of labels) keep their fresh initialisation; every parameter not carried is named on stdout."""
+  from ftjax.peft import lora
+
   workdir = Path(workdir).expanduser().resolve()
   if not (workdir / "checkpoints" / "best").is_dir():
     raise FileNotFoundError(f"config key init_from: {workdir} holds no finished run (no checkpoints/best)")
-  import orbax.checkpoint as ocp
-
-  manager = ckpt.Checkpoints(workdir)  # the whole best tree (kilobytes for PEFT), then the parts that fit
-  saved = trainability.flatten(manager.best.restore(manager.best_step(), args=ocp.args.StandardRestore()))
-  manager.close()
-  template = trainability.flatten(trainable_template)
-  restored = trainability.unflatten(
-    {
-      p: np.asarray(saved[p], np.asarray(v).dtype)
-      for p, v in template.items()
-      if p in saved and np.shape(saved[p]) == np.shape(v)
-    }
-  )
-  skipped = sorted(set(template) - set(trainability.flatten(restored)))
-  if skipped:
-    print(
-      f"init_from: {len(skipped)} parameters keep their fresh initialisation (not in {workdir} or "
-      f"shaped differently), e.g. {skipped[:3]}"
+  earlier, _, earlier_trainable, earlier_frozen = experiment.restore(workdir)
+  saved = trainability.flatten(trainability.combine(earlier_trainable, earlier_frozen))
+  template = {**trainability.flatten(frozen), **trainability.flatten(trainable)}
+  fits = lambda p: p in template and np.shape(saved[p]) == np.shape(template[p])
+  misplaced = {p for p in saved if p.startswith("lora/") and not fits(p)}
+  if misplaced:  # folded into the weights they adapt, so the earlier run's function is kept
+    backbone = trainability.unflatten(
+      {p.removeprefix("backbone/"): v for p, v in saved.items() if p.startswith("backbone/")}
     )
-  return trainability.combine(restored, trainability.unflatten({p: v for p, v in template.items() if p in skipped}))
+    factors = trainability.unflatten({p.removeprefix("lora/"): saved[p] for p in misplaced})
+    merged = lora.merge(backbone, factors, experiment.peft_spec(earlier))
+    saved = {p: v for p, v in saved.items() if p not in misplaced}
+    saved.update({f"backbone/{p}": v for p, v in trainability.flatten(merged).items()})
+    print(f"init_from: merged the {len(misplaced)} LoRA factors of {workdir} into the backbone")
+  stranded = sorted({p.split("/")[0] for p in saved if not fits(p)} - {"head", "backbone"})
+  if stranded:
+    raise InputError(
+      f"config key init_from: {workdir} was trained with method {earlier.method!r}; its {stranded} parameters "
+      "have no place in this run's method and cannot be merged into the backbone (only LoRA can): start "
+      "from a full or LoRA run, or use the same method"
+    )
+  carried = {p: np.asarray(saved[p], np.asarray(template[p]).dtype) for p in saved if fits(p)}
+  left = sorted(set(saved) - set(carried))
+  if left:
+    print(
+      f"init_from: {len(left)} parameters of {workdir} are not carried (no place here, or shaped differently), e.g. {left[:3]}"
+    )
+  fresh = sorted(p for p in template if p not in carried)
+  if fresh:
+    print(f"init_from: {len(fresh)} parameters keep their fresh initialisation, e.g. {fresh[:3]}")
+  split = lambda part: trainability.unflatten({p: carried.get(p, v) for p, v in trainability.flatten(part).items()})
+  return split(trainable), split(frozen)
 
 
 def _summary(

@@ -6,7 +6,8 @@ Perplexity is the exception: it is not a fraction of anything and is reported as
 
 Names are the project's contract: accuracy, f1, matthews, pearson, spearman, precision, recall,
 exact_match, bleu, rougeL, perplexity (and for E2E NLG also nist, meteor, cider; NIST and CIDEr
-are not fractions and are reported unscaled, as the E2E challenge and the LoRA paper do).
+are not fractions and are reported unscaled, as the E2E challenge and the LoRA paper do; for
+summarisation rouge1, rouge2, rougeL; for dialogue bleu1, bleu2, distinct1, distinct2).
 
 `f1` for classification is binary F1 of class 1 when there are two classes (MRPC's and QQP's convention:
 the positive class is "equivalent"/"duplicate") and macro F1 over classes otherwise.
@@ -191,6 +192,49 @@ def e2e(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[
   else:
     print("metrics.e2e: java missing, no METEOR", file=sys.stderr)
   return result
+
+
+def summarization(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
+  """rouge1, rouge2, rougeL F-measures (rouge-score with stemming, max over an example's references,
+  averaged over examples), 0-100."""
+  from rouge_score import rouge_scorer
+
+  kinds = ("rouge1", "rouge2", "rougeL")
+  scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+  scores = [[scorer.score(ref, hyp) for ref in refs] for refs, hyp in zip(references, hypotheses)]
+  return {k: 100 * float(np.mean([max(s[k].fmeasure for s in per_ref) for per_ref in scores])) for k in kinds}
+
+
+def translation(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
+  """bleu: corpus sacreBLEU (13a tokenisation, cased), 0-100, as WMT and Multi30k papers report it."""
+  import sacrebleu
+
+  depth = max(len(r) for r in references)
+  streams = [[r[k] if k < len(r) else None for r in references] for k in range(depth)]
+  return {"bleu": sacrebleu.corpus_bleu(list(hypotheses), streams).score}
+
+
+def distinct(hypotheses: Sequence[str], n: int) -> float:
+  """distinct-n (Li et al. 2016): distinct n-grams over all n-grams of all hypotheses, 0-100 (0 if none)."""
+  grams = [tuple(t[i : i + n]) for t in (h.lower().split() for h in hypotheses) for i in range(len(t) - n + 1)]
+  return 100 * len(set(grams)) / len(grams) if grams else 0.0
+
+
+def dialogue(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
+  """bleu1, bleu2 (nltk corpus BLEU with uniform weights over 1-grams, and over 1- and 2-grams, on
+  lower-cased whitespace tokens, as DailyDialog papers compute them) and distinct1, distinct2, all 0-100.
+  Perplexity, the other dialogue metric, comes from the loss on the references (TaskData.score)."""
+  from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+
+  refs = [[r.lower().split() for r in rs] for rs in references]
+  hyps = [h.lower().split() for h in hypotheses]
+  smooth = SmoothingFunction().method1  # an output without a matching bigram scores ~0, not a crash
+  return {
+    "bleu1": 100 * corpus_bleu(refs, hyps, weights=(1.0,), smoothing_function=smooth),
+    "bleu2": 100 * corpus_bleu(refs, hyps, weights=(0.5, 0.5), smoothing_function=smooth),
+    "distinct1": distinct(hypotheses, 1),
+    "distinct2": distinct(hypotheses, 2),
+  }
 
 
 def perplexity(nll_sum: float, num_tokens: float) -> dict[str, float]:

@@ -31,6 +31,12 @@ SHOWN = (
   "meteor",
   "rougeL",
   "cider",
+  "rouge1",
+  "rouge2",
+  "bleu1",
+  "bleu2",
+  "distinct1",
+  "distinct2",
 )
 
 
@@ -67,7 +73,7 @@ def describe(workdir: Path) -> dict:
     "selected_on": metric,
     "best_step": best.get("step"),
     "dev": {k: best[k] for k in SHOWN if k in best},
-    "test": {k: test[-1][k] for k in SHOWN if k in test[-1]} if test else {},
+    "test": {k: v for line in test for k, v in line.items() if k in SHOWN},  # generation has its own line
     "steps": f"{steps.group(1)}/{steps.group(2)}" if steps else "?",
     "wall_minutes": float(wall.group(1)) if wall else None,
     "cpu_minutes": float(cpu.group(1)) if cpu else None,

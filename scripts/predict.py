@@ -11,7 +11,8 @@ Inputs and outputs per task:
                    (start/end are word indices, end exclusive)
   QA               question<TAB>context     → {"answer"}
   relations        a sentence with <e1>…</e1> and <e2>…</e2> → {"label", "score", "scores"}
-  causal LM        a prompt                 → {"generated"} (the config's generation settings)
+  causal LM        a prompt                 → {"generated"} (the config's generation settings; chat sources
+                                              put it in the run's chat template as the user's turn)
 """
 
 import json
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from ftjax import cli  # noqa: E402
 from ftjax import experiment, generation, parallel, step as steps, trainability  # noqa: E402
 from ftjax.data import features as feats  # noqa: E402
+from ftjax.data import sources  # noqa: E402
 from ftjax.data.raw import DataError  # noqa: E402
 from ftjax.evaluation import run_eval  # noqa: E402
 from ftjax.tasks import datasets, kinds  # noqa: E402
@@ -67,7 +69,9 @@ def main(argv):
   if kind.generates:
     tree = trainability.combine(trainable, frozen)
     variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
-    prompts = feats.generation_prompts(examples, tok, config.max_length)
+    chat = sources.source(config.task.source).prompts  # chat sources: the line is the user's turn
+    chat_examples = [{"idx": i, "system": "", "turns": [e["mr"]], "refs": [""]} for i, e in enumerate(examples)]
+    prompts = chat(chat_examples, tok, config) if chat else feats.generation_prompts(examples, tok, config.max_length)
     g = config.generation
     out = generation.generate(
       exp.model,

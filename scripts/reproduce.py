@@ -1,7 +1,7 @@
 """Reproduce a paper table: `python scripts/reproduce.py --table=NAME [--cells=REGEX] [--rebuild]`.
 
 Runs every cell of the table (configs/tables.py: methods, adversarial, ner, freeze, torch, precision,
-pooling, e2e) that has not finished, one `scripts/train.py` (or `scripts/torch_reference.py`) command
+pooling, e2e, decoder_tasks) that has not finished, one `scripts/train.py` (or `scripts/torch_reference.py`) command
 each (so the command printed beside a number is exactly the one that produced it), into
 `<runs>/NAME/<cell>/`, and after every cell rewrites `results/NAME.md` below its hand-written findings
 (the table, the command, commit, wall time and machine of every cell), `results/NAME.json` and

@@ -14,7 +14,8 @@ Host-only arrays, which the pipeline never puts in a batch (it gives `example_in
     word_ids        [N, T]  word of each token, -1 on special tokens and padding (NER decoding)
     offset_mapping  [N, T, 2] character span of each context token, -1 elsewhere (QA decoding)
 
-Rows longer than max_length are truncated; whether the model has that many positions is the model's concern.
+Rows longer than max_length are truncated (generation rows on the prompt side only, never the target);
+whether the model has that many positions is the model's concern.
 """
 
 from __future__ import annotations
@@ -271,27 +272,32 @@ def generation(
   separator: str = " || ",
 ) -> dict[str, np.ndarray]:
   """Training rows `prompt + separator + target + EOS`, one per reference, right-padded. `labels` are the
-  input ids with -100 on the prompt and the padding: aligned with input_ids, the loss shifts them."""
+  input ids with -100 on the prompt and the padding: aligned with input_ids, the loss shifts them. A row
+  too long loses the start of its prompt, never its target; a target with no room left for a prompt
+  token skips its row (counted on stdout)."""
   examples = list(examples)
   prompts = _prompt_ids(tokenizer, [e[prompt_field] for e in examples], separator)
   rows = [(i, t) for i, e in enumerate(examples) for t in e[targets_field]]
   targets = tokenizer([t for _, t in rows], add_special_tokens=False)["input_ids"]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  input_ids = np.full((len(rows), max_length), pad, np.int32)
-  labels = np.full((len(rows), max_length), IGNORE, np.int32)
-  mask = np.zeros((len(rows), max_length), np.int32)
-  for row, ((example, _), target) in enumerate(zip(rows, targets)):
-    prompt = prompts[example]
-    ids = (prompt + target + [tokenizer.eos_token_id])[:max_length]
+  kept = [(i, t + [tokenizer.eos_token_id]) for (i, _), t in zip(rows, targets) if len(t) + 1 < max_length]
+  if len(kept) < len(rows):
+    print(f"generation features: {len(rows) - len(kept)} of {len(rows)} rows skipped (the target leaves no room)")
+  input_ids = np.full((len(kept), max_length), pad, np.int32)
+  labels = np.full((len(kept), max_length), IGNORE, np.int32)
+  mask = np.zeros((len(kept), max_length), np.int32)
+  for row, (example, target) in enumerate(kept):
+    prompt = prompts[example][-(max_length - len(target)) :]
+    ids = prompt + target
     input_ids[row, : len(ids)] = ids
     mask[row, : len(ids)] = 1
-    labels[row, len(prompt) : len(ids)] = ids[len(prompt) :]
+    labels[row, len(prompt) : len(ids)] = target
   return {
     "input_ids": input_ids,
     "attention_mask": mask,
     "token_type_ids": np.zeros_like(input_ids),
     "labels": labels,
-    "example_id": np.asarray([i for i, _ in rows], np.int32),
+    "example_id": np.asarray([i for i, _ in kept], np.int32),
   }
 
 
@@ -307,6 +313,132 @@ def generation_prompts(
   mask = np.zeros((len(examples), max_length), np.int32)
   for row, prompt in enumerate(prompts):
     prompt = prompt[-max_length:]
+    input_ids[row, max_length - len(prompt) :] = prompt
+    mask[row, max_length - len(prompt) :] = 1
+  return {
+    "input_ids": input_ids,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros_like(input_ids),
+    "example_id": np.arange(len(examples), dtype=np.int32),
+  }
+
+
+# ------------------------------------------------------------------------- chat-template generation
+
+
+class NoRoomError(ValueError):
+  """The response (and the template around it) leaves no room for any of the prompt within max_length."""
+
+
+def chat_messages(example: dict, instruction: str = "{}", system: str = "") -> list[dict]:
+  """Chat messages of a chat-schema example (raw.py): the turns alternate user/assistant so that the last
+  one is the user's; `instruction` ("{}" = the text itself) wraps the last turn; `system` (or the example's
+  own) opens the conversation, "" leaves the template's default."""
+  turns = list(example["turns"])
+  n = len(turns)
+  messages = [{"role": "user" if (n - 1 - i) % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+  messages[-1]["content"] = instruction.replace("{}", turns[-1])
+  system = system or example.get("system", "")
+  return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+def _render(tokenizer, example, instruction, system, chat_template: bool) -> list[int]:
+  """Prompt ids: the chat template with the assistant's header, or (no template) the last turn + " || "."""
+  if chat_template:
+    messages = chat_messages(example, instruction, system)
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+  text = instruction.replace("{}", example["turns"][-1])
+  return tokenizer(text + " || ", add_special_tokens=False)["input_ids"]
+
+
+def fit_prompt(tokenizer, example, budget: int, instruction="{}", system="", chat_template=True) -> list[int]:
+  """Prompt ids of at most `budget` tokens, cut from the prompt's far end: the oldest turns go first, then
+  the start of the oldest remaining turn, never the instruction, the template or the response. Raises
+  NoRoomError when even an empty turn does not fit."""
+  example = {**example, "turns": list(example["turns"])}
+  ids = _render(tokenizer, example, instruction, system, chat_template)
+  while len(ids) > budget and len(example["turns"]) > 1:
+    example["turns"].pop(0)
+    ids = _render(tokenizer, example, instruction, system, chat_template)
+  if len(ids) <= budget:
+    return ids
+  text_ids = tokenizer(example["turns"][0], add_special_tokens=False)["input_ids"]
+  cut = len(ids) - budget
+  while cut <= len(text_ids):  # re-tokenising the cut text may merge differently: cut more until it fits
+    example["turns"][0] = tokenizer.decode(text_ids[cut:])
+    ids = _render(tokenizer, example, instruction, system, chat_template)
+    if len(ids) <= budget:
+      return ids
+    cut += max(1, len(ids) - budget)
+  raise NoRoomError(f"the prompt's template and instruction alone take more than {budget} tokens")
+
+
+def chat(
+  examples: Sequence[dict],
+  tokenizer,
+  max_length: int = 256,
+  instruction: str = "{}",
+  system: str = "",
+  chat_template: bool = True,
+) -> dict[str, np.ndarray]:
+  """Training rows `prompt + response + EOS` (one per reference) of chat-schema examples, right-padded;
+  `labels` = the ids on the response and its EOS, -100 on the prompt and padding (loss on the response
+  only). A row too long loses the start of its prompt (fit_prompt), never its response; a response that
+  leaves no room for the prompt skips its row, and the skipped rows are counted on stdout."""
+  examples = list(examples)
+  rows = [(i, r) for i, e in enumerate(examples) for r in e["refs"]]
+  responses = tokenizer([r for _, r in rows], add_special_tokens=False)["input_ids"]
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  kept, too_long, cut = [], 0, 0
+  for (example, _), response in zip(rows, responses):
+    response = response + [tokenizer.eos_token_id]
+    try:
+      prompt = fit_prompt(tokenizer, examples[example], max_length - len(response), instruction, system, chat_template)
+    except NoRoomError:
+      too_long += 1
+      continue
+    cut += len(prompt) < len(_render(tokenizer, examples[example], instruction, system, chat_template))
+    kept.append((example, prompt, response))
+  if too_long or cut:
+    print(
+      f"chat features: {cut} prompts cut from their start to fit max_length={max_length}; {too_long} of "
+      f"{len(rows)} rows skipped (the response leaves no room for the prompt)"
+    )
+  if not kept:
+    raise NoRoomError(f"every response is too long for max_length={max_length}: raise max_length")
+  input_ids = np.full((len(kept), max_length), pad, np.int32)
+  labels = np.full((len(kept), max_length), IGNORE, np.int32)
+  mask = np.zeros((len(kept), max_length), np.int32)
+  for row, (_, prompt, response) in enumerate(kept):
+    n = len(prompt) + len(response)
+    input_ids[row, :n] = prompt + response
+    mask[row, :n] = 1
+    labels[row, len(prompt) : n] = response
+  return {
+    "input_ids": input_ids,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros_like(input_ids),
+    "labels": labels,
+    "example_id": np.asarray([e for e, _, _ in kept], np.int32),
+  }
+
+
+def chat_prompts(
+  examples: Sequence[dict],
+  tokenizer,
+  max_length: int = 256,
+  instruction: str = "{}",
+  system: str = "",
+  chat_template: bool = True,
+) -> dict[str, np.ndarray]:
+  """Prompts for decoding, one per example, LEFT-padded (as generation_prompts), each cut by fit_prompt
+  to max_length tokens."""
+  examples = list(examples)
+  prompts = [fit_prompt(tokenizer, e, max_length, instruction, system, chat_template) for e in examples]
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  input_ids = np.full((len(examples), max_length), pad, np.int32)
+  mask = np.zeros((len(examples), max_length), np.int32)
+  for row, prompt in enumerate(prompts):
     input_ids[row, max_length - len(prompt) :] = prompt
     mask[row, max_length - len(prompt) :] = 1
   return {

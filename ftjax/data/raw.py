@@ -10,6 +10,8 @@ Every reader is a generator of plain dicts (str, int, float, lists of those), on
     text             {"idx", "text"}                               one line of the file, newline kept
     semeval          {"idx", "id", "text", "label"}                text with <e1>…</e1> <e2>…</e2>; label
                                                                    indexes SEMEVAL_LABELS
+    chat             {"idx", "system", "turns": [str], "refs": [str]}   turns end with the one to answer;
+                     "" system = the template's default; train: one ref per row, eval: all refs
 
 Bad input raises DataError naming the file and the 1-based line (or the JSON key / column), because the
 person who sees the error is usually fixing a file by hand.
@@ -160,17 +162,7 @@ def _table_records(path: Path) -> Iterator[tuple[str, dict]]:
   if not path.is_file():
     raise DataError(f"{path}: file does not exist")
   if path.suffix == ".jsonl":
-    with open(path, encoding="utf-8") as f:
-      for line_no, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(f"{path}:{line_no}: malformed JSON: {e.msg}") from None
-        if not isinstance(record, dict):
-          raise DataError(f"{path}:{line_no}: malformed row: expected a JSON object")
-        yield f"{path}:{line_no}", record
+    yield from _jsonl_records(path)
     return
   if path.suffix not in (".csv", ".tsv"):
     raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected .csv, .tsv or .jsonl")
@@ -182,6 +174,21 @@ def _table_records(path: Path) -> Iterator[tuple[str, dict]]:
       if len(row) != len(header):
         raise DataError(f"{where}: malformed row: {len(row)} columns, expected {len(header)}")
       yield where, dict(zip(header, row))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+  """(file:line, record) for every non-blank line of a JSON Lines file (whatever its suffix: SAMSum's is .json)."""
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line_no}: malformed JSON: {e.msg}") from None
+      if not isinstance(record, dict):
+        raise DataError(f"{path}:{line_no}: malformed row: expected a JSON object")
+      yield f"{path}:{line_no}", record
 
 
 def _field(record: dict, name: str, where: str):
@@ -495,3 +502,90 @@ def _semeval_records(path: Path) -> Iterator[dict]:
     number += 2
     if number < len(lines) and lines[number].startswith("Comment"):
       number += 1
+
+
+# ----------------------------------------------------------------------- generation as chat turns
+# The decoder tasks (summarisation, translation, dialogue, a user's own prompts) share the chat schema:
+# the turns so far, oldest first, ending with the one the model answers, and the reference responses.
+
+SAMSUM_FILES = {"train": "train.json", "dev": "validation.json", "test": "test.json"}
+
+
+def _chat(idx: int, turns: Sequence[str], refs: Sequence[str], system: str = "") -> dict:
+  return {"idx": idx, "system": system, "turns": list(turns), "refs": list(refs)}
+
+
+def read_samsum(data_dir: str | Path, split: str) -> Iterator[dict]:
+  """SAMSum (JSON Lines: id, dialogue, summary): the dialogue is the one turn, the summary the reference.
+  Turn separators (\\r\\n in most dialogues, \\n in the rest) become \\n. A row with an empty dialogue (one
+  in train, id 13828807) has nothing to summarise: skipped, and counted on stdout."""
+  path = split_path(data_dir, SAMSUM_FILES, split)
+  idx = skipped = 0
+  for where, record in _jsonl_records(path):
+    dialogue = str(_field(record, "dialogue", where)).replace("\r\n", "\n").strip()
+    summary = _text(str(_field(record, "summary", where)), "summary", where).strip()
+    if not dialogue:
+      skipped += 1
+      continue
+    yield _chat(idx, [dialogue], [summary])
+    idx += 1
+  if skipped:
+    print(f"{path}: skipped {skipped} rows with an empty dialogue")
+
+
+MULTI30K_FILES = {"train": "train", "dev": "val", "test": "test_2016_flickr"}
+
+
+def read_multi30k(data_dir: str | Path, split: str, source: str = "en", target: str = "de") -> Iterator[dict]:
+  """Multi30k task 1: line i of `<split>.<source>` translated is line i of `<split>.<target>`."""
+  stem = split_path(data_dir, {k: f"{v}.{source}" for k, v in MULTI30K_FILES.items()}, split)
+  target_path = stem.with_suffix(f".{target}")
+  if not target_path.is_file():
+    raise DataError(f"{target_path}: file does not exist (split {split!r})")
+  with open(stem, encoding="utf-8") as f_src, open(target_path, encoding="utf-8") as f_tgt:
+    sources, targets = f_src.read().splitlines(), f_tgt.read().splitlines()
+  if len(sources) != len(targets):
+    raise DataError(f"{target_path}: {len(targets)} lines, but {stem} has {len(sources)}; they must align")
+  for idx, (text, translation) in enumerate(zip(sources, targets)):
+    where = f"{stem}:{idx + 1}"
+    yield _chat(idx, [_text(text, source, where)], [_text(translation, target, f"{target_path}:{idx + 1}")])
+
+
+DAILYDIALOG_FILES = {
+  split: f"{folder}/dialogues_{folder}.txt"
+  for split, folder in (("train", "train"), ("dev", "validation"), ("test", "test"))
+}
+
+
+def read_dailydialog(data_dir: str | Path, split: str) -> Iterator[dict]:
+  """DailyDialog (one dialogue a line, turns ending in `__eou__`): every turn after the first is one
+  example, answered from all the turns before it."""
+  path = split_path(data_dir, DAILYDIALOG_FILES, split)
+  idx = 0
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, start=1):
+      turns = [t.strip() for t in line.split("__eou__")]
+      if turns and not turns[-1]:
+        turns.pop()  # the text after the last __eou__
+      if any(not t for t in turns):
+        raise DataError(f"{path}:{line_no}: empty turn in dialogue")
+      for k in range(1, len(turns)):
+        yield _chat(idx, turns[:k], [turns[k]])
+        idx += 1
+
+
+def read_instructions(
+  path: str | Path, prompt_field: str = "prompt", response_field: str = "response", system_field: str = ""
+) -> Iterator[dict]:
+  """A user's prompt/response pairs from any .jsonl, .csv or .tsv with named fields; system_field
+  (optional) names a per-row system prompt. A row without a field is an error naming file:line and field."""
+  for idx, (where, record) in enumerate(_table_records(Path(path))):
+    prompt = _text(str(_field(record, prompt_field, where)), prompt_field, where)
+    response = _text(str(_field(record, response_field, where)), response_field, where)
+    system = str(_field(record, system_field, where)) if system_field else ""
+    yield _chat(idx, [prompt], [response], system)
+
+
+def read_instructions_split(data_dir: str | Path, split: str, **fields) -> Iterator[dict]:
+  """One split of a folder of `{split}.jsonl|csv|tsv` files (see read_instructions)."""
+  return read_instructions(table_file(data_dir, split), **fields)

@@ -56,6 +56,8 @@ class Source:
   featurize: Callable | None = None  # (examples, tokenizer, config) → features; None: the kind's
   selection_metric: str = ""  # the dev metric runs are selected on; "": the kind's
   generation_metric: Callable = metrics.generation  # (references, hypotheses) → scores of decoded text
+  prompts: Callable | None = None  # decoders: (examples, tokenizer, config) → left-padded prompts to decode;
+  # None: features.generation_prompts
   labelled_test: Callable[[object], bool] = lambda config: False  # whether config's test split has labels
   subset: str = "random"  # max_*_examples keeps a random fixed subset, or "first" (running text)
   locate: Callable | None = None  # config → (data_dir, reader options); None: (config.data_dir, {})
@@ -125,12 +127,21 @@ def _table_label_names(config) -> tuple:
 
 
 def _table_locate(config) -> tuple[Path, dict]:
-  """A folder of `train/dev/test.<ext>` links to the configured files, so the table goes through the
+  if not config.task.label_field or not (config.task.train_file or config.task.get("label_names")):
+    raise raw.DataError("a table task needs config keys task.train_file (or task.label_names) and task.label_field")
+  options = {
+    "text_fields": config.task.text_fields,
+    "label_field": config.task.label_field,
+    "label_names": list(_table_label_names(config)),
+  }
+  return _linked_files(config), options
+
+
+def _linked_files(config) -> Path:
+  """A folder of `train/dev/test.<ext>` links to the configured files, so a user's table goes through the
   same TFDS builder as every other source (the builder fingerprints the files' bytes, not their names)."""
   from ftjax.data.tfds_builders import DEFAULT_TFDS_DIR
 
-  if not config.task.label_field or not (config.task.train_file or config.task.get("label_names")):
-    raise raw.DataError("a table task needs config keys task.train_file (or task.label_names) and task.label_field")
   files = {"train": config.task.train_file, "dev": config.task.dev_file, "test": config.task.test_file}
   for split, file in files.items():
     if file and not Path(file).expanduser().is_file():
@@ -146,12 +157,47 @@ def _table_locate(config) -> tuple[Path, dict]:
       link = folder / f"{split}{path.suffix}"
       if not link.exists():
         os.symlink(path, link)
-  options = {
-    "text_fields": config.task.text_fields,
-    "label_field": config.task.label_field,
-    "label_names": list(_table_label_names(config)),
+  return folder
+
+
+# ------------------------------------------------------------------ decoder tasks as chat turns
+# raw.py's chat schema: the turns so far (the last one is answered) and the reference responses. Prompts
+# go through the tokenizer's chat template (the GGUF's own for SmolLM2); the source's instruction wraps
+# the last turn, "{}" marking where; config keys task.instruction / system_prompt / chat_template override.
+
+_CHAT = {**_IDX, "system": _TEXT(), "turns": _SEQ(_TEXT()), "refs": _SEQ(_TEXT())}
+
+
+def _chat_options(config, instruction: str) -> dict:
+  task = config.task
+  return {
+    "instruction": task.get("instruction") or instruction,
+    "system": task.get("system_prompt", ""),
+    "chat_template": task.get("chat_template", True),
   }
-  return folder, options
+
+
+def _chat(read, files, instruction: str, metric: Callable, **fields) -> Source:
+  """A decoder task on chat-schema examples: loss on the response only, prompts cut from their start."""
+  return Source(
+    "causal_lm",
+    read,
+    files,
+    _schema(_CHAT),
+    featurize=lambda ex, tok, config: feats.chat(ex, tok, config.max_length, **_chat_options(config, instruction)),
+    prompts=lambda ex, tok, config: feats.chat_prompts(
+      ex, tok, config.max_length, **_chat_options(config, instruction)
+    ),
+    generation_metric=metric,
+    labelled_test=lambda config: True,
+    **fields,
+  )
+
+
+def _instruction_locate(config) -> tuple[Path, dict]:
+  if not (config.task.train_file or config.task.dev_file or config.task.test_file):
+    raise raw.DataError("an instruction task needs config key task.train_file (JSONL, CSV or TSV)")
+  return _linked_files(config), {k: config.task[k] for k in ("prompt_field", "response_field", "system_field")}
 
 
 # ------------------------------------------------------------------------------------- sources
@@ -220,6 +266,19 @@ SOURCES: dict[str, Source] = {
     labelled_test=lambda config: True,
     subset="first",
   ),
+  "samsum": _chat(
+    raw.read_samsum, named_files(raw.SAMSUM_FILES), "Summarize this dialogue:\n{}", metrics.summarization
+  ),
+  # files: the English side of each pair (what the TFDS preparation fingerprints); the reader pairs it with .de
+  "multi30k": _chat(
+    raw.read_multi30k,
+    named_files({split: f"{stem}.en" for split, stem in raw.MULTI30K_FILES.items()}),
+    "Translate this English sentence into German:\n{}",
+    metrics.translation,
+  ),
+  "dailydialog": _chat(raw.read_dailydialog, named_files(raw.DAILYDIALOG_FILES), "{}", metrics.dialogue),
+  # a user's own prompt/response JSONL, CSV or TSV files (config keys task.train_file, prompt_field, ...)
+  "instruction": _chat(raw.read_instructions_split, _table_files, "{}", metrics.generation, locate=_instruction_locate),
 }
 
 

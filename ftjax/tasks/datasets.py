@@ -43,30 +43,31 @@ def examples(config, split: str):
     raise raw.DataError(message) from None
 
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")  # a configured-files source's split files (table, instruction)
 
 
 def with_data_dir(config, data_dir: str, split: str):
   """`config` reading `split` from other raw files (scoring a finished run on new data): a folder of the
-  source's raw files, or for a table run a folder holding `<split>.csv|tsv|jsonl` (or that file itself).
-  A table run's other files are dropped: its label set is the run's (task.label_names)."""
+  source's raw files; for a source whose files are configured (task.train_file…: table, instruction), a
+  folder holding `<split>.csv|tsv|jsonl`, or that file itself. Such a run's other files are dropped (a
+  table's label set is the run's, task.label_names)."""
   config = config.copy_and_resolve_references()
   path = Path(data_dir).expanduser()
-  if config.task.source != "table":
+  if source(config).locate is None:
     config.data_dir = str(path)
     return config
+  if split not in ("train", "dev", "test"):
+    raise raw.DataError(f"--split={split}: a {config.task.source} run's splits are train, dev and test")
   if path.is_file():
     file = path
   else:
-    found = [path / f"{split}{s}" for s in TABLE_SUFFIXES if (path / f"{split}{s}").is_file()]
+    found = [path / f"{split}{s}" for s in FILE_SUFFIXES if (path / f"{split}{s}").is_file()]
     if not found:
       raise raw.DataError(
-        f"--data_dir={data_dir}: a table run reads split {split!r} from {split}.csv, {split}.tsv or "
-        f"{split}.jsonl in that folder (or from a file given directly); none exists"
+        f"--data_dir={data_dir}: a {config.task.source} run reads split {split!r} from {split}.csv, "
+        f"{split}.tsv or {split}.jsonl in that folder (or from a file given directly); none exists"
       )
     file = found[0]
-  if split not in ("train", "dev", "test"):
-    raise raw.DataError(f"--split={split}: a table run's splits are train, dev and test")
   for name in ("train", "dev", "test"):
     config.task[f"{name}_file"] = ""
   config.task[f"{split}_file"] = str(file.resolve())
