@@ -45,8 +45,8 @@ def slow_steps(monkeypatch):
 
     return train_step
 
-  def compile_slow(self, make_step):
-    compiled = compile_train_step(self, lambda axis_name: slow(make_step(axis_name)))
+  def compile_slow(self, make_step, shardings=None):
+    compiled = compile_train_step(self, lambda axis_name: slow(make_step(axis_name)), shardings)
 
     def recorded(state, batch):
       state, metrics = compiled(state, batch)
