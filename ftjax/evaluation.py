@@ -83,13 +83,38 @@ def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, b
   return data.score(outputs, loss_sum, count)
 
 
+def decode(config, exp, tree: dict, prompts: dict, rng=None) -> list[str]:
+  """The texts `exp.model` (parameters `tree`) writes after each of `prompts` (input_ids, attention_mask),
+  with the config's decoding settings."""
+  from ftjax import generation
+
+  g, tok = config.generation, exp.tokenizer
+  variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
+  out = generation.generate(
+    exp.model,
+    tree["backbone"],
+    prompts["input_ids"],
+    prompts["attention_mask"],
+    max_new_tokens=g.max_new_tokens,
+    method=g.method,
+    num_beams=g.num_beams,
+    length_penalty=g.length_penalty,
+    no_repeat_ngram_size=g.no_repeat_ngram_size,
+    eos_token_id=tok.eos_token_id,
+    pad_token_id=tok.pad_token_id,
+    rng=rng,
+    variables=variables,
+  )
+  new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
+  return [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+
+
 def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> dict:
   """Decodes the first `generation.eval_examples` examples of `split` with the config's decoding
   settings (prompts: the source's, else features.generation_prompts), scores them against all their
   references with the source's generation metric (E2E: BLEU, NIST, METEOR, ROUGE-L, CIDEr; SAMSum:
   ROUGE-1/2/L; …; else BLEU and ROUGE-L), and writes the outputs, one a line, to
   workdir/generations_<split>.txt."""
-  from ftjax import generation
   from ftjax.data import features as feats
 
   g = config.generation
@@ -97,28 +122,11 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
   make_prompts = src.prompts or (lambda ex, tok, config: feats.generation_prompts(ex, tok, config.max_length))
   examples = list(datasets.examples(config, split))[: g.eval_examples]
   tok = exp.tokenizer
-  variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
   hypotheses = []
   starts = range(0, len(examples), g.batch_size)
   for start in progress.batches(starts, len(starts), f"generate {split}"):
     prompts = make_prompts(examples[start : start + g.batch_size], tok, config)
-    out = generation.generate(
-      exp.model,
-      tree["backbone"],
-      prompts["input_ids"],
-      prompts["attention_mask"],
-      max_new_tokens=g.max_new_tokens,
-      method=g.method,
-      num_beams=g.num_beams,
-      length_penalty=g.length_penalty,
-      no_repeat_ngram_size=g.no_repeat_ngram_size,
-      eos_token_id=tok.eos_token_id,
-      pad_token_id=tok.pad_token_id,
-      rng=jax.random.key(config.seed),
-      variables=variables,
-    )
-    new_tokens = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
-    hypotheses += [tok.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+    hypotheses += decode(config, exp, tree, prompts, rng=jax.random.key(config.seed))
   references = [list(e["refs"]) for e in examples]
   if jax.process_index() == 0:
     (workdir / f"generations_{split}.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))

@@ -21,17 +21,16 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 from ftjax import cli  # noqa: E402
-from ftjax import experiment, generation, parallel, step as steps, trainability  # noqa: E402
+from ftjax import experiment, parallel, step as steps, trainability  # noqa: E402
 from ftjax.data import features as feats  # noqa: E402
 from ftjax.data import sources  # noqa: E402
 from ftjax.data.raw import DataError  # noqa: E402
-from ftjax.evaluation import run_eval  # noqa: E402
+from ftjax.evaluation import decode, run_eval  # noqa: E402
 from ftjax.tasks import datasets, kinds  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "a finished run folder")
@@ -68,28 +67,11 @@ def main(argv):
   tok = exp.tokenizer
   if kind.generates:
     tree = trainability.combine(trainable, frozen)
-    variables = {"params": tree["backbone"], **{k: v for k, v in tree.items() if k not in ("backbone", "head")}}
     chat = sources.source(config.task.source).prompts  # chat sources: the line is the user's turn
     chat_examples = [{"idx": i, "system": "", "turns": [e["mr"]], "refs": [""]} for i, e in enumerate(examples)]
     prompts = chat(chat_examples, tok, config) if chat else feats.generation_prompts(examples, tok, config.max_length)
-    g = config.generation
-    out = generation.generate(
-      exp.model,
-      tree["backbone"],
-      prompts["input_ids"],
-      prompts["attention_mask"],
-      max_new_tokens=g.max_new_tokens,
-      method=g.method,
-      num_beams=g.num_beams,
-      length_penalty=g.length_penalty,
-      no_repeat_ngram_size=g.no_repeat_ngram_size,
-      eos_token_id=tok.eos_token_id,
-      pad_token_id=tok.pad_token_id,
-      variables=variables,
-    )
-    new = np.asarray(out)[:, prompts["input_ids"].shape[1] :]
-    for row in new:
-      print(json.dumps({"generated": tok.decode(row, skip_special_tokens=True).strip()}))
+    for text in decode(config, exp, tree, prompts):
+      print(json.dumps({"generated": text}))
     return
   src = datasets.source(config)
   features = (src.featurize or kind.featurize)(examples, tok, config)

@@ -351,12 +351,15 @@ def _render(tokenizer, example, instruction, system, chat_template: bool) -> lis
   return tokenizer(text + " || ", add_special_tokens=False)["input_ids"]
 
 
-def fit_prompt(tokenizer, example, budget: int, instruction="{}", system="", chat_template=True) -> list[int]:
+def fit_prompt(
+  tokenizer, example, budget: int, instruction="{}", system="", chat_template=True, rendered=None
+) -> list[int]:
   """Prompt ids of at most `budget` tokens, cut from the prompt's far end: the oldest turns go first, then
   the start of the oldest remaining turn, never the instruction, the template or the response. Raises
-  NoRoomError when even an empty turn does not fit."""
+  NoRoomError when even an empty turn does not fit. `rendered`: the whole prompt's ids, when the caller
+  has them already."""
   example = {**example, "turns": list(example["turns"])}
-  ids = _render(tokenizer, example, instruction, system, chat_template)
+  ids = _render(tokenizer, example, instruction, system, chat_template) if rendered is None else rendered
   while len(ids) > budget and len(example["turns"]) > 1:
     example["turns"].pop(0)
     ids = _render(tokenizer, example, instruction, system, chat_template)
@@ -390,14 +393,19 @@ def chat(
   responses = tokenizer([r for _, r in rows], add_special_tokens=False)["input_ids"]
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
   kept, too_long, cut = [], 0, 0
+  rendered = {}  # example → its whole prompt's ids, rendered once for all its references
   for (example, _), response in zip(rows, responses):
     response = response + [tokenizer.eos_token_id]
+    if example not in rendered:
+      rendered[example] = _render(tokenizer, examples[example], instruction, system, chat_template)
     try:
-      prompt = fit_prompt(tokenizer, examples[example], max_length - len(response), instruction, system, chat_template)
+      prompt = fit_prompt(
+        tokenizer, examples[example], max_length - len(response), instruction, system, chat_template, rendered[example]
+      )
     except NoRoomError:
       too_long += 1
       continue
-    cut += len(prompt) < len(_render(tokenizer, examples[example], instruction, system, chat_template))
+    cut += len(prompt) < len(rendered[example])
     kept.append((example, prompt, response))
   if too_long or cut:
     print(
