@@ -214,20 +214,33 @@ def translation(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) 
   return {"bleu": sacrebleu.corpus_bleu(list(hypotheses), streams).score}
 
 
+# Typographic quotes as ASCII: DailyDialog writes "I ’ ll", a model writes "I'll"; both become i ' ll.
+_QUOTES = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"'})
+
+
+def dialogue_tokens(text: str) -> list[str]:
+  """Lower-cased words and punctuation marks as separate tokens, the way DailyDialog's own text is
+  tokenised ("Oh , umm , no thanks ."). Splitting on whitespace alone would count "thanks." and
+  "thanks" as two words: an untokenised output (a chat model's) would gain distinct n-grams and lose
+  BLEU matches for its punctuation alone."""
+  return re.findall(r"\w+|[^\w\s]", text.lower().translate(_QUOTES))
+
+
 def distinct(hypotheses: Sequence[str], n: int) -> float:
-  """distinct-n (Li et al. 2016): distinct n-grams over all n-grams of all hypotheses, 0-100 (0 if none)."""
-  grams = [tuple(t[i : i + n]) for t in (h.lower().split() for h in hypotheses) for i in range(len(t) - n + 1)]
+  """distinct-n (Li et al. 2016): distinct n-grams over all n-grams of all hypotheses (dialogue_tokens),
+  0-100 (0 if none)."""
+  grams = [tuple(t[i : i + n]) for t in map(dialogue_tokens, hypotheses) for i in range(len(t) - n + 1)]
   return 100 * len(set(grams)) / len(grams) if grams else 0.0
 
 
 def dialogue(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
   """bleu1, bleu2 (nltk corpus BLEU with uniform weights over 1-grams, and over 1- and 2-grams, on
-  lower-cased whitespace tokens, as DailyDialog papers compute them) and distinct1, distinct2, all 0-100.
-  Perplexity, the other dialogue metric, comes from the loss on the references (TaskData.score)."""
+  dialogue_tokens) and distinct1, distinct2, all 0-100. Perplexity, the other dialogue metric, comes
+  from the loss on the references (TaskData.score)."""
   from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
-  refs = [[r.lower().split() for r in rs] for rs in references]
-  hyps = [h.lower().split() for h in hypotheses]
+  refs = [[dialogue_tokens(r) for r in rs] for rs in references]
+  hyps = [dialogue_tokens(h) for h in hypotheses]
   smooth = SmoothingFunction().method1  # an output without a matching bigram scores ~0, not a crash
   return {
     "bleu1": 100 * corpus_bleu(refs, hyps, weights=(1.0,), smoothing_function=smooth),

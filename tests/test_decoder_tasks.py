@@ -171,6 +171,11 @@ def test_generation_metrics():
   d = metrics.dialogue(refs, ["the cat the cat", "a dog barked"])
   assert d["distinct1"] == pytest.approx(100 * 5 / 7) and d["distinct2"] == pytest.approx(100 * 4 / 5)
   assert 0 < d["bleu2"] < d["bleu1"] < 100
+  # DailyDialog's references are tokenised ("I ’ ll see ."); an untokenised answer scores as the same
+  # tokens, and "see." is not a word distinct from "see"
+  tokenised = metrics.dialogue([["I ’ ll see you , Bob ."]], ["I ’ ll see you , Bob ."])
+  assert metrics.dialogue([["I ’ ll see you , Bob ."]], ["I'll see you, Bob."]) == tokenised
+  assert metrics.distinct(["see.", "see"], 1) == pytest.approx(100 * 2 / 3)  # see, . , see
 
 
 # --- continual fine-tuning across methods ----------------------------------------------------------------
