@@ -56,7 +56,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   cpu_started = time.process_time()  # CPU seconds of all this process's threads: what a grid's budget counts
 
   # --- model, method, task and the run record ---------------------------------------------------
-  exp = experiment.build(config)
+  par = parallel.make_parallel(config.parallel, config.get("mesh", "data=-1"))
+  exp = experiment.build(config, par.mesh)  # mesh mode: the backbone read straight into its shards
   spec = exp.model.peft  # dropout hash's CPU lowering, before the step compiles; no number changes
   threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0)
   xla_cpu.set_threefry_lowering(threefry)
@@ -108,7 +109,6 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   }  # times: to the latest checkpoint
 
   # --- devices: the mesh, and where each array lives (a bad rule stops here, before any compile) ----
-  par = parallel.make_parallel(config.parallel, config.get("mesh", "data=-1"))
   user_rules = tuple(config.get("sharding", ()))
   shardings = par.state_shardings(state, sharding.rules_for(exp.model, user_rules), checked=user_rules)
 
