@@ -415,7 +415,7 @@ def load_trained(workdir, trainable: dict, frozen: dict) -> tuple[dict, dict]:
       "have no place in this run's method and cannot be merged into the backbone (only LoRA can): start "
       "from a full or LoRA run, or use the same method"
     )
-  carried = {p: np.asarray(saved[p], np.asarray(template[p]).dtype) for p in saved if fits(p)}
+  carried = {p: _like(saved[p], template[p]) for p in saved if fits(p)}
   left = sorted(set(saved) - set(carried))
   if left:
     print(
@@ -426,6 +426,17 @@ def load_trained(workdir, trainable: dict, frozen: dict) -> tuple[dict, dict]:
     print(f"init_from: {len(fresh)} parameters keep their fresh initialisation, e.g. {fresh[:3]}")
   split = lambda part: trainability.unflatten({p: carried.get(p, v) for p, v in trainability.flatten(part).items()})
   return split(trainable), split(frozen)
+
+
+def _like(value, template):
+  """`value` (the earlier run's, whole in this process) in the dtype of `template` and, for a jax.Array,
+  on its sharding: each of this process's devices receives its slice, so a template that spans other
+  processes' devices (multi-host) is filled without gathering it anywhere."""
+  dtype = template.dtype
+  value = np.asarray(value, dtype)
+  if not isinstance(template, jax.Array):
+    return value
+  return jax.make_array_from_callback(value.shape, template.sharding, lambda index: value[index])
 
 
 def _summary(
