@@ -4,7 +4,8 @@ A GGUF file holds the hyper-parameters as metadata (`llama.block_count`, …), t
 merges, special ids) and the tensors, usually block-quantised (Q4_1: blocks of 32 weights sharing a
 scale and a minimum, 4 bits each). We dequantise every tensor to float32 with the `gguf` package and
 load the result like a Hugging Face checkpoint: the model is exactly the dequantised one, no
-quantisation-aware arithmetic (transformers' `from_pretrained(folder, gguf_file=…)` does the same).
+quantisation-aware arithmetic (transformers' `from_pretrained(folder, gguf_file=…)` does the same). With a
+placement (slices.py) each device dequantises only the rows and blocks of its own slice (`open_tensors`).
 
 Names. llama.cpp renames tensors (`blk.3.attn_q.weight` is `model.layers.3.self_attn.q_proj.weight`) and
 stores them in torch's (out, in) layout. Its converter also permutes the rows of the q and k projections:
