@@ -152,3 +152,16 @@ def test_weights_the_initialisation_reads_stay_whole_and_float32(peft, method, r
   assert all(d == np.float32 for p, (_, d) in where.items() if p in whole)
   if method != "full":  # everything else of the backbone is frozen: bfloat16
     assert all(d == jax.numpy.bfloat16 for p, (_, d) in where.items() if p not in whole)
+
+
+@pytest.mark.parametrize("loader", ["whole", "sliced"])
+def test_load_memory_script_reports_peak_rss(loader):
+  script = HERE.parent / "scripts" / "load_memory.py"
+  cmd = [sys.executable, str(script), "--model=minilm", "--mesh=fsdp=4,tensor=2", f"--loader={loader}"]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  report = json.loads(done.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8 and report["loader"] == loader
+  assert report["peak_rss_mib_start"] < report["peak_rss_mib_loaded"] <= report["peak_rss_mib_placed"]
+  # 1/8 of the matrices on each device; the replicated biases and norms are the rest
+  assert report["backbone_mb"] / 8 < report["fullest_device_mb"] < report["backbone_mb"] / 7
