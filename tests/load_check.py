@@ -5,6 +5,7 @@ is fixed at jax import.
   python tests/load_check.py llama                 # random Llama by transformers: float32 and bf16 safetensors
   python tests/load_check.py gguf                  # the packaged SmolLM2 GGUF (llama.cpp's q/k row permutation)
   python tests/load_check.py loop MODEL TFDS RTE WORKDIR   # train_and_evaluate, sliced vs whole loader
+  python tests/load_check.py multihost MODEL TFDS RTE RUN  # one of two processes: load_trained over both
 
 For each mesh and (method, param_dtype): every backbone parameter of `from_pretrained(placement=...)` on its
 sharding, each device's shard of the shape the sharding gives, and its bytes equal to the whole-tensor
@@ -18,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ftjax from this checkout, installed or not
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+if "device_count" not in os.environ.get("XLA_FLAGS", ""):  # multihost: the test gives each process 4
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
@@ -133,8 +135,39 @@ def loop_runs(model, tfds_dir, rte_dir, workdir: Path) -> dict:
   return out
 
 
+def load_trained_across_processes(model, tfds_dir, rte_dir, earlier) -> dict:
+  """One of two processes (jax.distributed, 4 devices each): `load_trained` into a LoRA run's templates
+  sharded over fsdp=8, which span both processes; each local shard against the unsharded result."""
+  from configs import glue
+  from conftest import tiny_config
+
+  from ftjax import loop
+
+  c = tiny_config(glue.get_config("rte"), model, tfds_dir, method="lora", parallel="mesh", mesh="fsdp=8")
+  c.data_dir, c.init_from, c.param_dtype = rte_dir, earlier, "bfloat16"
+  exp = experiment.build(c, sharding.make_mesh("fsdp=8"))
+  trainable, frozen = trainability.partition(exp.tree, exp.rules)
+  frozen = experiment.frozen_weights(frozen, "bfloat16")
+  carried = trainability.flatten(trainability.combine(*loop.load_trained(c.init_from, trainable, frozen)))
+  hosts = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), (trainable, frozen))
+  reference = trainability.flatten(trainability.combine(*loop.load_trained(c.init_from, *hosts)))
+  spanning = [p for p, v in carried.items() if not v.is_fully_addressable]
+  differ = [
+    p
+    for p, v in carried.items()
+    if not p.startswith("lora/")  # fresh LoRA factors: not carried (the reference's are zeros)
+    for s in v.addressable_shards
+    if np.asarray(s.data).tobytes() != np.ascontiguousarray(reference[p][s.index]).tobytes()
+  ]
+  return {"process": jax.process_index(), "spanning": len(spanning), "params": len(carried), "differ": differ}
+
+
 def main():
   which = sys.argv[1]
+  if which == "multihost":
+    from ftjax import parallel
+
+    parallel.initialize_distributed()  # FTJAX_COORDINATOR, FTJAX_NUM_PROCESSES, FTJAX_PROCESS_ID
   report = {"devices": jax.device_count()}
   if which == "llama":
     from safetensors import safe_open
@@ -150,6 +183,8 @@ def main():
   elif which == "gguf":
     for mesh, (method, param_dtype) in zip(MESHES, CASES):
       report[f"{mesh} {method} {param_dtype}"] = compare("smollm2", mesh, method, param_dtype)
+  elif which == "multihost":
+    report["multihost"] = load_trained_across_processes(*sys.argv[2:6])
   else:
     from tiny_run import fast_compiles
 

@@ -165,3 +165,35 @@ def test_load_memory_script_reports_peak_rss(loader):
   assert report["peak_rss_mib_start"] < report["peak_rss_mib_loaded"] <= report["peak_rss_mib_placed"]
   # 1/8 of the matrices on each device; the replicated biases and norms are the rest
   assert report["backbone_mb"] / 8 < report["fullest_device_mb"] < report["backbone_mb"] / 7
+
+
+@pytest.mark.slow
+def test_load_trained_fills_templates_that_span_two_processes(tmp_path, tiny_bert, tfds_dir, rte_dir, fast_compiles):
+  """config.init_from on two processes (4 CPU devices each) with fsdp=8: every process fills its own shards
+  of templates that span both, each shard equal to that slice of the unsharded result."""
+  from configs import glue
+  from conftest import tiny_config
+  from test_multihost import free_port
+
+  from ftjax import loop
+
+  earlier = tmp_path / "full"
+  config = tiny_config(glue.get_config("rte"), tiny_bert, tfds_dir, method="full")
+  config.data_dir, config.max_steps, config.eval_every, config.checkpoint_every = str(rte_dir), 2, 2, 2
+  loop.train_and_evaluate(config, earlier)
+  port = free_port()
+  runs = []
+  for i in range(2):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env.update(FTJAX_COORDINATOR=f"127.0.0.1:{port}", FTJAX_NUM_PROCESSES="2", FTJAX_PROCESS_ID=str(i))
+    cmd = [sys.executable, str(HERE / "load_check.py"), "multihost", tiny_bert, tfds_dir, rte_dir, earlier]
+    runs.append(
+      subprocess.Popen(list(map(str, cmd)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
+  for i, run in enumerate(runs):
+    out, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-4000:]
+    report = json.loads(next(l for l in out.splitlines() if l.startswith("REPORT "))[len("REPORT ") :])
+    r = report["multihost"]
+    assert report["devices"] == 8 and r["process"] == i and r["differ"] == []
+    assert r["spanning"] > r["params"] // 2  # the matrices span both processes' devices
