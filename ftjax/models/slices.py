@@ -5,9 +5,10 @@ where it will live and in which dtype: `{path: (jax.sharding.Sharding | None, dt
 make each parameter with `jax.make_array_from_callback(shape, sharding, read)`, where `read(index)` reads
 only that index of the file: a safetensors slice (`safe_open(...).get_slice(name)[...]`, memory-mapped),
 or the rows of a GGUF tensor that the slice needs, dequantised only over the quantisation blocks that
-hold its columns. No process ever holds the whole model on the host; a replicated parameter is read once
-per device, as `sharding.put` copies one. Sharding None means today's placement: the whole tensor as one
-uncommitted array on the default device (what `from_pretrained` without a placement gives every leaf).
+hold its columns. No process ever makes a whole host copy of the model; a replicated parameter is read
+once per device, as `sharding.put` copies one. Sharding None means the plain loader's placement: the whole
+tensor as one uncommitted array on the default device (what `from_pretrained` without a placement gives
+every leaf).
 
 Each slice goes through float32 (as the whole-tensor loader does), then to the target dtype, so a
 parameter loaded this way equals the whole-tensor loader's, cast afterwards, bit for bit.
@@ -34,7 +35,7 @@ class Tensor:
 
 
 def whole(value: np.ndarray) -> Tensor:
-  """A tensor already in memory (torch .bin files cannot be sliced on disk: they are read whole)."""
+  """A tensor already in memory: the plain loader's, and torch .bin files' (a pickle cannot be sliced on disk)."""
   return Tensor(tuple(value.shape), lambda index: value[index])
 
 
@@ -69,7 +70,7 @@ def load(tensor: Tensor, where, dtype) -> jax.Array:
 
 
 def fill_index(index, shape) -> tuple[slice, ...]:
-  """`index` with one slice per dimension (make_array_from_callback may pass fewer, or Ellipsis-free
-  tuples of slices with None bounds), each with explicit start and stop."""
+  """`index` as one slice per dimension with explicit start and stop (make_array_from_callback's slices
+  have None bounds where a dimension is not split)."""
   index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
   return tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
