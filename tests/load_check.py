@@ -136,7 +136,7 @@ def loop_runs(model, tfds_dir, rte_dir, workdir: Path) -> dict:
 
 
 def load_trained_across_processes(model, tfds_dir, rte_dir, earlier) -> dict:
-  """One of two processes (jax.distributed, 4 devices each): `load_trained` into a LoRA run's templates
+  """One of two processes (jax.distributed, 4 devices each): `load_trained` into a DoRA run's templates
   sharded over fsdp=8, which span both processes; each local shard against the unsharded result."""
   from configs import glue
   from conftest import tiny_config
@@ -145,6 +145,8 @@ def load_trained_across_processes(model, tfds_dir, rte_dir, earlier) -> dict:
 
   c = tiny_config(glue.get_config("rte"), model, tfds_dir, method="lora", parallel="mesh", mesh="fsdp=8")
   c.data_dir, c.init_from, c.param_dtype = rte_dir, earlier, "bfloat16"
+  # DoRA: its initialisation reads the query/value kernels, loaded whole on each process's first device
+  c.lora.targets, c.lora.dora = r"attention/self/(query|value)$", True
   exp = experiment.build(c, sharding.make_mesh("fsdp=8"))
   trainable, frozen = trainability.partition(exp.tree, exp.rules)
   frozen = experiment.frozen_weights(frozen, "bfloat16")

@@ -169,8 +169,9 @@ def test_load_memory_script_reports_peak_rss(loader):
 
 @pytest.mark.slow
 def test_load_trained_fills_templates_that_span_two_processes(tmp_path, tiny_bert, tfds_dir, rte_dir, fast_compiles):
-  """config.init_from on two processes (4 CPU devices each) with fsdp=8: every process fills its own shards
-  of templates that span both, each shard equal to that slice of the unsharded result."""
+  """config.init_from into a DoRA run on two processes (4 CPU devices each) with fsdp=8: the backbone loads
+  per slice (DoRA's kernels whole, for its initialisation), and every process fills its own shards of
+  templates that span both, each shard equal to that slice of the unsharded result."""
   from configs import glue
   from conftest import tiny_config
   from test_multihost import free_port
