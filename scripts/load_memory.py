@@ -8,9 +8,9 @@ float32 host memory), then each parameter cast to its dtype and `sharding.put` o
 copies alive meanwhile (as the loop held them);
 `sliced`: `from_pretrained(model, placement=...)`, each device reading only its slices (ftjax/models/slices.py).
 The placement is the training loop's (`experiment.placement`: the default sharding rules, trainable weights
-float32, frozen ones in --param_dtype). Prints the process's peak RSS (ru_maxrss, MiB) at the start, after
+float32, frozen ones in --param_dtype). Prints the process's peak RSS (VmHWM, MiB) at the start, after
 loading and after placing, and the MB (1e6 bytes) of backbone weights on the fullest device. One loader per
-process: ru_maxrss never goes down.
+process: the peak never goes down.
 """
 
 import json
@@ -34,7 +34,12 @@ FLAGS = flags.FLAGS
 
 
 def peak_rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+  """This process's peak RSS (Linux VmHWM, MiB). Not ru_maxrss: execve keeps the parent's, so a child of a
+  large process (a test runner) would start at the parent's peak."""
+  for line in Path("/proc/self/status").read_text().splitlines():
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) / 1024  # kB
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: kilobytes, parent's included
 
 
 def main(argv):
