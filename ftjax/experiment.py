@@ -13,7 +13,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from ftjax import models, trainability
+from jax.sharding import NamedSharding
+
+from ftjax import models, sharding, trainability
 from ftjax.errors import InputError
 from ftjax.peft.spec import METHOD_COLLECTIONS, PeftSpec
 from ftjax.tasks import Task, datasets, kinds, make_task
@@ -70,7 +72,54 @@ def init_tree(model, task: Task, backbone: dict, seed: int) -> dict:
   return tree
 
 
-def build(config) -> Experiment:
+def placement(model, task: Task, rules, mesh, layout=(), param_dtype: str = "float32", seed: int = 0) -> dict:
+  """{backbone path: (NamedSharding, dtype)} of a run on `mesh`, decided before any weight is read: laid
+  out as the run's state will be (sharding.py: the config's `layout` rules, then the architecture's),
+  trainable weights float32, frozen ones in `param_dtype` (as `frozen_weights` makes them).
+
+  The few weights whose values the method's initialisation reads (DoRA's kernels, the vocabulary rows a
+  soft prompt copies) are placed (None, float32), whole on the default device as the plain loader gives
+  them, so `init_tree` computes exactly what it computes on one device; the loop lays them out after."""
+  backbone = models.loading.abstract_params(model)
+
+  def initialised(tree):  # what init_tree makes around a backbone, the backbone itself left out
+    return {k: v for k, v in init_tree(model, task, tree, seed).items() if k != "backbone"}
+
+  tree = {"backbone": backbone, **jax.eval_shape(initialised, backbone)}
+  trains = trainability.trainable_paths(tree, rules)
+  specs = sharding.param_specs(tree, sharding.rules_for(model, layout), dict(mesh.shape))
+  if param_dtype not in DTYPES:
+    raise InputError(f"config key param_dtype: {param_dtype!r} is not one of {sorted(DTYPES)}")
+  read = read_at_init(initialised, backbone)
+  where = {}
+  for path in trainability.flatten(backbone):
+    full = f"backbone/{path}"
+    if path in read:
+      where[path] = (None, jnp.float32)
+    else:
+      where[path] = (NamedSharding(mesh, specs[full]), jnp.float32 if trains[full] else DTYPES[param_dtype])
+  return where
+
+
+def read_at_init(fn, backbone) -> set[str]:
+  """The paths of `backbone` whose values (not only shapes) `fn(backbone)` reads: the inputs that a
+  backward sweep over its jaxpr reaches from the outputs (a call whose outputs are used counts all its
+  inputs as read: an over-estimate, never an under-estimate)."""
+  from jax.extend.core import Var
+
+  closed = jax.make_jaxpr(fn)(backbone)
+  live = {v for v in closed.jaxpr.outvars if isinstance(v, Var)}
+  for eqn in reversed(closed.jaxpr.eqns):
+    if any(v in live for v in eqn.outvars):
+      live.update(v for v in eqn.invars if isinstance(v, Var))
+  paths = ["/".join(str(k.key) for k in key_path) for key_path, _ in jax.tree_util.tree_flatten_with_path(backbone)[0]]
+  return {path for path, var in zip(paths, closed.jaxpr.invars) if var in live}
+
+
+def build(config, mesh=None) -> Experiment:
+  """What `config` builds. With a `mesh` (the loop's, mesh mode) the backbone is read straight into the
+  shards and dtypes of `placement`; without one (or with init_from_peft, whose import reshapes the model
+  after loading) every weight is read whole, float32, onto the default device."""
   if config.dtype not in DTYPES:
     raise InputError(f"config key dtype: {config.dtype!r} is not one of {sorted(DTYPES)}")
   src = datasets.source(config)
@@ -83,18 +132,23 @@ def build(config) -> Experiment:
   if peft_folder and config.method != "lora":
     raise InputError(f"config key init_from_peft: a PEFT LoRA adapter needs method='lora', not {config.method!r}")
   spec = peft_spec(config)
+  rules = trainability.rules_for(config.method, tuple(config.trainable))
+  place = None
+  if mesh is not None and not peft_folder:
+    layout, param_dtype = tuple(config.get("sharding", ())), config.get("param_dtype", "float32")
+    place = lambda model: placement(model, task, rules, mesh, layout, param_dtype, config.seed)  # noqa: E731
   model, backbone = models.from_pretrained(
     config.model,
     dtype=DTYPES[config.dtype],
     peft=dataclasses.replace(spec, lora_targets=None) if peft_folder else spec,
     remat=config.remat,
+    placement=place,
   )
   if kinds.kind(src.kind).generates and not model.is_decoder:
     raise InputError(f"config key task.source: {config.task.source} needs a decoder; {config.model} is an encoder")
   tokenizer = models.load_tokenizer(config.model)
   if tokenizer.pad_token_id is None:  # GPT-2 has none; padding is masked anyway, EOS is the usual stand-in
     tokenizer.pad_token = tokenizer.eos_token
-  rules = trainability.rules_for(config.method, tuple(config.trainable))
   if peft_folder:
     model, backbone, imported = import_peft(peft_folder, model, backbone, config.lora.dropout)
     if "pooler" in imported:  # PEFT trained it (modules_to_save): so does ftjax

@@ -56,7 +56,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   cpu_started = time.process_time()  # CPU seconds of all this process's threads: what a grid's budget counts
 
   # --- model, method, task and the run record ---------------------------------------------------
-  exp = experiment.build(config)
+  par = parallel.make_parallel(config.parallel, config.get("mesh", "data=-1"))
+  exp = experiment.build(config, par.mesh)  # mesh mode: the backbone read straight into its shards
   spec = exp.model.peft  # dropout hash's CPU lowering, before the step compiles; no number changes
   threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0)
   xla_cpu.set_threefry_lowering(threefry)
@@ -108,7 +109,6 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   }  # times: to the latest checkpoint
 
   # --- devices: the mesh, and where each array lives (a bad rule stops here, before any compile) ----
-  par = parallel.make_parallel(config.parallel, config.get("mesh", "data=-1"))
   user_rules = tuple(config.get("sharding", ()))
   shardings = par.state_shardings(state, sharding.rules_for(exp.model, user_rules), checked=user_rules)
 
@@ -415,7 +415,7 @@ def load_trained(workdir, trainable: dict, frozen: dict) -> tuple[dict, dict]:
       "have no place in this run's method and cannot be merged into the backbone (only LoRA can): start "
       "from a full or LoRA run, or use the same method"
     )
-  carried = {p: np.asarray(saved[p], np.asarray(template[p]).dtype) for p in saved if fits(p)}
+  carried = {p: _like(saved[p], template[p]) for p in saved if fits(p)}
   left = sorted(set(saved) - set(carried))
   if left:
     print(
@@ -426,6 +426,17 @@ def load_trained(workdir, trainable: dict, frozen: dict) -> tuple[dict, dict]:
     print(f"init_from: {len(fresh)} parameters keep their fresh initialisation, e.g. {fresh[:3]}")
   split = lambda part: trainability.unflatten({p: carried.get(p, v) for p, v in trainability.flatten(part).items()})
   return split(trainable), split(frozen)
+
+
+def _like(value, template):
+  """`value` (the earlier run's, whole in this process) in the dtype of `template` and, for a jax.Array,
+  on its sharding: each of this process's devices receives its slice, so a template that spans other
+  processes' devices (multi-host) is filled without gathering it anywhere."""
+  dtype = template.dtype
+  value = np.asarray(value, dtype)
+  if not isinstance(template, jax.Array):
+    return value
+  return jax.make_array_from_callback(value.shape, template.sharding, lambda index: value[index])
 
 
 def _summary(

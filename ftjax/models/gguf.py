@@ -4,7 +4,8 @@ A GGUF file holds the hyper-parameters as metadata (`llama.block_count`, …), t
 merges, special ids) and the tensors, usually block-quantised (Q4_1: blocks of 32 weights sharing a
 scale and a minimum, 4 bits each). We dequantise every tensor to float32 with the `gguf` package and
 load the result like a Hugging Face checkpoint: the model is exactly the dequantised one, no
-quantisation-aware arithmetic (transformers' `from_pretrained(folder, gguf_file=…)` does the same).
+quantisation-aware arithmetic (transformers' `from_pretrained(folder, gguf_file=…)` does the same). With a
+placement (slices.py) each device dequantises only the rows and blocks of its own slice (`open_tensors`).
 
 Names. llama.cpp renames tensors (`blk.3.attn_q.weight` is `model.layers.3.self_attn.q_proj.weight`) and
 stores them in torch's (out, in) layout. Its converter also permutes the rows of the q and k projections:
@@ -19,6 +20,7 @@ metadata has no local rotary base, sliding pattern or query scalar: transformers
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ftjax.models import loading
+from ftjax.models import loading, slices
 from ftjax.models.loading import CheckpointError, abstract_params, build_model
 from ftjax.peft.spec import NO_PEFT, PeftSpec
 
@@ -162,30 +164,70 @@ def read_tensors(reader: gguf.GGUFReader, config: dict, source: str) -> dict[str
   return tensors
 
 
-def from_pretrained(path, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False):
-  """(model, params) from a GGUF file, dequantised to float32 params."""
+def open_tensors(reader: gguf.GGUFReader, config: dict, source: str) -> dict[str, slices.Tensor]:
+  """`read_tensors` per slice: each read dequantises only the rows its slice needs (GGUF rows are the
+  Hugging Face weight's first dimension) and, along a row, only the quantisation blocks that hold its
+  columns; llama's q/k un-permutation picks the rows, Gemma 3's norms lose their one."""
+  arch = _field(reader, "general.architecture")
+  heads = {".self_attn.q_proj.": config["num_attention_heads"], ".self_attn.k_proj.": config["num_key_value_heads"]}
+  tensors = {}
+  for tensor in reader.tensors:
+    name = hf_name(tensor.name, source, arch)
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    rows = np.arange(shape[0])  # HF row r is stored as GGUF row rows[r]
+    for part, n in heads.items():
+      if arch == "llama" and part in name:
+        rows = unpermute_rows(rows, n)
+    less_one = arch == "gemma3" and name.endswith("norm.weight")
+    tensors[name] = slices.Tensor(shape, functools.partial(_read_slice, tensor, shape, rows, less_one))
+  return tensors
+
+
+def _read_slice(tensor, shape: tuple, rows: np.ndarray, less_one: bool, index) -> np.ndarray:
+  index = slices.fill_index(index, shape)
+  data, kind = tensor.data, tensor.tensor_type
+  if len(shape) == 1:  # norms and biases: small, read whole
+    value = np.asarray(gguf.quants.dequantize(data, kind), np.float32)[index]
+  elif data.dtype == np.uint8:  # block-quantised: blocks of `block` values in `size` bytes along each row
+    block, size = gguf.GGML_QUANT_SIZES[kind]
+    cols = index[1]
+    first, last = cols.start // block, -(-cols.stop // block)
+    raw = data[rows[index[0]], first * size : last * size]
+    value = np.asarray(gguf.quants.dequantize(raw, kind), np.float32)
+    value = value[:, cols.start - first * block : cols.stop - first * block]
+  else:  # stored as plain float32 / float16 numbers
+    value = np.asarray(gguf.quants.dequantize(np.asarray(data[rows[index[0]], index[1]]), kind), np.float32)
+  return value - np.float32(1.0) if less_one else value
+
+
+def from_pretrained(path, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False, placement=None):
+  """(model, params) from a GGUF file, dequantised to float32 params (`placement`: loading.from_pretrained)."""
   path = Path(path).expanduser()
   if not path.is_file():
     raise CheckpointError(f"{path}: no such GGUF file")
   source = str(path)
   reader = gguf.GGUFReader(path)
   config_dict = read_config(reader, source)
-  tensors = read_tensors(reader, config_dict, source)
+  if placement is None:
+    tensors = {k: slices.whole(v) for k, v in read_tensors(reader, config_dict, source).items()}
+  else:
+    tensors = open_tensors(reader, config_dict, source)
   model = build_model(config_dict, dtype=dtype, peft=peft, remat=remat, source=source)
   expected = traverse_util.flatten_dict(abstract_params(model), sep="/")
+  where = placement(model) if placement is not None else {}
   flat = {}
   arch = loading.ARCHITECTURES[config_dict["model_type"]]
   for ours, theirs, transpose in arch.hf_names(model.config, tensors.keys()):
     if theirs not in tensors:
       raise CheckpointError(f"{source}: no tensor for {theirs!r} (needed for {ours})")
     value = tensors.pop(theirs)
-    value = value.T if transpose else value
+    value = slices.transposed(value) if transpose else value
     if value.shape != expected[ours].shape:
       raise CheckpointError(
         f"{source}: tensor {theirs!r} has shape {value.shape}, but {ours} needs "
         f"{expected[ours].shape} for the file's metadata"
       )
-    flat[ours] = jnp.asarray(value, jnp.float32)
+    flat[ours] = slices.load(value, *where.get(ours, (None, jnp.float32)))
   if tensors:
     raise CheckpointError(f"{source}: tensors that the model does not use: {sorted(tensors)[:5]}")
   return model, traverse_util.unflatten_dict(flat, sep="/")

@@ -23,7 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from ftjax.errors import InputError
-from ftjax.models import bert, deberta_v2, distilbert, electra, gemma3, gpt2, llama, roberta
+from ftjax.models import bert, deberta_v2, distilbert, electra, gemma3, gpt2, llama, roberta, slices
 from ftjax.peft.spec import DEFAULT_LORA_TARGETS, NO_PEFT, PeftSpec
 
 # model_type in config.json → the module that defines Config, Model, hf_names, HF_PREFIXES and LORA_TARGETS
@@ -160,6 +160,18 @@ def read_tensors(files: list[Path]) -> dict[str, tuple[np.ndarray, Path]]:
   return tensors
 
 
+def open_tensors(files: list[Path]) -> dict[str, tuple[slices.Tensor, Path]]:
+  """Every tensor as a `slices.Tensor` (read per slice on demand), with its file: safetensors through
+  memory-mapped slices; torch .bin files whole (a pickle cannot be read in parts)."""
+  tensors = {}
+  for file in files:
+    if file.suffix == ".safetensors":
+      tensors.update(slices.safetensors_tensors([file]))
+    else:
+      tensors.update({k: (slices.whole(v), f) for k, (v, f) in read_tensors([file]).items()})
+  return tensors
+
+
 def _strip_prefixes(tensors: dict, prefixes: tuple[str, ...]) -> dict:
   """Task checkpoints (BertForSequenceClassification, GPT2LMHeadModel) prefix the backbone's names."""
   out = dict(tensors)
@@ -229,21 +241,31 @@ def abstract_params(model) -> dict:
   return _init_shapes(model)["params"]
 
 
-def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False):
-  """(model, params): the Flax module (compute `dtype`) and its float32 backbone params."""
+def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, remat: bool = False, placement=None):
+  """(model, params): the Flax module (compute `dtype`) and its float32 backbone params.
+
+  `placement(model)` → {path: (sharding, dtype)} (slices.py), called once the module is known and before
+  any weight is read: each parameter is read straight into its shards, in its dtype. Without it, every
+  tensor is read whole into float32 host memory first."""
   folder = resolve(path_or_id)
   if folder.suffix == ".gguf":  # a llama.cpp file: dequantised, see gguf.py
     from ftjax.models import gguf  # here, not at the top: gguf.py itself imports this module
 
-    return gguf.from_pretrained(folder, dtype=dtype, peft=peft, remat=remat)
+    return gguf.from_pretrained(folder, dtype=dtype, peft=peft, remat=remat, placement=placement)
   config_dict = read_config(folder)
   arch = ARCHITECTURES.get(config_dict.get("model_type"))
-  tensors = _strip_prefixes(read_tensors(weights_files(folder)), arch.HF_PREFIXES if arch else ())
+  files = weights_files(folder)
+  if placement is None:
+    tensors = {k: (slices.whole(v), f) for k, (v, f) in read_tensors(files).items()}
+  else:
+    tensors = open_tensors(files)
+  tensors = _strip_prefixes(tensors, arch.HF_PREFIXES if arch else ())
   model = build_model(config_dict, dtype=dtype, peft=peft, remat=remat, source=str(folder / "config.json"))
   names = arch.hf_names(model.config, tensors.keys())
   if "pooler.dense.weight" not in tensors and hasattr(model, "add_pooling_layer"):
     model = model.clone(add_pooling_layer=False)
   expected = traverse_util.flatten_dict(abstract_params(model), sep="/")
+  where = placement(model) if placement is not None else {}
   flat = {}
   for ours, theirs, transpose in names:
     if theirs not in tensors:
@@ -252,13 +274,13 @@ def from_pretrained(path_or_id, dtype=jnp.float32, peft: PeftSpec = NO_PEFT, rem
         f"{first}: no tensor {theirs!r} (needed for {ours}); the checkpoint has e.g. {sorted(tensors)[:5]}"
       )
     value, file = tensors[theirs]
-    value = value.T if transpose else value
+    value = slices.transposed(value) if transpose else value
     if value.shape != expected[ours].shape:
       raise CheckpointError(
         f"{file}: tensor {theirs!r} has shape {value.shape}{' (transposed)' if transpose else ''}, "
         f"but {ours} needs {expected[ours].shape} for this config.json"
       )
-    flat[ours] = jnp.asarray(value, jnp.float32)
+    flat[ours] = slices.load(value, *where.get(ours, (None, jnp.float32)))
   unfilled = sorted(set(expected) - set(flat))
   if unfilled:
     raise CheckpointError(f"ftjax's {config_dict['model_type']} mapping leaves params unset: {unfilled[:5]}")
