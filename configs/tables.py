@@ -413,8 +413,9 @@ def decoder_tasks_table() -> Table:
     "their first lines), ROUGE-1/2/L (rouge-score, stemmed) on the first 100 test dialogues. Multi30k: 192 "
     "training pairs (24 steps, lr 1e-3), cased sacreBLEU on the first 100 sentences of test_2016_flickr. "
     "DailyDialog: 1,024 training (history, next turn) pairs (128 steps, lr 1e-3), max length 128, perplexity "
-    "of the reference turns on 100 dev pairs, BLEU-1/2 (nltk, lower-cased) and distinct-1/2 of the answers "
-    "to the first 100 test contexts. Published row, for context only: SAMSum, the corpus paper's best system "
+    "of the reference turns on 100 dev pairs, BLEU-1/2 (nltk corpus BLEU) and distinct-1/2 of the answers "
+    "to the first 100 test contexts, over lower-cased words and punctuation marks (DailyDialog's own "
+    "tokenisation: metrics.dialogue_tokens). Published row, for context only: SAMSum, the corpus paper's best system "
     "(DynamicConv + GPT-2 embeddings, full train set, the whole test set; Gliwa et al. 2019); DailyDialog, "
     "PLATO (Bao et al. 2020, Table 2: a dialogue model pre-trained on large conversation corpora, the whole test "
     "set, distinct over all its responses); Multi30k: no figure that could be checked from here.",
