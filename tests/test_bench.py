@@ -9,32 +9,45 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("full", "lora", "bitfit", "head", "fgm", "bf16_full", "lora_vs_full", "head_vs_full", "fgm_vs_plain")
+KEYS = (
+  "full",
+  "lora",
+  "bitfit",
+  "head",
+  "fgm",
+  "bf16_full",
+  "bf16_vs_torch_bf16",
+  "lora_vs_full",
+  "head_vs_full",
+  "fgm_vs_plain",
+)
 
 
-# The two script smoke runs below (~65 s and ~25 s on 2 cores) are `slow`: they check the benchmark
+# The two script smoke runs below (~2 min with --isolate, and ~25 s, on 2 quiet cores) are `slow`: they check the benchmark
 # scripts' output contracts, not numbers, and kept the default suite over its 10-minute budget.
 @pytest.mark.slow
 def test_bench_quick(tmp_path):
   # Most XLA optimisations off: the tiny steps compile several times faster; timings are meaningless anyway.
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
-    [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
+    [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--isolate", "--out", str(tmp_path)],
     capture_output=True,
     text=True,
     env=env,
     timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  last = proc.stdout.strip().splitlines()[-1]
+  alone, last = proc.stdout.strip().splitlines()[-2:]
   number = r"(\d+(\.\d+)?|nan|inf)"
-  assert re.fullmatch("RATIOS " + " ".join(f"{k}={number}" for k in KEYS), last), last
-  values = dict(kv.split("=") for kv in last.split()[1:])
-  assert all(float(v) > 0 for v in values.values()), values
+  for label, line in (("RATIOS_ALONE", alone), ("RATIOS", last)):  # --isolate: each framework alone, then alternating
+    assert re.fullmatch(label + " " + " ".join(f"{k}={number}" for k in KEYS), line), line
+    values = dict(kv.split("=") for kv in line.split()[1:])
+    assert all(float(v) > 0 for v in values.values()), values
   report = (tmp_path / "bench.md").read_text()
-  assert "scripts/bench.py --quick" in report
-  for mode in ("full", "lora", "bitfit", "head", "fgm", "infer", "bf16_full"):
-    assert re.search(rf"^\| {mode} \|", report, re.M), mode
+  assert "scripts/bench.py --quick --isolate" in report
+  modes = ("full", "lora", "bitfit", "head", "fgm", "infer", "bf16_full", "bf16_vs_torch_bf16")
+  for mode in modes:  # once in the alternating table, once in the table of each framework alone
+    assert len(re.findall(rf"^\| {mode} \|", report, re.M)) == 2, mode
   assert (tmp_path / "bench.png").stat().st_size > 0
 
 
