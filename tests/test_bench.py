@@ -23,8 +23,9 @@ KEYS = (
 )
 
 
-# The two script smoke runs below (~2 min with --isolate, and ~25 s, on 2 quiet cores) are `slow`: they check the benchmark
-# scripts' output contracts, not numbers, and kept the default suite over its 10-minute budget.
+# The script smoke runs below are `slow` (bench.py --quick --isolate builds the quick steps three times:
+# alternating, then each framework alone): they check the benchmark scripts' output contracts, not
+# numbers, and kept the default suite over its 10-minute budget.
 @pytest.mark.slow
 def test_bench_quick(tmp_path):
   # Most XLA optimisations off: the tiny steps compile several times faster; timings are meaningless anyway.
@@ -89,3 +90,26 @@ def test_profile_quick(tmp_path):
   assert len(shares) == 7 and abs(sum(shares) - 100) < 0.5, shares
   matmul_ms = float(re.search(r"^\| matmul \| ([\d.]+) \|", report, re.M).group(1))
   assert matmul_ms > 0, report
+
+
+@pytest.mark.slow
+def test_gemm_quick(tmp_path):
+  """scripts/bench_gemm.py: every shape in both dtypes per configuration, the thunk that ran, and the steps."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "bench_gemm.py"), "--quick", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = (tmp_path / "gemm.md").read_text()
+  assert "## float32" in report and "## bfloat16" in report, report
+  rows = re.findall(r"^\| (?:q/k/v/out|ffn|attn) .*$", report, re.M)
+  assert len(rows) == 2 * 20, len(rows)  # 15 products + 5 "via copy", per dtype
+  # two XLA configurations and torch, each cell GFLOP/s with the thunk's letter; the default runs YNNPACK
+  cells = [row.split("|")[4:7] for row in rows]
+  assert all(re.fullmatch(r" \d+ [yxoet] ", c) for row in cells for c in row), cells
+  assert cells[0][0].endswith("y ") and cells[0][2].endswith("t "), cells[0]
+  assert re.search(r"^\| ynn \(default\) \| \d+ \([\d.]+\) \| \d+ \([\d.]+\) \| \d+ \([\d.]+\) \|$", report, re.M)
