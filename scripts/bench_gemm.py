@@ -24,7 +24,8 @@ bf16, as under autocast). "step ms" weights each shape by how often the full ste
 layers) to give the matmul time of one step at that configuration's rates.
 
 A configuration can also change what XLA fuses around the dots (YNNPACK's default fuses elementwise
-ops and reductions into its dot fusions; "ynn dots alone" fuses nothing in), which no GEMM timing
+ops and reductions into its dot fusions; "ynn dots alone" fuses nothing in, "ynn +eltwise+reduce" also
+makes YNNPACK fusions of elementwise ops and reductions without a dot), which no GEMM timing
 shows: so the `--step-configs` also time ftjax's MiniLM steps (`--step-modes`, as scripts/bench.py
 builds them) in the same process.
 
@@ -52,6 +53,7 @@ NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="  # an empty list: no YNNPACK 
 CONFIGS = {
   "ynn (default)": "",
   "ynn dots alone": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",  # no elementwise/reduce fused in
+  "ynn +eltwise+reduce": "--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce",  # also fusions without a dot
   "eigen": NO_YNN,
   "eigen 1 thread": NO_YNN + " --xla_cpu_multi_thread_eigen=false",
   "xnn dot": NO_YNN + " --xla_cpu_experimental_xnn_fusion_type=individual_dot,dot",
@@ -112,7 +114,7 @@ def parse_args(argv=None):
   p.add_argument("--out", default="results", help="folder for gemm.md")
   p.add_argument(
     "--step-configs",
-    default="ynn (default),ynn dots alone,eigen",
+    default="ynn (default),ynn dots alone,ynn +eltwise+reduce,eigen",
     help="configurations that also time ftjax's MiniLM steps (scripts/bench_steps.py); empty: none",
   )
   p.add_argument("--step-modes", default="full,bf16_full,lora", help="the steps those configurations time")
