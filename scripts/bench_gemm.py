@@ -1,6 +1,6 @@
 """Matmul throughput of the MiniLM training step's shapes under each XLA:CPU dot configuration, and torch.
 
-  python scripts/bench_gemm.py                        # every configuration, float32 and bf16, and the steps
+  python scripts/bench_gemm.py                        # every configuration, both dtypes, the steps (~5 min)
   python scripts/bench_gemm.py --quick --out /tmp/g   # small shapes, 1 rep: the smoke test (tests/test_bench.py)
 
 The shapes are those of scripts/bench.py's full step (MiniLM, batch 32 × 128: N = 4096 token rows,
@@ -18,9 +18,9 @@ XLA reads XLA_FLAGS once, when its backend starts, and aborts the process on a f
 so each configuration runs in its own fresh process of this script (`--child`), which also reports
 which thunk the compiled module actually uses for the dot (ynn = YNNPACK fusion, xnn = XNNPACK fusion,
 onednn, eigen = XLA's plain dot, which for bf16 operands upcasts them to float32 first). A flag that
-this jaxlib accepts but that changes nothing shows up as the same thunk as the default. torch runs in
-its own process too, on 2 threads (`torch.matmul` on float32 or bfloat16 tensors; bf16 results are
-bf16, as under autocast). "step ms" weights each shape by how often the full step runs it (L = 6
+this jaxlib accepts but that changes nothing shows up as the thunk of the configuration without it.
+torch runs in its own process too, on 2 threads (`torch.matmul` on float32 or bfloat16 tensors; bf16
+results are bf16, as under autocast). "step ms" weights each shape by how often the full step runs it (L = 6
 layers) to give the matmul time of one step at that configuration's rates.
 
 A configuration can also change what XLA fuses around the dots (YNNPACK's default fuses elementwise
