@@ -1,21 +1,29 @@
 """Step-time benchmark: ftjax against PyTorch + transformers + PEFT on the same model, batch and machine.
 
   python scripts/bench.py                      # MiniLM-L6, batch 32 × 128, 10 timed steps per mode (~15 min, 2 cores)
+  python scripts/bench.py --isolate            # also each framework alone in its own process, compared
   python scripts/bench.py --shapes             # also batch 8 × 64
   python scripts/bench.py --quick --out /tmp/b # a tiny random BERT, 1 step: the smoke test (tests/test_bench.py)
 
 Writes `<out>/bench.md` (below its hand-written findings: table, machine, versions, command, date) and
 `<out>/bench.png`; the last stdout line is
-`RATIOS full=… lora=… bitfit=… head=… fgm=… bf16_full=… lora_vs_full=… head_vs_full=… fgm_vs_plain=…`:
-the first six are ftjax ms/step ÷ PyTorch ms/step (bf16_full: ftjax bfloat16 compute ÷ PyTorch float32),
-the last three ftjax ÷ ftjax (lora/full, head/full, fgm/full).
+`RATIOS full=… lora=… bitfit=… head=… fgm=… bf16_full=… bf16_vs_torch_bf16=… lora_vs_full=… head_vs_full=… fgm_vs_plain=…`:
+the first seven are ftjax ms/step ÷ PyTorch ms/step (bf16_full: ftjax bfloat16 compute ÷ PyTorch
+float32; bf16_vs_torch_bf16: the same ÷ PyTorch under `torch.autocast("cpu", dtype=torch.bfloat16)`),
+the last three ftjax ÷ ftjax (lora/full, head/full, fgm/full). With --isolate, the line before it is
+`RATIOS_ALONE …`, the same ratios from each framework timed alone.
 
 What each step is (like with like on both sides) and how model FLOPs are counted: scripts/bench_steps.py.
 
 Timing. For every mode the contestants (ftjax step, PyTorch step, and for "full" also the ftjax
-bfloat16 step) are built and warmed up, then timed ALTERNATELY, one step each per repetition (order
-reversed on odd repetitions), so machine load drifts over both. Reported: the median over repetitions.
-ftjax compile time is `jit(...).lower(...).compile()` alone; the first PyTorch step is in its warm-up.
+bfloat16 step and the PyTorch bf16-autocast step) are built and warmed up, then timed ALTERNATELY, one
+step each per repetition (order reversed on odd repetitions), so machine load drifts over both.
+Reported: the median over repetitions. ftjax compile time is `jit(...).lower(...).compile()` alone;
+the first PyTorch step is in its warm-up. Both runtimes keep thread pools in the one process (XLA's and
+PyTorch's OpenMP pool, each of 2 threads here); --isolate then times each framework again in a fresh
+process of its own (`--worker`, same shapes, modes, warm-up and repetitions, alternating only among its
+own contestants) and reports each side's alternating ÷ alone time, which says whether sharing the
+process changes either side's speed.
 
 MFU = model FLOPs per step (scripts/bench_steps.py counts them) ÷ step time ÷ the machine's float32
 matmul throughput, measured in this run (the better of jitted jax and torch.mm on two N × N matrices,
@@ -25,7 +33,7 @@ probed at the start and the end). XLA's own count for the compiled ftjax step
 Memory: the increase of the process's resident set (RSS, /proc/self/status VmRSS) over each
 contestant's build + warm-up, which includes its parameters, optimiser state, XLA executable and
 PyTorch's autograd buffers retained by the allocator; and the whole process's high-water mark
-(`ru_maxrss`) at the end. The two frameworks share one process (they must alternate), so per-framework
+(`ru_maxrss`) at the end. The two frameworks share one process when they alternate, so per-framework
 peaks are not separable exactly; the deltas are the honest approximation.
 """
 
@@ -73,11 +81,22 @@ def parse_args(argv=None):
   p.add_argument("--quick", action="store_true", help="tiny random BERT, batch 4 × 16, 1 rep, 1 warm-up")
   p.add_argument("--matmul", type=int, default=2048, help="N of the N × N float32 matmul throughput probe")
   p.add_argument("--out", default="results", help="folder for bench.md and bench.png")
+  p.add_argument(
+    "--isolate",
+    action="store_true",
+    help="also time each framework alone in a fresh process (same shapes, modes, warm-up, reps) and compare",
+  )
+  # --isolate's child processes: one framework, numbers as JSON (not for direct use)
+  p.add_argument("--worker", choices=("ftjax", "torch"), help=argparse.SUPPRESS)
+  p.add_argument("--worker-out", help=argparse.SUPPRESS)
+  p.add_argument("--shape-list", dest="shape_text", help=argparse.SUPPRESS)  # "32x128,8x64"
   args = p.parse_args(argv)
   args.modes = mode_list(p, args.modes)
   args.shape_list = [(32, 128)] + ([(8, 64)] if args.shapes else [])
   if args.quick:
     args.reps, args.warmup, args.matmul, args.shape_list = 1, 1, 256, [(4, 16)]
+  if args.shape_text:
+    args.shape_list = [tuple(int(n) for n in shape.split("x")) for shape in args.shape_text.split(",")]
   return args
 
 
@@ -118,25 +137,35 @@ def matmul_gflops(n: int, reps: int = 5) -> dict[str, float]:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def bench_shape(folder, hf_config, modes, batch_size, length, args) -> dict:
-  """{mode: {"ftjax": Contestant, "torch": Contestant}} for one batch shape; modes are timed in turn."""
+# Who competes in each mode's group: key → (framework, bench_steps mode, PyTorch bf16 autocast).
+# bf16_full is timed in the full group, against both PyTorch float32 and PyTorch bf16 autocast.
+def group_members(mode: str, modes) -> dict[str, tuple[str, str, bool]]:
+  members = {"ftjax": ("ftjax", mode, False), "torch": ("torch", mode, False)}
+  if mode == "full" and "bf16_full" in modes:
+    members |= {"ftjax_bf16": ("ftjax", "bf16_full", False), "torch_bf16": ("torch", "full", True)}
+  return members
+
+
+def time_shape(folder, hf_config, modes, batch_size, length, args, frameworks=("ftjax", "torch")) -> dict:
+  """{group mode: {key: timed Contestant}} for one batch shape, only the contestants of `frameworks`;
+  groups are timed in turn, the contestants of a group alternately (one step each per repetition)."""
   batch = synthetic_batch(hf_config["vocab_size"], batch_size, length)
   head_params = classifier_params(hf_config)
-  # bf16_full is timed together with full (against the same PyTorch float32 steps).
   groups = [m for m in modes if m != "bf16_full"]
   if "bf16_full" in modes and "full" not in groups:
     groups.insert(0, "full")
-  results = {}
+  timed = {}
   for mode in groups:
     contestants = {}
-    names = [("ftjax", mode), ("torch", mode)] + (
-      [("ftjax_bf16", "bf16_full")] if mode == "full" and "bf16_full" in modes else []
-    )
-    for key, m in names:
+    for key, (framework, m, autocast) in group_members(mode, modes).items():
+      if framework not in frameworks:
+        continue
       gc.collect()
       before = rss_mb()
-      make = torch_contestant if key == "torch" else ftjax_contestant
-      c = make(folder, m, batch, head_params)
+      if framework == "torch":
+        c = torch_contestant(folder, m, batch, head_params, autocast=autocast)
+      else:
+        c = ftjax_contestant(folder, m, batch, head_params)
       for _ in range(args.warmup):
         c.run()
       c.rss_mb = rss_mb() - before
@@ -145,14 +174,71 @@ def bench_shape(folder, hf_config, modes, batch_size, length, args) -> dict:
     for rep in range(args.reps):
       for c in order if rep % 2 == 0 else order[::-1]:
         c.timed()
-    if mode in modes:
-      results[mode] = {"ftjax": contestants["ftjax"], "torch": contestants["torch"]}
-    if "ftjax_bf16" in contestants:
-      results["bf16_full"] = {"ftjax": contestants["ftjax_bf16"], "torch": contestants["torch"]}
-    line = "  ".join(f"{k} {1e3 * statistics.median(c.times):8.1f} ms" for k, c in contestants.items())
+    line = "  ".join(f"{k} {median_ms(c):8.1f} ms" for k, c in contestants.items())
     print(f"[{batch_size}x{length}] {mode:7s} {line}", flush=True)
+    for c in contestants.values():  # keep the numbers, free the model and its executable
+      c.run = c.compiled = None
+    timed[mode] = contestants
     del contestants, order
+    gc.collect()
+  return timed
+
+
+def pair_up(timed: dict, modes) -> dict:
+  """{mode: {"ftjax": …, "torch": …}} from time_shape's groups; bf16_full's "torch" is PyTorch float32's
+  full step and its "torch_bf16" PyTorch's bf16-autocast one."""
+  results = {}
+  for mode, c in timed.items():
+    if mode in modes:
+      results[mode] = {"ftjax": c["ftjax"], "torch": c["torch"]}
+    if "ftjax_bf16" in c:
+      results["bf16_full"] = {"ftjax": c["ftjax_bf16"], "torch": c["torch"], "torch_bf16": c["torch_bf16"]}
   return results
+
+
+# --- each framework in its own process (--isolate) --------------------------------------------------
+
+
+def isolated_runs(folder, args) -> dict:
+  """{(b, t): results as pair_up gives them}, each framework timed in a fresh process of this script
+  (`--worker`): same model, shapes, modes, warm-up and repetitions, nothing else running in it."""
+  import json
+  import subprocess
+  import tempfile
+
+  timed = {shape: {} for shape in args.shape_list}
+  for framework in ("ftjax", "torch"):
+    with tempfile.TemporaryDirectory() as tmp:
+      out = Path(tmp) / "times.json"
+      command = [sys.executable, __file__, "--worker", framework, "--worker-out", str(out), "--model", str(folder)]
+      command += [f"--reps={args.reps}", f"--warmup={args.warmup}", "--modes=" + ",".join(args.modes)]
+      command += ["--shape-list=" + ",".join(f"{b}x{t}" for b, t in args.shape_list)]
+      subprocess.run(command, check=True)
+      for shape_key, groups in json.loads(out.read_text()).items():
+        shape = tuple(int(n) for n in shape_key.split("x"))
+        for mode, members in groups.items():
+          for key, fields in members.items():
+            c = Contestant(key, None, fields["compile_s"], fields["xla_flops"])
+            c.times, c.rss_mb = fields["times"], fields["rss_mb"]
+            timed[shape].setdefault(mode, {})[key] = c
+  return {shape: pair_up(groups, args.modes) for shape, groups in timed.items()}
+
+
+def worker(folder, hf_config, args):
+  """--worker: time one framework's contestants and write their numbers as JSON (isolated_runs reads it)."""
+  import json
+
+  numbers = {}
+  for b, t in args.shape_list:
+    groups = time_shape(folder, hf_config, args.modes, b, t, args, frameworks=(args.worker,))
+    numbers[f"{b}x{t}"] = {
+      mode: {
+        key: {"times": c.times, "compile_s": c.compile_s, "xla_flops": c.xla_flops, "rss_mb": c.rss_mb}
+        for key, c in members.items()
+      }
+      for mode, members in groups.items()
+    }
+  Path(args.worker_out).write_text(json.dumps(numbers))
 
 
 def median_ms(c: Contestant) -> float:
@@ -185,7 +271,7 @@ def machine() -> dict:
   }
 
 
-def write_report(out: Path, args, info, throughput, hf_config, all_results, load_before, load_after, elapsed):
+def write_report(out: Path, args, info, throughput, hf_config, all_results, isolated, load_before, load_after, elapsed):
   peak = max(throughput.values())
   lines = [
     f"Generated by `python {' '.join(sys.argv)}` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} "
@@ -206,7 +292,8 @@ def write_report(out: Path, args, info, throughput, hf_config, all_results, load
     "- ΔRSS: resident-set increase over that contestant's build + warm-up (one shared process; see "
     f"scripts/bench.py). Process peak RSS (ru_maxrss) at the end: {peak_rss_mb():.0f} MB.",
     "- bf16_full: ftjax with bfloat16 compute (float32 params) against PyTorch float32 full (the same torch "
-    "steps as the full row).",
+    "steps as the full row); bf16_vs_torch_bf16: the same ftjax steps against PyTorch full under "
+    '`torch.autocast("cpu", dtype=torch.bfloat16)` (MFU of both against the float32 rate above).',
     "",
   ]
   for (b, t), results in all_results.items():
@@ -229,8 +316,41 @@ def write_report(out: Path, args, info, throughput, hf_config, all_results, load
         f"| {mfu(fj):.1f}% | {mfu(to):.1f}% | {flops / 1e9:.1f} | {fj.xla_flops / 1e9:.1f} "
         f"| {fj.compile_s:.1f} | {fj.rss_mb:.0f} | {to.rss_mb:.0f} |"
       )
+      if mode == "bf16_full":
+        tb = results[mode]["torch_bf16"]
+        lines.append(
+          f"| bf16_vs_torch_bf16 | {median_ms(fj):.1f} | {median_ms(tb):.1f} | {median_ms(fj) / median_ms(tb):.2f} "
+          f"| {mfu(fj):.1f}% | {mfu(tb):.1f}% | {flops / 1e9:.1f} | {fj.xla_flops / 1e9:.1f} "
+          f"| {fj.compile_s:.1f} | {fj.rss_mb:.0f} | {tb.rss_mb:.0f} |"
+        )
     lines.append("")
+    if isolated:
+      lines += isolation_table(results, isolated[(b, t)])
   write_page(out / "bench.md", "ftjax vs PyTorch step time", "\n".join(lines))
+
+
+def isolation_table(alternating: dict, isolated: dict) -> list[str]:
+  """Markdown lines: each side's median alternating in one process against alone in its own process."""
+  lines = [
+    "Each framework alone in its own fresh process (`--isolate`: same shapes, modes, warm-up and reps, run "
+    "after the alternating timing above) against the alternating timing; alt/alone > 1: slower when alternating.",
+    "",
+    "| mode | ftjax alone ms | ftjax alt/alone | PyTorch alone ms | PyTorch alt/alone | ratio alone | ratio alt "
+    "| compile s alone |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for mode, torch_key in [(m, "torch") for m in MODES] + [("bf16_full", "torch_bf16")]:
+    if mode not in isolated:
+      continue
+    fj, to = isolated[mode]["ftjax"], isolated[mode][torch_key]
+    fj_alt, to_alt = alternating[mode]["ftjax"], alternating[mode][torch_key]
+    label = "bf16_vs_torch_bf16" if torch_key == "torch_bf16" else mode
+    lines.append(
+      f"| {label} | {median_ms(fj):.1f} | {median_ms(fj_alt) / median_ms(fj):.2f} | {median_ms(to):.1f} "
+      f"| {median_ms(to_alt) / median_ms(to):.2f} | {median_ms(fj) / median_ms(to):.2f} "
+      f"| {median_ms(fj_alt) / median_ms(to_alt):.2f} | {fj.compile_s:.1f} |"
+    )
+  return lines + [""]
 
 
 def plot(out: Path, all_results):
@@ -253,16 +373,17 @@ def plot(out: Path, all_results):
   fig.savefig(out / "bench.png", dpi=120)
 
 
-def ratios_line(results) -> str:
+def ratios_line(results, label: str = "RATIOS") -> str:
   ms = lambda m, k="ftjax": median_ms(results[m][k]) if m in results else float("nan")
   r = {m: ms(m) / ms(m, "torch") for m in ("full", "lora", "bitfit", "head", "fgm")}
   r["bf16_full"] = ms("bf16_full") / ms("full", "torch") if "full" in results else float("nan")
+  r["bf16_vs_torch_bf16"] = ms("bf16_full") / ms("bf16_full", "torch_bf16")
   r["lora_vs_full"], r["head_vs_full"], r["fgm_vs_plain"] = (
     ms("lora") / ms("full"),
     ms("head") / ms("full"),
     ms("fgm") / ms("full"),
   )
-  return "RATIOS " + " ".join(f"{k}={v:.3f}" for k, v in r.items())
+  return label + " " + " ".join(f"{k}={v:.3f}" for k, v in r.items())
 
 
 def main(argv=None):
@@ -279,23 +400,38 @@ def main(argv=None):
   import json
 
   hf_config = json.loads((Path(folder) / "config.json").read_text())
+  if args.worker:
+    worker(folder, hf_config, args)
+    return
   throughput = matmul_gflops(args.matmul)
   print(
     f"float32 matmul {args.matmul}²: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in throughput.items()), flush=True
   )
   all_results = {}
   for b, t in args.shape_list:
-    all_results[(b, t)] = bench_shape(folder, hf_config, args.modes, b, t, args)
+    all_results[(b, t)] = pair_up(time_shape(folder, hf_config, args.modes, b, t, args), args.modes)
+  isolated = isolated_runs(folder, args) if args.isolate else None
   # Probed again at the end, the better of the two kept: one probe under a load spike would inflate MFU.
   throughput = {k: max(v, w) for (k, v), w in zip(throughput.items(), matmul_gflops(args.matmul).values())}
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   load_after = Path("/proc/loadavg").read_text().split()[0]
   write_report(
-    out, args, machine(), throughput, hf_config, all_results, load_before, load_after, time.perf_counter() - start
+    out,
+    args,
+    machine(),
+    throughput,
+    hf_config,
+    all_results,
+    isolated,
+    load_before,
+    load_after,
+    time.perf_counter() - start,
   )
   plot(out, all_results)
   print(f"wrote {out / 'bench.md'} and {out / 'bench.png'}", flush=True)
+  if isolated:
+    print(ratios_line(isolated[args.shape_list[0]], "RATIOS_ALONE"), flush=True)
   print(ratios_line(all_results[args.shape_list[0]]), flush=True)
 
 

@@ -173,7 +173,12 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
 # --- PyTorch ---------------------------------------------------------------------------------------
 
 
-def torch_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
+def torch_contestant(folder, mode: str, batch: dict, head_params, autocast: bool = False) -> Contestant:
+  """PyTorch's step for `mode`; with `autocast`, the forward pass runs under
+  `torch.autocast("cpu", dtype=torch.bfloat16)` (the usual PyTorch bf16 recipe: float32 parameters and
+  optimiser, bf16 matmuls; the backward pass follows the forward's dtypes)."""
+  import contextlib
+
   import peft as hf_peft
   import torch
   from transformers import AutoModelForSequenceClassification
@@ -186,6 +191,8 @@ def torch_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   inputs = {k: torch.from_numpy(batch[k].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")}
   labels = torch.from_numpy(batch["labels"].astype(np.int64))
   if mode == "infer":
+    if autocast:
+      raise ValueError("torch_contestant: autocast is for the training modes, not infer")
     model.eval()
 
     def run_infer():
@@ -211,16 +218,20 @@ def torch_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   params = [p for p in model.parameters() if p.requires_grad]
   opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, eps=1e-8)
   embedding = model.get_input_embeddings().weight
+  compute = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
 
   def run():
-    loss = model(**inputs, labels=labels).loss
+    with compute():
+      loss = model(**inputs, labels=labels).loss
     loss.backward()
     if mode == "fgm":  # the usual recipe: perturb the embedding matrix, second pass, restore
       backup = embedding.data.clone()
       norm = torch.linalg.vector_norm(embedding.grad)
       if torch.isfinite(norm) and norm > 0:
         embedding.data.add_(FGM_EPSILON * embedding.grad / norm)
-      model(**inputs, labels=labels).loss.backward()
+      with compute():
+        second = model(**inputs, labels=labels).loss
+      second.backward()
       embedding.data = backup
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     opt.step()

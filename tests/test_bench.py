@@ -9,32 +9,46 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("full", "lora", "bitfit", "head", "fgm", "bf16_full", "lora_vs_full", "head_vs_full", "fgm_vs_plain")
+KEYS = (
+  "full",
+  "lora",
+  "bitfit",
+  "head",
+  "fgm",
+  "bf16_full",
+  "bf16_vs_torch_bf16",
+  "lora_vs_full",
+  "head_vs_full",
+  "fgm_vs_plain",
+)
 
 
-# The two script smoke runs below (~65 s and ~25 s on 2 cores) are `slow`: they check the benchmark
-# scripts' output contracts, not numbers, and kept the default suite over its 10-minute budget.
+# The script smoke runs below are `slow` (bench.py --quick --isolate builds the quick steps three times:
+# alternating, then each framework alone): they check the benchmark scripts' output contracts, not
+# numbers, and kept the default suite over its 10-minute budget.
 @pytest.mark.slow
 def test_bench_quick(tmp_path):
   # Most XLA optimisations off: the tiny steps compile several times faster; timings are meaningless anyway.
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
-    [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(tmp_path)],
+    [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--isolate", "--out", str(tmp_path)],
     capture_output=True,
     text=True,
     env=env,
     timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  last = proc.stdout.strip().splitlines()[-1]
+  alone, last = proc.stdout.strip().splitlines()[-2:]
   number = r"(\d+(\.\d+)?|nan|inf)"
-  assert re.fullmatch("RATIOS " + " ".join(f"{k}={number}" for k in KEYS), last), last
-  values = dict(kv.split("=") for kv in last.split()[1:])
-  assert all(float(v) > 0 for v in values.values()), values
+  for label, line in (("RATIOS_ALONE", alone), ("RATIOS", last)):  # --isolate: each framework alone, then alternating
+    assert re.fullmatch(label + " " + " ".join(f"{k}={number}" for k in KEYS), line), line
+    values = dict(kv.split("=") for kv in line.split()[1:])
+    assert all(float(v) > 0 for v in values.values()), values
   report = (tmp_path / "bench.md").read_text()
-  assert "scripts/bench.py --quick" in report
-  for mode in ("full", "lora", "bitfit", "head", "fgm", "infer", "bf16_full"):
-    assert re.search(rf"^\| {mode} \|", report, re.M), mode
+  assert "scripts/bench.py --quick --isolate" in report
+  modes = ("full", "lora", "bitfit", "head", "fgm", "infer", "bf16_full", "bf16_vs_torch_bf16")
+  for mode in modes:  # once in the alternating table, once in the table of each framework alone
+    assert len(re.findall(rf"^\| {mode} \|", report, re.M)) == 2, mode
   assert (tmp_path / "bench.png").stat().st_size > 0
 
 
@@ -76,3 +90,26 @@ def test_profile_quick(tmp_path):
   assert len(shares) == 7 and abs(sum(shares) - 100) < 0.5, shares
   matmul_ms = float(re.search(r"^\| matmul \| ([\d.]+) \|", report, re.M).group(1))
   assert matmul_ms > 0, report
+
+
+@pytest.mark.slow
+def test_gemm_quick(tmp_path):
+  """scripts/bench_gemm.py: every shape in both dtypes per configuration, the thunk that ran, and the steps."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "bench_gemm.py"), "--quick", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = (tmp_path / "gemm.md").read_text()
+  assert "## float32" in report and "## bfloat16" in report, report
+  rows = re.findall(r"^\| (?:q/k/v/out|ffn|attn) .*$", report, re.M)
+  assert len(rows) == 2 * 20, len(rows)  # 15 products + 5 "via copy", per dtype
+  # two XLA configurations and torch, each cell GFLOP/s with the thunk's letter; the default runs YNNPACK
+  cells = [row.split("|")[4:7] for row in rows]
+  assert all(re.fullmatch(r" \d+ [yxoet] ", c) for row in cells for c in row), cells
+  assert cells[0][0].endswith("y ") and cells[0][2].endswith("t "), cells[0]
+  assert re.search(r"^\| ynn \(default\) \| \d+ \([\d.]+\) \| \d+ \([\d.]+\) \| \d+ \([\d.]+\) \|$", report, re.M)
