@@ -12,34 +12,15 @@ to the first `generation.eval_examples` test contexts. Sized for 2 CPU cores: a 
 results/decoder_tasks.md.
 """
 
-from configs import base
+from configs import chat_lora
 
 
 def get_config():
-  c = base.get_config()
-  c.model = "smollm2"
-  c.task.source = "dailydialog"
-  c.data_dir = base.shared_data("dailydialog")
+  c = chat_lora.get_config("dailydialog")
   c.max_length = 128  # template + history + answer [tokens]; a longer history loses its oldest turns
-  c.method = "lora"
-  c.lora.targets = r"self_attn/(q_proj|k_proj|v_proj|o_proj)$|mlp/(gate_proj|up_proj|down_proj)$"
-  c.lora.rank = 8
-  c.lora.alpha = 16.0
-  c.lora.dropout = 0.0  # no dropout: no random bits to hash, so the step compiles and runs faster on CPU
-  c.learning_rate = 1e-3  # few steps: LoRA's larger rates
-  c.batch_size = 8
-  c.eval_batch_size = 16
-  c.num_epochs = 1
   c.max_train_examples = 1024  # 128 steps of 8 (2 CPU cores: ~5 s a step when the machine is quiet)
   c.max_eval_examples = 100  # dev perplexity of the answers on a fixed subset of 100 dev pairs
-  c.warmup_steps = 5
-  c.eval_every = 0
   c.checkpoint_every = 32
   c.log_every = 10
-  c.generation.method = "greedy"
   c.generation.max_new_tokens = 40
-  c.generation.no_repeat_ngram_size = 3
-  c.generation.eval_examples = 100
-  c.generation.eval_split = "test"
-  c.generation.batch_size = 25
   return c

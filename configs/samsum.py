@@ -11,35 +11,18 @@ of the 14,731 training dialogues, 1 epoch; ROUGE-1/2/L on the first `generation.
 dialogues, greedy decoding. Numbers: results/decoder_tasks.md.
 """
 
-from configs import base
+from configs import chat_lora
 
 
 def get_config():
-  c = base.get_config()
-  c.model = "smollm2"
-  c.task.source = "samsum"
-  c.data_dir = base.shared_data("samsum")
+  c = chat_lora.get_config("samsum")
   c.max_length = 192  # template + dialogue + summary [tokens]: half the rows fit whole (median 189); the
   # others lose their first lines (2 CPU cores: 60 s a step of 8 × 256 tokens on a loaded machine)
-  c.method = "lora"
-  c.lora.targets = r"self_attn/(q_proj|k_proj|v_proj|o_proj)$|mlp/(gate_proj|up_proj|down_proj)$"
-  c.lora.rank = 8
-  c.lora.alpha = 16.0
-  c.lora.dropout = 0.0  # no dropout: no random bits to hash, so the step compiles and runs faster on CPU
-  c.learning_rate = 1e-3  # few steps: LoRA's larger rates
-  c.batch_size = 8
   c.eval_batch_size = 8  # logits over the 49,152-token vocabulary: [8, 320, 49152] float32 is 0.5 GB
-  c.num_epochs = 1
   c.max_train_examples = 512  # 64 steps of 8 (2 CPU cores: ~9 s a step when the machine is quiet)
   c.max_eval_examples = 100  # dev perplexity of the summaries on a fixed subset of 100 dev dialogues
-  c.warmup_steps = 5
-  c.eval_every = 0
   c.checkpoint_every = 16
   c.log_every = 8
-  c.generation.method = "greedy"
   c.generation.max_new_tokens = 60  # SAMSum summaries: 20 words on average, ~30 tokens
-  c.generation.no_repeat_ngram_size = 3
-  c.generation.eval_examples = 100
-  c.generation.eval_split = "test"
   c.generation.batch_size = 20
   return c
