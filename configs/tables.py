@@ -519,19 +519,17 @@ SQUAD_SIZES = (
   ("max_length", 192),
   ("task.doc_stride", 64),
   ("batch_size", 16),
-  ("max_steps", 80),
+  ("num_epochs", 1),  # 662 steps of 16 windows
   ("learning_rate", 1e-4),
-  ("max_eval_examples", 400),
-  ("eval_every", 0),
-  ("checkpoint_every", 60),
+  ("eval_every", 220),
+  ("checkpoint_every", 220),
 )
 SEMEVAL_SIZES = (
   ("batch_size", 32),
-  ("max_steps", 100),
+  ("num_epochs", 2),  # 450 steps of 32 sentences
   ("learning_rate", 1e-4),
-  ("max_eval_examples", 1000),
-  ("eval_every", 0),
-  ("checkpoint_every", 80),
+  ("eval_every", 150),
+  ("checkpoint_every", 150),
 )
 UNTRAINED = (("max_steps", 1), ("learning_rate", 0.0))
 
