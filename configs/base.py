@@ -139,6 +139,9 @@ def get_config():
   c.generation.num_beams = 4  # beam width
   c.generation.max_new_tokens = 64  # [tokens]
   c.generation.length_penalty = 1.0  # beam score = log p / length^penalty
+  c.generation.temperature = 1.0  # sample: logits ÷ τ before top-k/top-p (τ < 1 sharpens)
+  c.generation.top_k = 0  # sample: keep the k likeliest tokens; 0 = all
+  c.generation.top_p = 1.0  # sample: nucleus, the likeliest tokens whose mass reaches p; 1 = all
   c.generation.no_repeat_ngram_size = 0  # block repeated n-grams of this size; 0 = off
   c.generation.eval_examples = 0  # >0: at the end, decode this many examples of eval_split and score them (BLEU…)
   c.generation.eval_split = "dev"  # the split whose examples are decoded

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from ftjax import progress
+from ftjax.errors import InputError
 from ftjax.data import pipeline, sources
 from ftjax.tasks import datasets, kinds
 
@@ -83,6 +84,19 @@ def evaluate_split(par, eval_step, trainable, frozen, data: datasets.TaskData, b
   return data.score(outputs, loss_sum, count)
 
 
+def check_generation(config) -> None:
+  """Refuses bad `generation.*` settings before a run trains, rather than after (errors.InputError)."""
+  from ftjax import generation
+
+  g = config.generation
+  try:
+    generation.check_settings(
+      g.method, g.max_new_tokens, g.get("temperature", 1.0), g.get("top_k", 0), g.get("top_p", 1.0), g.num_beams
+    )
+  except ValueError as e:
+    raise InputError(f"config key generation.{e}") from None
+
+
 def decode(config, exp, tree: dict, prompts: dict, rng=None) -> list[str]:
   """The texts `exp.model` (parameters `tree`) writes after each of `prompts` (input_ids, attention_mask),
   with the config's decoding settings."""
@@ -97,6 +111,9 @@ def decode(config, exp, tree: dict, prompts: dict, rng=None) -> list[str]:
     prompts["attention_mask"],
     max_new_tokens=g.max_new_tokens,
     method=g.method,
+    temperature=g.get("temperature", 1.0),  # .get: run configs saved before sampling had keys
+    top_k=g.get("top_k", 0),
+    top_p=g.get("top_p", 1.0),
     num_beams=g.num_beams,
     length_penalty=g.length_penalty,
     no_repeat_ngram_size=g.no_repeat_ngram_size,
@@ -126,7 +143,8 @@ def evaluate_generation(config, exp, tree: dict, split: str, workdir: Path) -> d
   starts = range(0, len(examples), g.batch_size)
   for start in progress.batches(starts, len(starts), f"generate {split}"):
     prompts = make_prompts(examples[start : start + g.batch_size], tok, config)
-    hypotheses += decode(config, exp, tree, prompts, rng=jax.random.key(config.seed))
+    # One key per batch: the same seed gives the same samples, and batches do not share their draws.
+    hypotheses += decode(config, exp, tree, prompts, rng=jax.random.fold_in(jax.random.key(config.seed), start))
   references = [list(e["refs"]) for e in examples]
   if jax.process_index() == 0:
     (workdir / f"generations_{split}.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))

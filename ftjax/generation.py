@@ -90,18 +90,9 @@ def generate(
   `variables` replaces `{"params": params}` when a PEFT method adds collections ("lora", "prompt"…).
   `rng` (a JAX key) is required by method="sample".
   """
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+  check_settings(method, max_new_tokens, temperature, top_k, top_p, num_beams)
   if method == "sample" and rng is None:
     raise ValueError("method='sample' needs rng=jax.random.key(seed): sampling is reproducible only from a key")
-  if method == "sample" and temperature <= 0:
-    raise ValueError(f"temperature must be positive, got {temperature} (use method='greedy' for argmax)")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-  if method == "beam" and num_beams < 1:
-    raise ValueError(f"num_beams must be positive, got {num_beams}")
   eos = () if eos_token_id is None else tuple(int(e) for e in np.atleast_1d(eos_token_id))
   if pad_token_id is None:
     pad_token_id = eos[0] if eos else 0
@@ -127,6 +118,24 @@ def generate(
   if variables is None:
     variables = {"params": params}
   return compiled_generate(model, settings)(variables, input_ids, attention_mask, rng)
+
+
+def check_settings(
+  method: str, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 4
+) -> None:
+  """Raises ValueError naming the first setting `generate` would refuse (callers check before a long run)."""
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+  if method == "sample" and temperature <= 0:
+    raise ValueError(f"temperature must be positive, got {temperature} (use method='greedy' for argmax)")
+  if top_k < 0:
+    raise ValueError(f"top_k must be 0 (off) or positive, got {top_k}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+  if method == "beam" and num_beams < 1:
+    raise ValueError(f"num_beams must be positive, got {num_beams}")
 
 
 @functools.lru_cache(maxsize=32)

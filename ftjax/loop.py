@@ -55,6 +55,8 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   started = time.time()
   cpu_started = time.process_time()  # CPU seconds of all this process's threads: what a grid's budget counts
 
+  if config.generation.eval_examples > 0:
+    evaluation.check_generation(config)  # a bad decoding setting fails now, not after training
   # --- model, method, task and the run record ---------------------------------------------------
   par = parallel.make_parallel(config.parallel, config.get("mesh", "data=-1"))
   exp = experiment.build(config, par.mesh)  # mesh mode: the backbone read straight into its shards

@@ -171,6 +171,52 @@ def test_sampling_needs_rng(gpt2, prompts):
     generation.generate(*gpt2, *prompts, max_new_tokens=2, method="sample")
 
 
+def test_the_configs_decoding_keys_reach_the_sampler(gpt2, prompts):
+  """evaluation.decode (what a run's generation eval calls) passes generation.temperature/top_k/top_p on:
+  top_k=1 sampling is greedy, and a flat nucleus is not."""
+  from configs import base
+  from ftjax import evaluation
+
+  class Ids:  # the tokenizer's part decode uses: the ids as text, so that outputs compare exactly
+    eos_token_id, pad_token_id = VOCAB - 1, VOCAB - 1
+
+    def decode(self, row, skip_special_tokens):
+      return " ".join(str(int(t)) for t in row)
+
+  model, params = gpt2
+  exp = type("Experiment", (), {"model": model, "tokenizer": Ids()})()
+  config = base.get_config()
+  config.generation.update(method="greedy", max_new_tokens=NEW)
+  batch = {"input_ids": prompts[0], "attention_mask": prompts[1]}
+  greedy = evaluation.decode(config, exp, {"backbone": params}, batch)
+  config.generation.update(method="sample", top_k=1)
+  assert evaluation.decode(config, exp, {"backbone": params}, batch, rng=jax.random.key(0)) == greedy
+  config.generation.update(top_k=0, top_p=0.95, temperature=1.5)
+  assert evaluation.decode(config, exp, {"backbone": params}, batch, rng=jax.random.key(0)) != greedy
+
+
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    ("top_p", 1.5, r"top_p must lie in \(0, 1\]"),
+    ("temperature", 0.0, "temperature must be positive"),
+    ("top_k", -1, "top_k must be 0"),
+    ("method", "nucleus", "method must be one of"),
+  ],
+)
+def test_a_bad_decoding_setting_fails_before_the_run_trains(tmp_path, key, value, message):
+  from configs import base
+  from ftjax import loop
+  from ftjax.errors import InputError
+
+  config = base.get_config()
+  config.generation.update(method="sample", eval_examples=4)
+  config.generation[key] = value
+  with pytest.raises(InputError, match=f"^config key generation.{message}"):
+    loop.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "config.json").exists()
+
+
 def test_lora_at_init_generates_like_the_backbone(checkpoint, gpt2, prompts):
   plain = generation.generate(*gpt2, *prompts, max_new_tokens=NEW)
   model, params = from_pretrained(checkpoint[0], peft=PeftSpec(lora_targets="c_attn|c_fc"))
