@@ -187,6 +187,10 @@ def parse_args(argv=None):
     setattr(args, name, chosen)
   if args.quick:
     args.reps, args.warmup = 1, 1
+  if args.reps < 1 or args.warmup < 1:
+    p.error(
+      f"--reps and --warmup must be at least 1 (the first warm-up step gives the first loss), got {args.reps}, {args.warmup}"
+    )
   return args
 
 
@@ -471,10 +475,11 @@ def report(args, results: dict, configs: dict, peak: tuple[float, str], notes: l
     for framework in ("ftjax", "torch"):
       c = pair[framework]
       seconds = median_ms(c) / 1e3
+      compile_s = "—" if math.isnan(c.compile_s) else f"{c.compile_s:.1f}"  # PyTorch eager compiles nothing
       lines.append(
         f"| {name} | {mode} | {framework} | {median_ms(c):.2f} | {median_ms(c) / median_ms(pair['torch']):.2f} "
         f"| {tokens / seconds:,.0f} | {flops / 1e12:.3f} | {100 * flops / seconds / (tflops * 1e12):.1f}% "
-        f"| {'—' if math.isnan(c.compile_s) else f'{c.compile_s:.1f}'} | {c.first_s:.2f} | {c.mem_bytes / 2**30:.2f} | {c.first_loss:.4f} |"
+        f"| {compile_s} | {c.first_s:.2f} | {c.mem_bytes / 2**30:.2f} | {c.first_loss:.4f} |"
       )
   return "\n".join(lines) + "\n"
 
@@ -524,8 +529,11 @@ def main(argv=None):
           raise
         notes.append(f"- {name} {mode}: out of device memory, not timed ({type(e).__name__}: {str(e)[:200]}).")
         print(notes[-1], flush=True)
+        pair = None
+      if pair is None:  # freed once the exception (and the frames holding the model) is gone
         gc.collect()
-        torch.cuda.empty_cache()
+        if torch_device == "cuda":
+          torch.cuda.empty_cache()
         continue
       results[(name, mode)] = pair
       print(
