@@ -230,3 +230,28 @@ def test_device_both_sides_share_weights(model):
     config["tie_word_embeddings"] = True  # as the accelerator run's Llama
   ours, theirs = bd.first_losses(model, config, 2, 16)
   assert abs(ours - theirs) < 1e-5 * abs(theirs), (ours, theirs)
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_device_full_size_models_map_name_by_name(model):
+  """The accelerator run's BERT-base and 1B Llama: every ftjax parameter has its PyTorch tensor, of the
+  right shape (PyTorch built on the meta device: shapes only, no memory), and the Llama has 1.24B."""
+  import numpy as np
+  from flax import traverse_util
+
+  from ftjax.models import build_model, loading
+
+  bd = bench_device()
+  config = bd.hf_config(model, quick=False)
+  ours = build_model(config)
+  theirs = bd.torch_model(config, "meta")
+  state = (theirs.bert if model == "bert" else theirs).state_dict()
+  expected = traverse_util.flatten_dict(loading.abstract_params(ours), sep="/")
+  names = loading.ARCHITECTURES[model].hf_names(ours.config, state.keys())
+  assert {path for path, _, _ in names} == set(expected)
+  for path, name, transpose in names:
+    shape = tuple(state[name].shape)[:: -1 if transpose else 1]
+    assert shape == expected[path].shape, (path, name, shape)
+  n = sum(int(np.prod(v.shape)) for v in expected.values())
+  assert (1.09e8 < n < 1.1e8) if model == "bert" else (1.235e9 < n < 1.237e9), n
+  assert sum(p.numel() for p in theirs.parameters()) - (1538 if model == "bert" else 0) == n
