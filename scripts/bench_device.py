@@ -1,11 +1,15 @@
 """Accelerator step-time benchmark: ftjax against PyTorch + PEFT in bf16, on a BERT-base and a ~1B Llama.
 
-  XLA_PYTHON_CLIENT_PREALLOCATE=false python scripts/bench.py --device --out $OUT    # a GPU: ~4 min on an H100
-  python scripts/bench.py --device --device-models=bert                             # one model only
+  python scripts/bench.py --device                        # one GPU: both models, full and LoRA (~4-5 min, H100)
+  python scripts/bench.py --device --device-models=bert   # one model only (--device-modes=lora: one mode)
   python scripts/bench.py --device --quick --out /tmp/b   # tiny models on CPU: the smoke test (tests/test_bench.py)
 
-`scripts/bench.py --device` hands its arguments to `main` here. Without a GPU or TPU (jax.devices() all
-CPU) it stops with one error line and writes nothing, unless --quick.
+`scripts/bench.py --device` hands its arguments to `main` here. Without a GPU (jax.devices() all CPU) it
+stops with one error line and writes nothing, unless --quick; on a TPU too (PyTorch would have no side).
+JAX and PyTorch share the GPU, so JAX does not preallocate (XLA_PYTHON_CLIENT_PREALLOCATE=false unless
+set). Where the two training states of a (model, mode) do not fit the device together (the 1B Llama's
+full fine-tuning, ~35-40 GB a side, is close on an 80 GB H100), that group is run again one framework at
+a time (PyTorch, freed, then ftjax) and the report says so; --one-at-a-time does that for every group.
 
 The models (random weights, nothing downloaded), with the batch each trains on:
   bert:  BERT-base (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522, 110M parameters), two-class
@@ -179,6 +183,11 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per contestant before timing")
   p.add_argument("--quick", action="store_true", help="tiny models, batch 2 × 16, 1 warm-up, 1 rep (runs on CPU)")
   p.add_argument("--out", default="results", help="folder for bench_gpu.md")
+  p.add_argument(
+    "--one-at-a-time",
+    action="store_true",
+    help="time each framework alone (PyTorch, then ftjax), not alternating; the fallback when both do not fit",
+  )
   args = p.parse_args(argv)
   for name, known in (("models", MODELS), ("modes", MODES)):
     chosen = [m for m in getattr(args, f"device_{name}").split(",") if m]
@@ -360,42 +369,71 @@ def jax_peak_bytes() -> float:
   return float(stats.get("peak_bytes_in_use", float("nan")))
 
 
-def time_group(name: str, mode: str, config: dict, args, torch_device) -> dict[str, Contestant]:
-  """{"ftjax", "torch"} for one (model, mode), built, warmed up and timed alternately; each Contestant
-  gets first_s, first_loss and mem_bytes."""
+def time_group(name: str, mode: str, config: dict, args, torch_device, together: bool = True) -> dict[str, Contestant]:
+  """{"ftjax", "torch"} for one (model, mode), each built, warmed up and timed; each Contestant gets
+  first_s, first_loss and mem_bytes. `together`: both alive at once and timed alternately (one step each
+  per repetition); else one at a time, PyTorch first and freed before ftjax's step is built (for a model
+  whose two training states do not fit the device together)."""
   import torch
 
   size = MODELS[name]["quick" if args.quick else "full"]
   cuda = torch_device.startswith("cuda")
-  gc.collect()
+
+  def free():
+    gc.collect()
+    if cuda:
+      torch.cuda.empty_cache()
+
+  free()
   if cuda:
-    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
   model, task, tree, reference = both_sides(name, config, mode, jnp.bfloat16, torch_device)
   data, inputs = batches(config, size["batch"], size["length"], torch_device)
-  contestants = {
-    "ftjax": ftjax_train_contestant(model, task, tree, "lora" if mode == "lora" else "full", data),
-    "torch": torch_train_contestant(reference, mode, inputs, torch_device.split(":")[0]),
-  }
+  sides = {"tree": tree, "reference": reference}  # each handed over (and dropped here) once its step is built
   del tree, reference
-  for c in contestants.values():
+
+  def build(framework: str) -> Contestant:
+    if framework == "ftjax":
+      return ftjax_train_contestant(model, task, sides.pop("tree"), "lora" if mode == "lora" else "full", data)
+    return torch_train_contestant(sides.pop("reference"), mode, inputs, torch_device.split(":")[0])
+
+  def warm_up(c: Contestant):
     for i in range(args.warmup):
       t = time.perf_counter()
       result = c.run()
       if i == 0:
         c.first_s, c.first_loss = time.perf_counter() - t, mean_loss(result)
-  order = list(contestants.values())
-  for rep in range(args.reps):
-    for c in order if rep % 2 == 0 else order[::-1]:
-      c.timed()
-  contestants["ftjax"].mem_bytes = step_bytes(contestants["ftjax"].compiled)
-  contestants["torch"].mem_bytes = torch.cuda.max_memory_allocated() if cuda else float("nan")
-  for c in contestants.values():  # keep the numbers, free the model, its state and executable
+
+  def alternate(order: list[Contestant]):
+    for rep in range(args.reps):
+      for c in order if rep % 2 == 0 else order[::-1]:
+        c.timed()
+
+  def finish(framework: str, c: Contestant):  # keep the numbers, free the model, its state and executable
+    if framework == "ftjax":
+      c.mem_bytes = step_bytes(c.compiled)
+    else:
+      c.mem_bytes = torch.cuda.max_memory_allocated() if cuda else float("nan")
     c.run = c.compiled = None
-  gc.collect()
-  if cuda:
-    torch.cuda.empty_cache()
-  return contestants
+
+  contestants = {}
+  if together:
+    contestants = {framework: build(framework) for framework in ("ftjax", "torch")}
+    for c in contestants.values():
+      warm_up(c)
+    alternate(list(contestants.values()))
+    for framework, c in contestants.items():
+      finish(framework, c)
+  else:  # PyTorch first: its cache goes back to the device, JAX's pool keeps what it once took
+    for framework in ("torch", "ftjax"):
+      c = contestants[framework] = build(framework)
+      warm_up(c)
+      alternate([c])
+      finish(framework, c)
+      del c
+      free()
+  free()
+  return {framework: contestants[framework] for framework in ("ftjax", "torch")}
 
 
 def median_ms(c: Contestant) -> float:
@@ -522,18 +560,24 @@ def main(argv=None):
   results, notes = {}, []
   for name in args.models:
     for mode in args.modes:
-      try:
-        pair = time_group(name, mode, configs[name], args, torch_device)
-      except (torch.cuda.OutOfMemoryError, jax.errors.JaxRuntimeError) as e:  # the next group may still fit
-        if "RESOURCE_EXHAUSTED" not in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
-          raise
-        notes.append(f"- {name} {mode}: out of device memory, not timed ({type(e).__name__}: {str(e)[:200]}).")
-        print(notes[-1], flush=True)
-        pair = None
-      if pair is None:  # freed once the exception (and the frames holding the model) is gone
-        gc.collect()
+      pair = None
+      for together in (False,) if args.one_at_a_time else (True, False):
+        try:
+          pair = time_group(name, mode, configs[name], args, torch_device, together)
+        except (torch.cuda.OutOfMemoryError, jax.errors.JaxRuntimeError) as e:
+          if "RESOURCE_EXHAUSTED" not in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
+            raise
+          how = "together" if together else "one at a time"
+          notes.append(f"- {name} {mode}: out of device memory {how} ({type(e).__name__}: {str(e)[:160]}).")
+          print(notes[-1], flush=True)
+        gc.collect()  # the exception, and the frames holding the models, are gone here
         if torch_device == "cuda":
           torch.cuda.empty_cache()
+        if pair is not None:
+          if not together:
+            notes.append(f"- {name} {mode}: ftjax and PyTorch timed one at a time, not alternating.")
+          break
+      if pair is None:
         continue
       results[(name, mode)] = pair
       print(

@@ -255,3 +255,17 @@ def test_device_full_size_models_map_name_by_name(model):
   n = sum(int(np.prod(v.shape)) for v in expected.values())
   assert (1.09e8 < n < 1.1e8) if model == "bert" else (1.235e9 < n < 1.237e9), n
   assert sum(p.numel() for p in theirs.parameters()) - (1538 if model == "bert" else 0) == n
+
+
+def test_device_one_at_a_time():
+  """The fallback when both training states do not fit the device: each framework built, warmed up and
+  timed alone; from the same weights, the first bf16 steps' losses still agree (Llama has no dropout)."""
+  import argparse
+
+  bd = bench_device()
+  args = argparse.Namespace(quick=True, warmup=1, reps=2)
+  pair = bd.time_group("llama", "lora", bd.hf_config("llama", quick=True), args, "cpu", together=False)
+  assert set(pair) == {"ftjax", "torch"}
+  for c in pair.values():
+    assert len(c.times) == 2 and all(t > 0 for t in c.times) and c.run is None, c.name
+  assert abs(pair["ftjax"].first_loss - pair["torch"].first_loss) < 1e-2 * pair["torch"].first_loss
