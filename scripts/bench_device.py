@@ -7,9 +7,10 @@
 `scripts/bench.py --device` hands its arguments to `main` here. Without a GPU (jax.devices() all CPU) it
 stops with one error line and writes nothing, unless --quick; on a TPU too (PyTorch would have no side).
 JAX and PyTorch share the GPU, so JAX does not preallocate (XLA_PYTHON_CLIENT_PREALLOCATE=false unless
-set). Where the two training states of a (model, mode) do not fit the device together (the 1B Llama's
-full fine-tuning, ~35-40 GB a side, is close on an 80 GB H100), that group is run again one framework at
-a time (PyTorch, freed, then ftjax) and the report says so; --one-at-a-time does that for every group.
+set). Where the two training states of a (model, mode) would not fit the device together (PyTorch's peak
+after its warm-up + ftjax's compiled step > 85% of the memory: the 1B Llama's full fine-tuning, ~32 +
+~44 GiB, on an 80 GB H100), the group is timed one framework at a time (PyTorch, freed, then ftjax), and
+the report says so; so is a group that ran out of memory anyway, once; --one-at-a-time for every group.
 
 The models (random weights, nothing downloaded), with the batch each trains on:
   bert:  BERT-base (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522, 110M parameters), two-class
@@ -186,7 +187,8 @@ def parse_args(argv=None):
   p.add_argument(
     "--one-at-a-time",
     action="store_true",
-    help="time each framework alone (PyTorch, then ftjax), not alternating; the fallback when both do not fit",
+    help="time each framework alone (PyTorch, then ftjax), not alternating, in every group (by default only where "
+    "both would not fit the device together)",
   )
   args = p.parse_args(argv)
   for name, known in (("models", MODELS), ("modes", MODES)):
@@ -369,11 +371,12 @@ def jax_peak_bytes() -> float:
   return float(stats.get("peak_bytes_in_use", float("nan")))
 
 
-def time_group(name: str, mode: str, config: dict, args, torch_device, together: bool = True) -> dict[str, Contestant]:
+def time_group(name: str, mode: str, config: dict, args, torch_device, together: bool | None = None) -> dict:
   """{"ftjax", "torch"} for one (model, mode), each built, warmed up and timed; each Contestant gets
-  first_s, first_loss and mem_bytes. `together`: both alive at once and timed alternately (one step each
-  per repetition); else one at a time, PyTorch first and freed before ftjax's step is built (for a model
-  whose two training states do not fit the device together)."""
+  first_s, first_loss, mem_bytes and alone. `together`: both timed alternately (one step each per
+  repetition); False: one at a time, PyTorch's model freed before ftjax's first step; None: together
+  unless, on a GPU, PyTorch's peak after its warm-up plus ftjax's compiled step footprint would exceed
+  85% of the device's memory (the 1B Llama's full fine-tuning on an 80 GB card)."""
   import torch
 
   size = MODELS[name]["quick" if args.quick else "full"]
@@ -389,13 +392,9 @@ def time_group(name: str, mode: str, config: dict, args, torch_device, together:
     torch.cuda.reset_peak_memory_stats()
   model, task, tree, reference = both_sides(name, config, mode, jnp.bfloat16, torch_device)
   data, inputs = batches(config, size["batch"], size["length"], torch_device)
-  sides = {"tree": tree, "reference": reference}  # each handed over (and dropped here) once its step is built
-  del tree, reference
-
-  def build(framework: str) -> Contestant:
-    if framework == "ftjax":
-      return ftjax_train_contestant(model, task, sides.pop("tree"), "lora" if mode == "lora" else "full", data)
-    return torch_train_contestant(sides.pop("reference"), mode, inputs, torch_device.split(":")[0])
+  ours = ftjax_train_contestant(model, task, tree, "lora" if mode == "lora" else "full", data)
+  theirs = torch_train_contestant(reference, mode, inputs, torch_device.split(":")[0])
+  del tree, reference  # the steps hold them now
 
   def warm_up(c: Contestant):
     for i in range(args.warmup):
@@ -409,31 +408,26 @@ def time_group(name: str, mode: str, config: dict, args, torch_device, together:
       for c in order if rep % 2 == 0 else order[::-1]:
         c.timed()
 
-  def finish(framework: str, c: Contestant):  # keep the numbers, free the model, its state and executable
-    if framework == "ftjax":
-      c.mem_bytes = step_bytes(c.compiled)
-    else:
-      c.mem_bytes = torch.cuda.max_memory_allocated() if cuda else float("nan")
-    c.run = c.compiled = None
-
-  contestants = {}
+  warm_up(theirs)
+  ours.mem_bytes = step_bytes(ours.compiled)
+  if together is None:  # would both fit? (ftjax's state is on the device already, its temporaries not yet)
+    needed = torch.cuda.max_memory_allocated() + np.nan_to_num(ours.mem_bytes) if cuda else 0.0
+    together = not cuda or needed < 0.85 * torch.cuda.get_device_properties(0).total_memory
   if together:
-    contestants = {framework: build(framework) for framework in ("ftjax", "torch")}
-    for c in contestants.values():
-      warm_up(c)
-    alternate(list(contestants.values()))
-    for framework, c in contestants.items():
-      finish(framework, c)
-  else:  # PyTorch first: its cache goes back to the device, JAX's pool keeps what it once took
-    for framework in ("torch", "ftjax"):
-      c = contestants[framework] = build(framework)
-      warm_up(c)
-      alternate([c])
-      finish(framework, c)
-      del c
-      free()
+    warm_up(ours)
+    alternate([ours, theirs])
+  else:  # PyTorch's model, optimiser and cache go back to the device before ftjax's first step
+    alternate([theirs])
+  theirs.mem_bytes = torch.cuda.max_memory_allocated() if cuda else float("nan")
+  theirs.run = None
   free()
-  return {framework: contestants[framework] for framework in ("ftjax", "torch")}
+  if not together:
+    warm_up(ours)
+    alternate([ours])
+  ours.run = ours.compiled = None  # keep the numbers, free the state and executable
+  free()
+  ours.alone = theirs.alone = not together
+  return {"ftjax": ours, "torch": theirs}
 
 
 def median_ms(c: Contestant) -> float:
@@ -561,21 +555,21 @@ def main(argv=None):
   for name in args.models:
     for mode in args.modes:
       pair = None
-      for together in (False,) if args.one_at_a_time else (True, False):
+      for together in (False,) if args.one_at_a_time else (None, False):
         try:
           pair = time_group(name, mode, configs[name], args, torch_device, together)
         except (torch.cuda.OutOfMemoryError, jax.errors.JaxRuntimeError) as e:
           if "RESOURCE_EXHAUSTED" not in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
             raise
-          how = "together" if together else "one at a time"
+          how = "one at a time" if together is False else "together"
           notes.append(f"- {name} {mode}: out of device memory {how} ({type(e).__name__}: {str(e)[:160]}).")
           print(notes[-1], flush=True)
         gc.collect()  # the exception, and the frames holding the models, are gone here
         if torch_device == "cuda":
           torch.cuda.empty_cache()
         if pair is not None:
-          if not together:
-            notes.append(f"- {name} {mode}: ftjax and PyTorch timed one at a time, not alternating.")
+          if pair["ftjax"].alone:
+            notes.append(f"- {name} {mode}: ftjax and PyTorch timed one at a time (PyTorch first), not alternating.")
           break
       if pair is None:
         continue
