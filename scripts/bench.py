@@ -91,7 +91,7 @@ def parse_args(argv=None):
     "--device",
     action="store_true",
     help="the accelerator benchmark instead (scripts/bench_device.py, with flags of its own: --device-models, "
-    "--device-modes, --reps, --warmup, --quick, --out: see `--device --help`)",
+    "--device-modes, --reps, --warmup, --quick, --out, --one-at-a-time: see `--device --help`)",
   )
   # --isolate's child processes: one framework, numbers as JSON (not for direct use)
   p.add_argument("--worker", choices=("ftjax", "torch"), help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 """Accelerator step-time benchmark: ftjax against PyTorch + PEFT in bf16, on a BERT-base and a ~1B Llama.
 
-  python scripts/bench.py --device                        # one GPU: both models, full and LoRA (~4-5 min, H100)
+  python scripts/bench.py --device                        # one GPU: both models, full and LoRA (H100: ~5 min?)
   python scripts/bench.py --device --device-models=bert   # one model only (--device-modes=lora: one mode)
   python scripts/bench.py --device --quick --out /tmp/b   # tiny models on CPU: the smoke test (tests/test_bench.py)
 
@@ -8,9 +8,11 @@
 stops with one error line and writes nothing, unless --quick; on a TPU too (PyTorch would have no side).
 JAX and PyTorch share the GPU, so JAX does not preallocate (XLA_PYTHON_CLIENT_PREALLOCATE=false unless
 set). Where the two training states of a (model, mode) would not fit the device together (PyTorch's peak
-after its warm-up + ftjax's compiled step > 85% of the memory: the 1B Llama's full fine-tuning, ~32 +
-~44 GiB, on an 80 GB H100), the group is timed one framework at a time (PyTorch, freed, then ftjax), and
-the report says so; so is a group that ran out of memory anyway, once; --one-at-a-time for every group.
+after its warm-up + ftjax's compiled step > 85% of the memory: likely the 1B Llama's full fine-tuning on
+an 80 GB H100, where XLA:CPU's analysis of the ftjax step gives 13.8 GiB state + 30.3 GiB temporaries and
+PyTorch's needs ~30 GiB by estimate), the group is timed one framework at a time (PyTorch, freed, then
+ftjax), and the report says so; so is a group that ran out of memory anyway, once; --one-at-a-time does
+it for every group.
 
 The models (random weights, nothing downloaded), with the batch each trains on:
   bert:  BERT-base (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522, 110M parameters), two-class
@@ -34,7 +36,7 @@ AdamW's default foreach implementation); ftjax one jitted step.
 Measured per (model, mode, framework): ftjax's compile time (`jit(...).lower(...).compile()`); the time
 of the first warm-up step (PyTorch's includes its kernel selection); the median step time over --reps
 steps after --warmup steps, the two frameworks ALTERNATING one step each (order reversed on odd
-repetitions), each step waited for (`block_until_ready` on the step's output; PyTorch's `loss.item()`
+repetitions; one at a time where both do not fit, above), each step waited for (`block_until_ready` on the step's output; PyTorch's `loss.item()`
 after the optimiser step, which synchronises the stream); tokens/s = B·T ÷ median; device memory:
 PyTorch's `torch.cuda.max_memory_allocated()` from just before its model was built to the end of its
 timing, ftjax's compiled step footprint from XLA's `memory_analysis()` (arguments + outputs − aliased +
