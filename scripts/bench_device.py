@@ -560,7 +560,7 @@ def main(argv=None):
       for together in (False,) if args.one_at_a_time else (None, False):
         try:
           pair = time_group(name, mode, configs[name], args, torch_device, together)
-        except (torch.cuda.OutOfMemoryError, jax.errors.JaxRuntimeError) as e:
+        except RuntimeError as e:  # torch.cuda.OutOfMemoryError, or XLA's RESOURCE_EXHAUSTED (JaxRuntimeError)
           if "RESOURCE_EXHAUSTED" not in str(e) and not isinstance(e, torch.cuda.OutOfMemoryError):
             raise
           how = "one at a time" if together is False else "together"

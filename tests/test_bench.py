@@ -199,9 +199,11 @@ def test_device_chip_peaks():
   assert {kind: bd.chip_peak(kind) for kind in kinds} == kinds
 
 
-def test_device_refuses_without_an_accelerator(tmp_path):
+def test_device_refuses_without_an_accelerator(tmp_path, monkeypatch):
   """No GPU/TPU and no --quick: one error line, nothing written."""
   import types
+
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # main sets it: undone after the test
 
   import jax
 
@@ -269,3 +271,28 @@ def test_device_one_at_a_time():
   for c in pair.values():
     assert len(c.times) == 2 and all(t > 0 for t in c.times) and c.run is None, c.name
   assert abs(pair["ftjax"].first_loss - pair["torch"].first_loss) < 1e-2 * pair["torch"].first_loss
+
+
+def test_device_out_of_memory_falls_back_to_one_at_a_time(tmp_path, monkeypatch, capsys):
+  """A group that runs out of device memory with both frameworks alive is timed again one at a time, and
+  the report says both."""
+  bd = bench_device()
+  real = bd.time_group
+  calls = []
+
+  def time_group(*args):
+    calls.append(args[-1])
+    if args[-1] is None:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.00GiB.")
+    return real(*args)
+
+  monkeypatch.setattr(bd, "time_group", time_group)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # main sets it: undone after the test
+  bd.main(["--device", "--quick", "--device-models=llama", "--device-modes=lora", "--out", str(tmp_path)])
+  assert calls == [None, False]
+  report = (tmp_path / "bench_gpu.md").read_text()
+  assert "- llama lora: out of device memory together (RuntimeError: RESOURCE_EXHAUSTED" in report, report
+  assert "- llama lora: ftjax and PyTorch timed one at a time" in report, report
+  assert re.search(r"^\| llama \| lora \| ftjax \| [\d.]+ \|", report, re.M), report
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert last.startswith("RATIOS_DEVICE bert_full=nan bert_lora=nan llama_full=nan llama_lora="), last
