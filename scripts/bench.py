@@ -4,6 +4,7 @@
   python scripts/bench.py --isolate            # also each framework alone in its own process, compared
   python scripts/bench.py --shapes             # also batch 8 × 64
   python scripts/bench.py --quick --out /tmp/b # a tiny random BERT, 1 step: the smoke test (tests/test_bench.py)
+  python scripts/bench.py --device             # on a GPU: BERT-base and a 1B Llama in bf16 (scripts/bench_device.py)
 
 Writes `<out>/bench.md` (below its hand-written findings: table, machine, versions, command, date) and
 `<out>/bench.png`; the last stdout line is
@@ -85,6 +86,12 @@ def parse_args(argv=None):
     "--isolate",
     action="store_true",
     help="also time each framework alone in a fresh process (same shapes, modes, warm-up, reps) and compare",
+  )
+  p.add_argument(
+    "--device",
+    action="store_true",
+    help="the accelerator benchmark instead (scripts/bench_device.py, with flags of its own: --device-models, "
+    "--device-modes, --reps, --warmup, --quick, --out, --one-at-a-time: see `--device --help`)",
   )
   # --isolate's child processes: one framework, numbers as JSON (not for direct use)
   p.add_argument("--worker", choices=("ftjax", "torch"), help=argparse.SUPPRESS)
@@ -384,6 +391,11 @@ def ratios_line(results, label: str = "RATIOS") -> str:
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  if "--device" in argv:  # the GPU/TPU benchmark: its own models, modes and report
+    import bench_device
+
+    return bench_device.main(argv)
   args = parse_args(argv)
   import torch
   import transformers

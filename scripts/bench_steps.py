@@ -130,9 +130,9 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   task = make_task("classification", 2)
   tree = init_tree(model, task, backbone, seed=0)
   tree["head"] = head_params
-  trainable, frozen = trainability.partition(tree, trainability.rules_for(method))
-  dev_batch = jax.device_put(batch)
   if mode == "infer":
+    trainable, frozen = trainability.partition(tree, trainability.rules_for(method))
+    dev_batch = jax.device_put(batch)
     fn = jax.jit(ftstep.make_eval_step(model, task))
     t = time.perf_counter()
     compiled = fn.lower(trainable, frozen, dev_batch).compile()
@@ -144,11 +144,19 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
       xla_flops(compiled),
       compiled,
     )
+  return ftjax_train_contestant(model, task, tree, method, batch, fgm=mode == "fgm")
+
+
+def ftjax_train_contestant(model, task, tree: dict, method: str, batch: dict, fgm: bool = False) -> Contestant:
+  """ftjax's jitted train step for `method` (a trainability preset) on `tree` ({"backbone", "head", and
+  the method's collections}); `run()` takes one step, waits for it and returns its metrics."""
+  trainable, frozen = trainability.partition(tree, trainability.rules_for(method))
+  dev_batch = jax.device_put(batch)
   num_layers = model.config.num_hidden_layers
   tx, _ = optim.make_optimizer(optimizer_config(), trainable, 1000, num_layers)
   adversarial = ml_collections.ConfigDict(
     dict(
-      method="fgm" if mode == "fgm" else "none",
+      method="fgm" if fgm else "none",
       epsilon=FGM_EPSILON,
       steps=1,
       step_size=0.0,
@@ -158,6 +166,7 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   )
   fn = jax.jit(ftstep.make_train_step(model, task, tx, adversarial_config=adversarial, dropout=True), donate_argnums=0)
   holder = {"state": ftstep.create_state(trainable, frozen, tx, seed=0)}
+  del trainable, frozen  # the state holds them (donated to the first step)
   t = time.perf_counter()
   with xla_cpu.threefry_lowering("unrolled"):  # dropout's hash as training runs use it (docs/performance.md)
     compiled = fn.lower(holder["state"], dev_batch).compile()
@@ -166,6 +175,7 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
   def run():
     holder["state"], metrics = compiled(holder["state"], dev_batch)
     metrics["loss_sum"].block_until_ready()
+    return metrics
 
   return Contestant("ftjax", run, compile_s, xla_flops(compiled), compiled)
 
@@ -177,17 +187,12 @@ def torch_contestant(folder, mode: str, batch: dict, head_params, autocast: bool
   """PyTorch's step for `mode`; with `autocast`, the forward pass runs under
   `torch.autocast("cpu", dtype=torch.bfloat16)` (the usual PyTorch bf16 recipe: float32 parameters and
   optimiser, bf16 matmuls; the backward pass follows the forward's dtypes)."""
-  import contextlib
-
-  import peft as hf_peft
   import torch
   from transformers import AutoModelForSequenceClassification
 
   torch.manual_seed(0)
   model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2)
-  with torch.no_grad():  # the same head as ftjax's (Flax kernels are in × out; torch weights out × in)
-    model.classifier.weight.copy_(torch.from_numpy(np.asarray(head_params["classifier"]["kernel"]).T.copy()))
-    model.classifier.bias.copy_(torch.from_numpy(np.array(head_params["classifier"]["bias"])))
+  copy_head(model, head_params)
   inputs = {k: torch.from_numpy(batch[k].astype(np.int64)) for k in ("input_ids", "attention_mask", "token_type_ids")}
   labels = torch.from_numpy(batch["labels"].astype(np.int64))
   if mode == "infer":
@@ -201,28 +206,50 @@ def torch_contestant(folder, mode: str, batch: dict, head_params, autocast: bool
 
     return Contestant("torch", run_infer)
   if mode == "lora":
-    model = hf_peft.get_peft_model(
-      model,
-      hf_peft.LoraConfig(
-        task_type="SEQ_CLS",
-        r=LORA["rank"],
-        lora_alpha=LORA["alpha"],
-        lora_dropout=0.0,
-        target_modules=LORA["targets_torch"],
-      ),
-    )
+    model = torch_lora(model, "SEQ_CLS", LORA["targets_torch"])
   elif mode in ("bitfit", "head"):
     for name, p in model.named_parameters():
       p.requires_grad_(name.startswith("classifier.") or (mode == "bitfit" and name.endswith("bias")))
+  return torch_train_contestant(model, mode, {**inputs, "labels": labels}, "cpu" if autocast else None)
+
+
+def copy_head(model, head_params) -> None:
+  """Puts ftjax's classifier (`classifier_params`) into a transformers sequence classifier, in place."""
+  import torch
+
+  with torch.no_grad():  # Flax kernels are in × out; torch weights out × in
+    model.classifier.weight.copy_(torch.from_numpy(np.asarray(head_params["classifier"]["kernel"]).T.copy()))
+    model.classifier.bias.copy_(torch.from_numpy(np.array(head_params["classifier"]["bias"])))
+
+
+def torch_lora(model, task_type: str, targets: list[str]):
+  """`model` with PEFT's LoRA (rank, alpha of LORA; dropout 0, PEFT's default) on the `targets` modules."""
+  import peft as hf_peft
+
+  config = hf_peft.LoraConfig(
+    task_type=task_type, r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=0.0, target_modules=targets
+  )
+  return hf_peft.get_peft_model(model, config)
+
+
+def torch_train_contestant(model, mode: str, inputs: dict, autocast: str | None = None) -> Contestant:
+  """PyTorch's train step on the parameters of `model` that require gradients; `inputs` (labels included)
+  on the model's device. `autocast`: the device type ("cpu", "cuda") whose bf16 autocast the forward
+  passes run under, or None for float32. `run()` takes one step and returns its loss (`.item()` waits
+  for the step, optimiser update included, on any device)."""
+  import contextlib
+
+  import torch
+
   model.train()
   params = [p for p in model.parameters() if p.requires_grad]
   opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, eps=1e-8)
   embedding = model.get_input_embeddings().weight
-  compute = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+  compute = (lambda: torch.autocast(autocast, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
 
   def run():
     with compute():
-      loss = model(**inputs, labels=labels).loss
+      loss = model(**inputs).loss
     loss.backward()
     if mode == "fgm":  # the usual recipe: perturb the embedding matrix, second pass, restore
       backup = embedding.data.clone()
@@ -230,13 +257,13 @@ def torch_contestant(folder, mode: str, batch: dict, head_params, autocast: bool
       if torch.isfinite(norm) and norm > 0:
         embedding.data.add_(FGM_EPSILON * embedding.grad / norm)
       with compute():
-        second = model(**inputs, labels=labels).loss
+        second = model(**inputs).loss
       second.backward()
       embedding.data = backup
     torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    loss.item()
+    return loss.item()
 
   return Contestant("torch", run)
 

@@ -1,4 +1,5 @@
-"""scripts/bench.py runs end to end (tiny random BERT, one step per mode) and keeps its output contract."""
+"""scripts/bench.py runs end to end (tiny random BERT, one step per mode) and keeps its output contract; so does
+`--device` (scripts/bench_device.py) with --quick on the CPU, whose pure pieces are checked on their own."""
 
 import os
 import re
@@ -113,3 +114,185 @@ def test_gemm_quick(tmp_path):
   assert all(re.fullmatch(r" \d+ [yxoet] ", c) for row in cells for c in row), cells
   assert cells[0][0].endswith("y ") and cells[0][2].endswith("t "), cells[0]
   assert re.search(r"^\| ynn \(default\) \| \d+ \([\d.]+\) \| \d+ \([\d.]+\) \| \d+ \([\d.]+\) \|$", report, re.M)
+
+
+# --- scripts/bench.py --device (scripts/bench_device.py) ------------------------------------------------
+
+
+def bench_device():
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import bench_device
+
+  return bench_device
+
+
+def test_bench_device_quick(tmp_path):  # ~30 s on 2 busy cores
+  """--device --quick on the CPU: every (model, mode, framework) row with a time and an MFU, the device
+  and peak lines, and the RATIOS_DEVICE line last."""
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "--quick", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  last = proc.stdout.strip().splitlines()[-1]
+  keys = ("bert_full", "bert_lora", "llama_full", "llama_lora")
+  assert re.fullmatch("RATIOS_DEVICE " + " ".join(rf"{k}=\d+\.\d+" for k in keys), last), last
+  assert all(float(kv.split("=")[1]) > 0 for kv in last.split()[1:]), last
+  report = (tmp_path / "bench_gpu.md").read_text()
+  assert "scripts/bench.py --device --quick" in report and "PARTIAL" not in report
+  assert re.search(r"^- Device: cpu ", report, re.M), report
+  assert re.search(r"^- Peak used for MFU: [\d.]+ TFLOP/s dense bf16 \(device kind 'cpu' has no spec", report, re.M)
+  header = next(line for line in report.splitlines() if line.startswith("| model |"))
+  assert "| ms/step |" in header and "| MFU |" in header, header
+  for model in ("bert", "llama"):
+    for mode in ("full", "lora"):
+      for framework in ("ftjax", "torch"):
+        row = re.search(rf"^\| {model} \| {mode} \| {framework} \| ([\d.]+) \|.*\| ([\d.]+)% \|", report, re.M)
+        assert row, (model, mode, framework)
+        assert float(row.group(1)) > 0 and float(row.group(2)) >= 0, row.group(0)
+
+
+def test_device_model_flops_by_hand():
+  """BERT's forward FLOPs are bench_steps'; Llama's: dense layers, LM head and attention counted by hand,
+  and 2·N·tokens (N = every parameter but the norms) plus attention at Llama-3.2-1B's shape."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import traverse_util
+
+  from ftjax.models import build_model
+
+  bd = bench_device()
+  bert = bd.hf_config("bert", quick=True)
+  assert bd.model_flops(bert, 2, 16) == bd.forward_flops(bert, 2, 16)
+  llama = {**bd.hf_config("llama", quick=True), "tie_word_embeddings": True}  # L=2 H=32 4/2 heads of 8, I=64
+  dense = 2 * (32 * 32 + 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64)  # per layer q, o, k+v, gate+up+down; 2 layers
+  head = 32 * 256  # the (tied) LM head
+  assert bd.model_flops(llama, 2, 16) == 2 * 2 * 16 * (dense + head) + 4 * 2 * 2 * 16**2 * 32
+  full = bd.hf_config("llama", quick=False)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: build_model(full).init(jax.random.key(0), ids))["params"])
+  n = sum(int(np.prod(v.shape)) for k, v in shapes.items() if k[-1] != "scale")  # RMSNorm scales are no matmul
+  assert 1.23e9 < n < 1.24e9, n
+  attention = 4 * 8 * 16 * 512**2 * 2048
+  assert bd.model_flops(full, 8, 512) == 2 * 8 * 512 * n + attention
+
+
+def test_device_chip_peaks():
+  bd = bench_device()
+  kinds = {
+    "NVIDIA H100 80GB HBM3": 989.4,
+    "NVIDIA H100 PCIe": 756.0,
+    "NVIDIA H200": 989.4,
+    "NVIDIA A100-SXM4-80GB": 312.0,
+    "NVIDIA L4": 121.0,
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,
+    "TPU v5p": 459.0,
+    "NVIDIA L40S": None,  # not L4
+    "cpu": None,
+  }
+  assert {kind: bd.chip_peak(kind) for kind in kinds} == kinds
+
+
+def test_device_refuses_without_an_accelerator(tmp_path, monkeypatch):
+  """No GPU/TPU and no --quick: one error line, nothing written."""
+  import types
+
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # main sets it: undone after the test
+
+  import jax
+
+  if jax.devices()[0].platform != "cpu":
+    pytest.skip("an accelerator is present: --device would run the benchmark")
+  bd = bench_device()
+  assert bd.accelerator_error([types.SimpleNamespace(platform="gpu")]) is None
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import bench
+
+  out = tmp_path / "out"
+  with pytest.raises(SystemExit) as stop:
+    bench.main(["--device", "--out", str(out)])
+  message = str(stop.value)
+  assert message.startswith("no GPU/TPU: jax.devices() is [CpuDevice") and "\n" not in message, message
+  assert message.endswith("run on an accelerator, or --quick to smoke-test on CPU"), message
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_device_both_sides_share_weights(model):
+  """ftjax and PyTorch built from the one random PyTorch model compute the same float32 loss."""
+  bd = bench_device()
+  config = bd.hf_config(model, quick=True)
+  if model == "llama":
+    config["tie_word_embeddings"] = True  # as the accelerator run's Llama
+  ours, theirs = bd.first_losses(model, config, 2, 16)
+  assert abs(ours - theirs) < 1e-5 * abs(theirs), (ours, theirs)
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_device_full_size_models_map_name_by_name(model):
+  """The accelerator run's BERT-base and 1B Llama: every ftjax parameter has its PyTorch tensor, of the
+  right shape (PyTorch built on the meta device: shapes only, no memory), and the Llama has 1.24B."""
+  import numpy as np
+  from flax import traverse_util
+
+  from ftjax.models import build_model, loading
+
+  bd = bench_device()
+  config = bd.hf_config(model, quick=False)
+  ours = build_model(config)
+  theirs = bd.torch_model(config, "meta")
+  state = (theirs.bert if model == "bert" else theirs).state_dict()
+  expected = traverse_util.flatten_dict(loading.abstract_params(ours), sep="/")
+  names = loading.ARCHITECTURES[model].hf_names(ours.config, state.keys())
+  assert {path for path, _, _ in names} == set(expected)
+  for path, name, transpose in names:
+    shape = tuple(state[name].shape)[:: -1 if transpose else 1]
+    assert shape == expected[path].shape, (path, name, shape)
+  n = sum(int(np.prod(v.shape)) for v in expected.values())
+  assert (1.09e8 < n < 1.1e8) if model == "bert" else (1.235e9 < n < 1.237e9), n
+  assert sum(p.numel() for p in theirs.parameters()) - (1538 if model == "bert" else 0) == n
+
+
+def test_device_one_at_a_time():
+  """The fallback when both training states do not fit the device: each framework built, warmed up and
+  timed alone; from the same weights, the first bf16 steps' losses still agree (Llama has no dropout)."""
+  import argparse
+
+  bd = bench_device()
+  args = argparse.Namespace(quick=True, warmup=1, reps=2)
+  pair = bd.time_group("llama", "lora", bd.hf_config("llama", quick=True), args, "cpu", together=False)
+  assert set(pair) == {"ftjax", "torch"}
+  for c in pair.values():
+    assert len(c.times) == 2 and all(t > 0 for t in c.times) and c.run is None, c.name
+  assert abs(pair["ftjax"].first_loss - pair["torch"].first_loss) < 1e-2 * pair["torch"].first_loss
+
+
+def test_device_out_of_memory_falls_back_to_one_at_a_time(tmp_path, monkeypatch, capsys):
+  """A group that runs out of device memory with both frameworks alive is timed again one at a time, and
+  the report says both."""
+  bd = bench_device()
+  real = bd.time_group
+  calls = []
+
+  def time_group(*args):
+    calls.append(args[-1])
+    if args[-1] is None:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.00GiB.")
+    return real(*args)
+
+  monkeypatch.setattr(bd, "time_group", time_group)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # main sets it: undone after the test
+  bd.main(["--device", "--quick", "--device-models=llama", "--device-modes=lora", "--out", str(tmp_path)])
+  assert calls == [None, False]
+  report = (tmp_path / "bench_gpu.md").read_text()
+  assert "- llama lora: out of device memory together (RuntimeError: RESOURCE_EXHAUSTED" in report, report
+  assert "- llama lora: ftjax and PyTorch timed one at a time" in report, report
+  assert re.search(r"^\| llama \| lora \| ftjax \| [\d.]+ \|", report, re.M), report
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  assert last.startswith("RATIOS_DEVICE bert_full=nan bert_lora=nan llama_full=nan llama_lora="), last
