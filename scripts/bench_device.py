@@ -140,10 +140,7 @@ MODELS = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        # Untied on the CPU: ftjax's bf16 full step of a tied decoder does not run on XLA:CPU ("DotThunk:
-        # BF16 x BF16 = F32", the embedding's weight gradient; layers._weight_gradient's first branch
-        # has no optimization_barrier). The accelerator run keeps Llama's tied embeddings.
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,  # as the accelerator run's
       ),
       batch=2,
       length=16,

@@ -126,7 +126,8 @@ def bench_device():
   return bench_device
 
 
-def test_bench_device_quick(tmp_path):  # ~30 s on 2 busy cores
+@pytest.mark.slow
+def test_bench_device_quick(tmp_path):  # ~30 s on 2 busy cores: slow, as the other scripts' smoke tests
   """--device --quick on the CPU: every (model, mode, framework) row with a time and an MFU, the device
   and peak lines, and the RATIOS_DEVICE line last."""
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
@@ -169,7 +170,7 @@ def test_device_model_flops_by_hand():
   bd = bench_device()
   bert = bd.hf_config("bert", quick=True)
   assert bd.model_flops(bert, 2, 16) == bd.forward_flops(bert, 2, 16)
-  llama = {**bd.hf_config("llama", quick=True), "tie_word_embeddings": True}  # L=2 H=32 4/2 heads of 8, I=64
+  llama = bd.hf_config("llama", quick=True)  # L=2 H=32 4/2 heads of 8, I=64
   dense = 2 * (32 * 32 + 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64)  # per layer q, o, k+v, gate+up+down; 2 layers
   head = 32 * 256  # the (tied) LM head
   assert bd.model_flops(llama, 2, 16) == 2 * 2 * 16 * (dense + head) + 4 * 2 * 2 * 16**2 * 32
@@ -228,8 +229,6 @@ def test_device_both_sides_share_weights(model):
   """ftjax and PyTorch built from the one random PyTorch model compute the same float32 loss."""
   bd = bench_device()
   config = bd.hf_config(model, quick=True)
-  if model == "llama":
-    config["tie_word_embeddings"] = True  # as the accelerator run's Llama
   ours, theirs = bd.first_losses(model, config, 2, 16)
   assert abs(ours - theirs) < 1e-5 * abs(theirs), (ours, theirs)
 

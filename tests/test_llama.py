@@ -242,6 +242,29 @@ def test_lora_at_init_equals_backbone_and_trains(tied, prompts):
   assert any(moved)
 
 
+def test_bf16_full_step_of_a_tied_decoder_runs_on_cpu(tied, prompts):
+  """The tied LM head uses the embedding transposed, so its bf16 weight gradient is transposed after the
+  matmul; folded into the matmul, that is a bf16·bf16→f32 product with a transposed output, which XLA:CPU
+  cannot run ("Unsupported element type for DotThunk"). Compiled with XLA's optimisations on, as runs are."""
+  model, params = from_pretrained(tied, dtype=jnp.bfloat16)
+  ids, mask = map(jnp.asarray, prompts)
+  task = make_task("causal_lm")
+  trainable, frozen = trainability.partition({"backbone": params}, trainability.rules_for("full"))
+  tx = optax.adam(1e-2)
+  state = step.create_state(trainable, frozen, tx, seed=0)
+  batch = {"input_ids": ids, "attention_mask": mask, "labels": jnp.where(mask > 0, ids, -100)}
+  batch["weights"] = jnp.ones((3,), jnp.float32)
+  jax.config.update("jax_disable_most_optimizations", False)  # the fold happens in XLA's optimisations
+  try:
+    train_step = jax.jit(step.make_train_step(model, task, tx, adversarial_config=NO_ADVERSARY))
+    state, metrics = train_step(state, batch)
+    assert np.isfinite(float(metrics["loss_sum"])) and int(metrics["nonfinite"]) == 0
+  finally:
+    jax.config.update("jax_disable_most_optimizations", True)
+  embedding = state.trainable["backbone"]["embed_tokens"]["embedding"]
+  assert embedding.dtype == jnp.float32 and not np.array_equal(embedding, params["embed_tokens"]["embedding"])
+
+
 # --- GGUF -----------------------------------------------------------------------------------------------
 
 

@@ -91,11 +91,13 @@ def _weight_gradient(a: jax.Array, g: jax.Array) -> jax.Array:
   XLA then upcasts both operands to float32 and runs the product at float32's rate (~200 vs ~750 GFLOP/s
   for MiniLM's N = 4096 shapes). So one operand is copied transposed first, the narrower one (k or n
   columns): transposing the (4096, 1536) FFN activation costs ~20 ms against ~1 ms for the (4096, 384)
-  gradient beside it. With g transposed the product is (gᵀ a)ᵀ; the barrier keeps XLA from folding the
-  outer transpose back into the matmul, which XLA:CPU cannot run in bf16 (DotThunk: BF16 x BF16 = F32)."""
+  gradient beside it. With g transposed the product is (gᵀ a)ᵀ. The barriers keep XLA from folding a
+  transpose of the product into the matmul, which XLA:CPU cannot run in bf16 (DotThunk: BF16 x BF16 = F32):
+  the outer one here, or a caller's (a tied LM head's embedding is used transposed, so its gradient is
+  transposed after this returns)."""
   batch = tuple(range(a.ndim - 2))
   if a.shape[-1] <= g.shape[-1]:
-    return _dot(_transposed_copy(a), g, ((a.ndim - 1,), (g.ndim - 2,)), batch)
+    return jax.lax.optimization_barrier(_dot(_transposed_copy(a), g, ((a.ndim - 1,), (g.ndim - 2,)), batch))
   g_t_a = _dot(_transposed_copy(g), a, ((g.ndim - 1,), (a.ndim - 2,)), batch)
   return jnp.swapaxes(jax.lax.optimization_barrier(g_t_a), -1, -2)
 
