@@ -59,6 +59,7 @@ class Cell:
   config: str  # configs/<file>.py[:arg]
   overrides: tuple[tuple[str, object], ...] = ()  # (config key, value) as --config.<key>=<value>
   script: str = "train"  # scripts/<script>.py: train (ftjax) or torch_reference (PyTorch + PEFT)
+  init_from: str = ""  # an earlier cell of the table whose trained parameters this one starts from
 
   def flags(self) -> list[str]:
     """The command-line flags of this cell after --config and --workdir."""
@@ -392,11 +393,33 @@ DECODER_TASKS = (
 )
 
 
+NO_STEP = (("num_epochs", 0),)
+NUCLEUS = (("generation.method", "sample"), ("generation.top_p", 0.9), ("generation.temperature", 0.7))
+
+
 def decoder_tasks_table() -> Table:
   cells = []
   for task, config, _ in DECODER_TASKS:
-    cells.append(Cell(f"{task}-zero-shot", "zero-shot (chat template)", task, 0, config, (("num_epochs", 0),)))
+    cells.append(Cell(f"{task}-zero-shot", "zero-shot (chat template)", task, 0, config, NO_STEP))
     cells.append(Cell(f"{task}-lora", "LoRA (r=8, attention + MLP)", task, 0, config))
+  # Dialogue is also decoded by nucleus sampling (chosen on dev: results/decoder_tasks.md), the LoRA row
+  # from the greedy row's trained adapters (no step, so no second training).
+  config, nucleus = "configs/dailydialog.py", "nucleus sampling (p 0.9, τ 0.7)"
+  cells.append(
+    Cell("dailydialog-zero-shot-nucleus", f"zero-shot, {nucleus}", "dailydialog", 0, config, NO_STEP + NUCLEUS)
+  )
+  cells.append(
+    Cell(
+      "dailydialog-lora-nucleus",
+      f"LoRA, {nucleus}",
+      "dailydialog",
+      0,
+      config,
+      NO_STEP + NUCLEUS,
+      "train",
+      "dailydialog-lora",
+    )
+  )
   columns = tuple(
     Column(label, task, "dev" if metric == "perplexity" else "test", metric, published)
     for task, _, labels in DECODER_TASKS

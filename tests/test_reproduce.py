@@ -334,3 +334,21 @@ def test_tabulating_keeps_the_pages_findings_and_rewrites_the_rest(tmp_path):
   again = page.read_text()
   assert again.startswith(head + GENERATED_BELOW + "\n\nRegenerate:") and "stale generated text" not in again
   assert "| full | 1.0k (25.00%) | 62.0 ± 1.0 (3/3) |" in again
+
+
+def test_a_cell_starts_from_an_earlier_cell_of_its_table(tmp_path):
+  """`Cell.init_from` names a cell listed before it (so it has run first), and its command starts from
+  that cell's folder under the same root: DailyDialog's sampled LoRA row decodes the greedy row's adapters."""
+  from configs.tables import TABLES
+  from ftjax.tables.grid import Grid
+
+  for name, make in TABLES.items():
+    cells = [c.name for c in make().cells]
+    for i, cell in enumerate(make().cells):
+      assert not cell.init_from or cell.init_from in cells[:i], (name, cell.name)
+  table = TABLES["decoder_tasks"]()
+  grid = Grid(table, tmp_path / "runs" / "decoder_tasks", tmp_path / "results", TABLES)
+  (cell,) = [c for c in table.cells if c.name == "dailydialog-lora-nucleus"]
+  argv = grid.argv(cell, grid.root / cell.name)
+  assert f"--config.init_from={tmp_path}/runs/decoder_tasks/dailydialog-lora" in argv
+  assert {"--config.num_epochs=0", "--config.generation.method=sample", "--config.generation.top_p=0.9"} <= set(argv)

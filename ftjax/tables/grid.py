@@ -45,6 +45,7 @@ class Grid:
     return (
       [f"scripts/{cell.script}.py", f"--config={cell.config}", f"--workdir={shown_path(workdir)}"]
       + cell.flags()
+      + ([f"--config.init_from={shown_path(self.root / cell.init_from)}"] if cell.init_from else [])
       + list(self.extra)
     )
 
