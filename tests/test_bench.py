@@ -224,6 +224,7 @@ def test_device_refuses_without_an_accelerator(tmp_path, monkeypatch):
   assert not out.exists()
 
 
+@pytest.mark.slow  # builds and steps both frameworks: the default suite ran past 10 min with it
 @pytest.mark.parametrize("model", ["bert", "llama"])
 def test_device_both_sides_share_weights(model):
   """ftjax and PyTorch built from the one random PyTorch model compute the same float32 loss."""
@@ -258,6 +259,7 @@ def test_device_full_size_models_map_name_by_name(model):
   assert sum(p.numel() for p in theirs.parameters()) - (1538 if model == "bert" else 0) == n
 
 
+@pytest.mark.slow  # builds and steps both frameworks: the default suite ran past 10 min with it
 def test_device_one_at_a_time():
   """The fallback when both training states do not fit the device: each framework built, warmed up and
   timed alone; from the same weights, the first bf16 steps' losses still agree (Llama has no dropout)."""
@@ -272,6 +274,7 @@ def test_device_one_at_a_time():
   assert abs(pair["ftjax"].first_loss - pair["torch"].first_loss) < 1e-2 * pair["torch"].first_loss
 
 
+@pytest.mark.slow  # builds and steps both frameworks: the default suite ran past 10 min with it
 def test_device_out_of_memory_falls_back_to_one_at_a_time(tmp_path, monkeypatch, capsys):
   """A group that runs out of device memory with both frameworks alive is timed again one at a time, and
   the report says both."""
