@@ -416,8 +416,7 @@ def decoder_tasks_table() -> Table:
       0,
       config,
       NO_STEP + NUCLEUS,
-      "train",
-      "dailydialog-lora",
+      init_from="dailydialog-lora",
     )
   )
   columns = tuple(

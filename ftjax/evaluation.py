@@ -90,11 +90,14 @@ def check_generation(config) -> None:
 
   g = config.generation
   try:
-    generation.check_settings(
-      g.method, g.max_new_tokens, g.get("temperature", 1.0), g.get("top_k", 0), g.get("top_p", 1.0), g.num_beams
-    )
+    generation.check_settings(g.method, g.max_new_tokens, num_beams=g.num_beams, **_sampling(g))
   except ValueError as e:
     raise InputError(f"config key generation.{e}") from None
+
+
+def _sampling(g) -> dict:
+  """The sampling settings of `config.generation`; runs saved before these keys existed have the defaults."""
+  return {"temperature": g.get("temperature", 1.0), "top_k": g.get("top_k", 0), "top_p": g.get("top_p", 1.0)}
 
 
 def decode(config, exp, tree: dict, prompts: dict, rng=None) -> list[str]:
@@ -111,9 +114,7 @@ def decode(config, exp, tree: dict, prompts: dict, rng=None) -> list[str]:
     prompts["attention_mask"],
     max_new_tokens=g.max_new_tokens,
     method=g.method,
-    temperature=g.get("temperature", 1.0),  # .get: run configs saved before sampling had keys
-    top_k=g.get("top_k", 0),
-    top_p=g.get("top_p", 1.0),
+    **_sampling(g),
     num_beams=g.num_beams,
     length_penalty=g.length_penalty,
     no_repeat_ngram_size=g.no_repeat_ngram_size,

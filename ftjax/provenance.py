@@ -16,10 +16,10 @@ from pathlib import Path
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "tokenizers", "numpy")
 
 
-def versions() -> dict[str, str]:
-  """{"python": "3.11.9", "jax": "0.10.2", ...}; a package that is not installed is "absent"."""
+def versions(packages=PACKAGES) -> dict[str, str]:
+  """{"python": "3.11.9", "jax": "0.10.2", ...} for `packages` (PyPI names); one not installed is "absent"."""
   found = {"python": platform.python_version()}
-  for name in PACKAGES:
+  for name in packages:
     try:
       found[name] = metadata.version(name)
     except metadata.PackageNotFoundError:

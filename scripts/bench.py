@@ -59,15 +59,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 from bench_steps import (  # noqa: E402
   FORWARDS,
   MODES,
+  PACKAGES,
   Contestant,
   classifier_params,
   forward_flops,
   ftjax_contestant,
+  median_ms,
   mode_list,
   synthetic_batch,
   tiny_bert_folder,
   torch_contestant,
 )
+from ftjax import provenance  # noqa: E402
 from ftjax.models import resolve  # noqa: E402
 from ftjax.results import write_page  # noqa: E402
 
@@ -248,31 +251,17 @@ def worker(folder, hf_config, args):
   Path(args.worker_out).write_text(json.dumps(numbers))
 
 
-def median_ms(c: Contestant) -> float:
-  return 1e3 * statistics.median(c.times)
-
-
 def machine() -> dict:
   cpu = next(
     (l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")),
     platform.processor() or "unknown",
   )
-  import flax, optax, peft, torch, transformers
+  import torch
 
-  versions = {
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "jaxlib": jax.lib.__version__,
-    "flax": flax.__version__,
-    "optax": optax.__version__,
-    "torch": torch.__version__,
-    "transformers": transformers.__version__,
-    "peft": peft.__version__,
-  }
   return {
     "cpu": cpu,
     "cores": os.cpu_count(),
-    "versions": versions,
+    "versions": provenance.versions(PACKAGES),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "torch_threads": torch.get_num_threads(),
   }

@@ -68,9 +68,7 @@ import datetime
 import gc
 import math
 import os
-import platform
 import re
-import statistics
 import sys
 import time
 import warnings
@@ -84,15 +82,18 @@ from flax import traverse_util
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 from bench_steps import (  # noqa: E402
   LORA,
+  PACKAGES,
   Contestant,
   classifier_params,
   copy_head,
   forward_flops,
   ftjax_train_contestant,
+  median_ms,
   synthetic_batch,
   torch_lora,
   torch_train_contestant,
 )
+from ftjax import provenance  # noqa: E402
 from ftjax.experiment import init_tree  # noqa: E402
 from ftjax.models import build_model, loading  # noqa: E402
 from ftjax.peft import PeftSpec  # noqa: E402
@@ -429,27 +430,14 @@ def time_group(name: str, mode: str, config: dict, args, torch_device, together:
   return {"ftjax": ours, "torch": theirs}
 
 
-def median_ms(c: Contestant) -> float:
-  return 1e3 * statistics.median(c.times)
-
-
 # --- report -------------------------------------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
-  import flax, optax, peft, torch, transformers
+  import torch
 
-  found = {
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "jaxlib": jax.lib.__version__,
-    "flax": flax.__version__,
-    "optax": optax.__version__,
-    "torch": torch.__version__,
-    "transformers": transformers.__version__,
-    "peft": peft.__version__,
-    "jax backend": getattr(jax.devices()[0].client, "platform_version", jax.devices()[0].platform),
-  }
+  found = provenance.versions(PACKAGES)
+  found["jax backend"] = getattr(jax.devices()[0].client, "platform_version", jax.devices()[0].platform)
   if torch.cuda.is_available():
     found["torch CUDA"] = f"{torch.version.cuda} (cuDNN {torch.backends.cudnn.version()})"
   return found

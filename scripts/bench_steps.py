@@ -18,6 +18,7 @@ counted), with L layers, width H, FFN width I, B sequences of T tokens:
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ MODES = ("full", "lora", "bitfit", "head", "fgm", "infer", "bf16_full")
 LR, WEIGHT_DECAY, MAX_GRAD_NORM, FGM_EPSILON = 5e-5, 0.01, 1.0, 1.0
 LORA = dict(rank=8, alpha=16, targets_jax=r"attention/self/(query|value)$", targets_torch=["query", "value"])
 # FLOPs per step in units of one forward pass F (the module docstring).
+# What the benchmarks' timings depend on, by PyPI name (their reports list the versions).
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "peft")
 FORWARDS = {"full": 3, "lora": 2, "bitfit": 2, "head": 1, "fgm": 6, "infer": 1, "bf16_full": 3}
 
 
@@ -87,6 +90,11 @@ class Contestant:
     t = time.perf_counter()
     self.run()
     self.times.append(time.perf_counter() - t)
+
+
+def median_ms(c: Contestant) -> float:
+  """The contestant's median step time over its timed repetitions [ms]."""
+  return 1e3 * statistics.median(c.times)
 
 
 # --- ftjax -----------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import script
+
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = (
   "full",
@@ -130,15 +132,7 @@ def bench_device():
 def test_bench_device_quick(tmp_path):  # ~30 s on 2 busy cores: slow, as the other scripts' smoke tests
   """--device --quick on the CPU: every (model, mode, framework) row with a time and an MFU, the device
   and peak lines, and the RATIOS_DEVICE line last."""
-  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run(
-    [sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "--quick", "--out", str(tmp_path)],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = script("bench", "--device", "--quick", "--out", tmp_path, timeout=600)  # CPU, XLA optimisations off
   last = proc.stdout.strip().splitlines()[-1]
   keys = ("bert_full", "bert_lora", "llama_full", "llama_lora")
   assert re.fullmatch("RATIOS_DEVICE " + " ".join(rf"{k}=\d+\.\d+" for k in keys), last), last
