@@ -29,8 +29,8 @@ def get_config():
   c.remat = False  # recompute each layer's activations in the backward pass (memory ↓, time ↑ ~30%)
   c.dropout = True  # False turns every dropout off during training (mechanics tests, ablations)
   c.head_dropout = 0.1  # dropout before the task head [probability]
-  c.cpu_threefry = "auto"  # CPU lowering of dropout's hash: unrolled (faster steps) | rolled (JAX's; compiles LoRA
-  # dropout steps, which unrolled may not in 15 min) | auto (rolled just there).
+  c.cpu_threefry = "auto"  # CPU lowering of dropout's hash: unrolled (faster steps) | rolled (JAX's; faster
+  # compiles) | auto (unrolled); the same masks either way (ftjax/xla_cpu.py).
   # Same numbers either way: ftjax/xla_cpu.py
   c.head_pooling = "pooler"  # encoder sequence heads read: pooler (BERT's, on [CLS]) | cls | mean (sent.-transf.)
 

@@ -60,8 +60,7 @@ def _train_and_evaluate(config, workdir: Path, stop: preemption.StopSignals) -> 
   # --- model, method, task and the run record ---------------------------------------------------
   par = parallel.make_parallel(config.parallel, config.get("mesh", "data=-1"))
   exp = experiment.build(config, par.mesh)  # mesh mode: the backbone read straight into its shards
-  spec = exp.model.peft  # dropout hash's CPU lowering, before the step compiles; no number changes
-  threefry = xla_cpu.lowering_for(config.cpu_threefry, spec.lora_dropout if spec.lora_targets else 0.0)
+  threefry = xla_cpu.lowering_for(config.cpu_threefry)  # dropout hash's CPU lowering, before the step compiles
   xla_cpu.set_threefry_lowering(threefry)
   lead = jax.process_index() == 0  # several processes (multi-host): process 0 alone writes the run's files
   if lead:

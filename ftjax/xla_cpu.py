@@ -12,19 +12,17 @@ MiniLM train step: 5.0 → 7.0 s, with FGM 5.9 → 11.3 s; scripts/bench.py).
 (`lowering_for` resolves "auto") before anything is compiled and puts JAX's table back as it was when the
 run ends; code that does not go through a config scopes it with `with threefry_lowering("unrolled"):`.
 
-Where "rolled" is needed: the unrolled hash is a chain of cheap integer ops, and XLA's fusion copies cheap
-producers into every consumer. LoRA's input dropout is the case found. With FGM/PGD, the mask on each
-LoRA input meets the embedding gradient that FGM takes through the frozen backbone, and the MiniLM step
-at sequence length 64 had fusions of ~3,800 instructions, 97k shifts in all (~4,800 copies of the hash);
-XLA's fusion emitters did not finish compiling it in 15 min (with --xla_cpu_use_fusion_emitters=false:
-2 min). Without an adversarial method, the LoRA step compiled unrolled on RTE and MRPC, but on CoLA it
-had not compiled after 12 CPU-minutes (killed; the methods table's cola-lora-r-8-q-v-s0 on 2026-11-30).
-Rolled, the hash is a loop that no fusion enters: both compile in under a minute (CoLA LoRA: 3 steps and
-a dev pass in 57 s wall). The LoRA + FGM step with LoRA dropout 0 compiles unrolled in 27 s, as do
-BitFit + FGM (24 s) and prompt tuning + FGM (38 s) (all measured with two training runs sharing the 2
-cores). So the config's default, "auto", is rolled wherever LoRA dropout is on. (Wrapping the unrolled
-hash in a loop XLA cannot remove also compiles, in 39 s, but gives back most of the speed-up: the bits
-are written out and read back; an optimization_barrier does not help, XLA:CPU removes it before fusion.)
+Why "rolled" was once needed, and is no longer: the unrolled hash is a chain of cheap integer ops, and
+XLA's fusion copies cheap producers into every consumer. With LoRA's input dropout and FGM/PGD, the MiniLM
+step at sequence length 64 had fusions of ~3,800 instructions, 97k shifts in all (~4,800 copies of the
+hash), and XLA's fusion emitters did not finish compiling it in 15 min; plain LoRA on CoLA had not
+compiled after 12 CPU-minutes. So "auto" used to take rolled wherever LoRA dropout was on. Since every
+ftjax dropout packs its mask into bits (ftjax/models/dropout.py), no fusion can copy a hash: that LoRA +
+FGM step compiles unrolled in 10-15 s, the CoLA LoRA run's 3 steps and dev pass take 27 s, and the LoRA
+step with input dropout 0.1 runs 6% faster unrolled than rolled (MiniLM, 32 x 128: 1,857 against
+1,967 ms; 2026-12-06, this 2-core machine). "auto" is now unrolled everywhere; "rolled" stays for runs
+recorded with it (the adversarial table's LoRA + FGM/PGD cells), with the same numbers either way.
+
 It uses JAX internals (jax._src); where they have moved, it changes nothing and says so in the return value.
 """
 
@@ -39,14 +37,11 @@ LOWERINGS = ("unrolled", "rolled")
 CHOICES = ("auto",) + LOWERINGS  # what the config key cpu_threefry accepts
 
 
-def lowering_for(choice: str, lora_dropout: float) -> str:
-  """The config's cpu_threefry as a lowering: "auto" is rolled wherever LoRA's input dropout (> 0) is on
-  (the steps that do not compile unrolled, above), unrolled everywhere else."""
+def lowering_for(choice: str) -> str:
+  """The config's cpu_threefry as a lowering: "auto" is unrolled (the faster steps; see above)."""
   if choice not in CHOICES:
     raise InputError(f"config key cpu_threefry must be one of {CHOICES}, got {choice!r}")
-  if choice != "auto":
-    return choice
-  return "rolled" if lora_dropout > 0 else "unrolled"
+  return "unrolled" if choice == "auto" else choice
 
 
 @functools.cache

@@ -18,6 +18,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ftjax.models.dropout import Dropout
 from ftjax.models.layers import ACTIVATIONS, Dense, Embed, LayerNorm, adapter, attention, mask_bias, prepend_prefix
 from ftjax.models.outputs import EncoderOutput
 from ftjax.peft import prompts
@@ -107,7 +108,7 @@ class BertEmbeddings(nn.Module):
         token_type_ids
       )
     embeds = LayerNorm(c.layer_norm_eps, self.dtype, name="LayerNorm")(embeds)
-    return nn.Dropout(c.hidden_dropout_prob)(embeds, deterministic=deterministic), attention_mask
+    return Dropout(c.hidden_dropout_prob)(embeds, deterministic=deterministic), attention_mask
 
 
 class BertSelfAttention(nn.Module):
@@ -126,7 +127,7 @@ class BertSelfAttention(nn.Module):
     if self.peft.prefix_length:
       pk, pv = prompts.key_value_prefix(self, c.num_attention_heads, c.head_dim, self.peft)
       k, v, bias = prepend_prefix(k, v, bias, pk, pv)
-    dropout = nn.Dropout(c.attention_probs_dropout_prob)
+    dropout = Dropout(c.attention_probs_dropout_prob)
     out = attention(q, k, v, bias, dropout, deterministic, self.dtype)
     return out.reshape(out.shape[:2] + (c.hidden_size,))
 
@@ -143,7 +144,7 @@ class BertSublayerOutput(nn.Module):
   def __call__(self, hidden, residual, deterministic):
     c = self.config
     h = Dense(c.hidden_size, peft=self.peft, dtype=self.dtype, name="dense")(hidden, deterministic)
-    h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+    h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
     h = adapter(self, h, self.peft, self.site, self.dtype)
     return LayerNorm(c.layer_norm_eps, self.dtype, name="LayerNorm")(h + residual)
 

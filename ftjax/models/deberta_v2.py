@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftjax.models.bert import BertConfig, BertIntermediate, BertSublayerOutput
+from ftjax.models.dropout import Dropout
 from ftjax.models.layers import Dense, Embed, LayerNorm, attention, mask_bias
 from ftjax.models.outputs import EncoderOutput
 from ftjax.peft.spec import NO_PEFT, PeftSpec
@@ -102,7 +103,7 @@ class DisentangledSelfAttention(nn.Module):
     scale = 1.0 / math.sqrt(c.head_dim * scale_factor)
     if c.relative_attention and c.pos_att_type:
       span = c.att_span
-      rel = nn.Dropout(c.hidden_dropout_prob)(rel_embeddings[: 2 * span], deterministic=deterministic)
+      rel = Dropout(c.hidden_dropout_prob)(rel_embeddings[: 2 * span], deterministic=deterministic)
       heads = lambda x: jnp.swapaxes(x.astype(jnp.float32), 1, 2)  # (B, T, H, D) → (B, H, T, D)
       score = 0.0
       if "c2p" in c.pos_att_type:
@@ -119,7 +120,7 @@ class DisentangledSelfAttention(nn.Module):
         gathered = jnp.take_along_axis(p2c, jnp.broadcast_to(index, p2c.shape[:2] + index.shape), axis=-1)
         score = score + jnp.swapaxes(gathered, -1, -2)
       bias = bias + score * scale
-    dropout = nn.Dropout(c.attention_probs_dropout_prob)
+    dropout = Dropout(c.attention_probs_dropout_prob)
     out = attention(q, k, v, bias, dropout, deterministic, self.dtype, scale=scale)
     return out.reshape(out.shape[:2] + (c.hidden_size,))
 
@@ -179,7 +180,7 @@ class DebertaV2Embeddings(nn.Module):
       embeds = Dense(c.hidden_size, use_bias=False, dtype=self.dtype, name="embed_proj")(embeds)
     hidden = LayerNorm(c.layer_norm_eps, self.dtype, name="LayerNorm")(embeds)
     hidden = hidden * attention_mask[:, :, None].astype(hidden.dtype)  # padding enters as zeros (transformers)
-    return nn.Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
+    return Dropout(c.hidden_dropout_prob)(hidden, deterministic=deterministic)
 
 
 class DebertaV2Encoder(nn.Module):

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ftjax.models.dropout import Dropout
 from ftjax.models.layers import (
   ACTIVATIONS,
   Dense,
@@ -92,9 +93,9 @@ class GPT2Attention(nn.Module):
     scale = (1.0 / c.head_dim**0.5) if c.scale_attn_weights else 1.0
     if c.scale_attn_by_inverse_layer_idx:
       scale /= self.layer_index + 1
-    out = attention(q, k, v, bias, nn.Dropout(c.attn_pdrop), deterministic, self.dtype, scale)
+    out = attention(q, k, v, bias, Dropout(c.attn_pdrop), deterministic, self.dtype, scale)
     out = Dense(c.n_embd, peft=self.peft, dtype=self.dtype, name="c_proj")(out.reshape(hidden.shape), deterministic)
-    return nn.Dropout(c.resid_pdrop)(out, deterministic=deterministic), layer_cache
+    return Dropout(c.resid_pdrop)(out, deterministic=deterministic), layer_cache
 
 
 class GPT2MLP(nn.Module):
@@ -108,7 +109,7 @@ class GPT2MLP(nn.Module):
     dense = functools.partial(Dense, peft=self.peft, dtype=self.dtype)
     h = ACTIVATIONS[c.activation_function](dense(c.n_inner or 4 * c.n_embd, name="c_fc")(hidden, deterministic))
     h = dense(c.n_embd, name="c_proj")(h, deterministic)
-    return nn.Dropout(c.resid_pdrop)(h, deterministic=deterministic)
+    return Dropout(c.resid_pdrop)(h, deterministic=deterministic)
 
 
 class GPT2Block(nn.Module):
@@ -163,7 +164,7 @@ class GPT2LMHeadModel(nn.Module):
         f"model's n_positions={c.n_positions}"
       )
     hidden = embeds + Embed(c.n_positions, c.n_embd, self.dtype, name="wpe")(position_ids)
-    hidden = nn.Dropout(c.embd_pdrop)(hidden, deterministic=deterministic)
+    hidden = Dropout(c.embd_pdrop)(hidden, deterministic=deterministic)
     block_cls = nn.remat(GPT2Block, static_argnums=(5,)) if self.remat else GPT2Block
     new_cache = {} if cache is not None else None
     for i in range(c.n_layer):

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ftjax.models.dropout import Dropout
 from ftjax.models.layers import (
   ACTIVATIONS,
   Dense,
@@ -263,7 +264,7 @@ class LlamaAttention(nn.Module):
       k, v, bias = prepend_prefix(
         k, v, bias, *prompts.key_value_prefix(self, c.num_key_value_heads, c.head_dim, self.peft)
       )
-    out = attention(q, k, v, bias, nn.Dropout(c.attention_dropout), deterministic, self.dtype, c.attention_scale)
+    out = attention(q, k, v, bias, Dropout(c.attention_dropout), deterministic, self.dtype, c.attention_scale)
     out = out.reshape(batch, length, c.num_attention_heads * c.head_dim)
     o_proj = Dense(c.hidden_size, use_bias=c.attention_out_bias, peft=self.peft, dtype=self.dtype, name="o_proj")
     return o_proj(out, deterministic), layer_cache

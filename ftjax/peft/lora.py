@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from ftjax.models.dropout import Dropout
 from ftjax.peft.spec import PeftSpec
 
 
@@ -52,7 +53,7 @@ def apply_lora(
   b = module.variable("lora", "b", lambda: jnp.zeros((spec.lora_rank, out_features), jnp.float32)).value
   h = x
   if spec.lora_dropout > 0.0:
-    h = nn.Dropout(spec.lora_dropout, name="lora_dropout")(h, deterministic=deterministic)
+    h = Dropout(spec.lora_dropout, name="lora_dropout")(h, deterministic=deterministic)
   delta = matmul(matmul(h, a), b) * spec.lora_scale
   if not spec.lora_dora:
     return y + delta

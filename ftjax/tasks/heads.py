@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.errors import InputError
+from ftjax.models.dropout import Dropout
 from ftjax.models.layers import Dense
 from ftjax.models.outputs import DecoderOutput, EncoderOutput
 
@@ -37,7 +38,7 @@ class SequenceClassificationHead(nn.Module):
       last = jnp.sum(attention_mask, axis=1) - 1  # right padding: index of the last real token
       pooled = jnp.take_along_axis(outputs.last_hidden_state, last[:, None, None], axis=1)[:, 0]
       return Dense(self.num_labels, use_bias=False, dtype=self.dtype, name="score")(pooled).astype(jnp.float32)
-    pooled = nn.Dropout(self.dropout_rate)(pool(outputs, attention_mask, self.pooling), deterministic=deterministic)
+    pooled = Dropout(self.dropout_rate)(pool(outputs, attention_mask, self.pooling), deterministic=deterministic)
     return Dense(self.num_labels, dtype=self.dtype, name="classifier")(pooled).astype(jnp.float32)
 
 
@@ -71,7 +72,7 @@ class TokenClassificationHead(nn.Module):
 
   @nn.compact
   def __call__(self, outputs: EncoderOutput, attention_mask, deterministic: bool = True) -> jax.Array:
-    h = nn.Dropout(self.dropout_rate)(outputs.last_hidden_state, deterministic=deterministic)
+    h = Dropout(self.dropout_rate)(outputs.last_hidden_state, deterministic=deterministic)
     return Dense(self.num_labels, dtype=self.dtype, name="classifier")(h).astype(jnp.float32)
 
 
@@ -107,5 +108,5 @@ class EntityStartHead(nn.Module):
       return jnp.take_along_axis(hidden, positions[:, None, None], axis=1)[:, 0]
 
     pooled = jnp.concatenate([at(entity1_positions), at(entity2_positions)], axis=-1)
-    pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+    pooled = Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
     return Dense(self.num_labels, dtype=self.dtype, name="classifier")(pooled).astype(jnp.float32)
