@@ -236,8 +236,8 @@ def adversarial_table() -> Table:
     ovr, lr, factor = METHODS[method]
     for label, adv in ADVERSARIAL:
       row = f"{'full' if method == 'full' else 'LoRA'} + {label}"
-      if method != "full" and adv:  # LoRA + FGM/PGD compiles only with the rolled hash (what "auto" picks
-        # there too: ftjax/xla_cpu.py); said in the command, so that each cell names the lowering it ran with
+      if method != "full" and adv:  # these cells ran with the rolled hash, when the unrolled one did not
+        # compile there (before ftjax/models/dropout.py; ftjax/xla_cpu.py): the command keeps naming it
         adv += (("cpu_threefry", "rolled"),)
       for task in GLUE_TASKS:
         cells += method_cells(task, row, ovr, lr, factor, extra=adv)

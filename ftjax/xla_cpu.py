@@ -19,8 +19,8 @@ hash), and XLA's fusion emitters did not finish compiling it in 15 min; plain Lo
 compiled after 12 CPU-minutes. So "auto" used to take rolled wherever LoRA dropout was on. Since every
 ftjax dropout packs its mask into bits (ftjax/models/dropout.py), no fusion can copy a hash: that LoRA +
 FGM step compiles unrolled in 10-15 s, the CoLA LoRA run's 3 steps and dev pass take 27 s, and the LoRA
-step with input dropout 0.1 runs 6% faster unrolled than rolled (MiniLM, 32 x 128: 1,857 against
-1,967 ms; 2026-12-06, this 2-core machine). "auto" is now unrolled everywhere; "rolled" stays for runs
+step with input dropout 0.1 is 1.16x slower rolled than unrolled (MiniLM, 32 x 128; results/variants.md).
+"auto" is now unrolled everywhere; "rolled" stays for runs
 recorded with it (the adversarial table's LoRA + FGM/PGD cells), with the same numbers either way.
 
 It uses JAX internals (jax._src); where they have moved, it changes nothing and says so in the return value.

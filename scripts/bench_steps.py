@@ -126,11 +126,17 @@ def xla_flops(compiled) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
+def ftjax_contestant(
+  folder, mode: str, batch: dict, head_params, lowering: str = "unrolled", lora_dropout: float = 0.0
+) -> Contestant:
+  """ftjax's step for `mode`; `lowering`: dropout's threefry hash on CPU (ftjax/xla_cpu.py); `lora_dropout`:
+  the LoRA input dropout of mode "lora" (0, PEFT's default, as PyTorch's side has it)."""
   method = {"full": "full", "fgm": "full", "bf16_full": "full", "infer": "full"}.get(mode, mode)
   dtype = jnp.bfloat16 if mode == "bf16_full" else jnp.float32
   peft = (
-    PeftSpec(lora_targets=LORA["targets_jax"], lora_rank=LORA["rank"], lora_alpha=LORA["alpha"])
+    PeftSpec(
+      lora_targets=LORA["targets_jax"], lora_rank=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=lora_dropout
+    )
     if mode == "lora"
     else PeftSpec()
   )
@@ -152,10 +158,12 @@ def ftjax_contestant(folder, mode: str, batch: dict, head_params) -> Contestant:
       xla_flops(compiled),
       compiled,
     )
-  return ftjax_train_contestant(model, task, tree, method, batch, fgm=mode == "fgm")
+  return ftjax_train_contestant(model, task, tree, method, batch, fgm=mode == "fgm", lowering=lowering)
 
 
-def ftjax_train_contestant(model, task, tree: dict, method: str, batch: dict, fgm: bool = False) -> Contestant:
+def ftjax_train_contestant(
+  model, task, tree: dict, method: str, batch: dict, fgm: bool = False, lowering: str = "unrolled"
+) -> Contestant:
   """ftjax's jitted train step for `method` (a trainability preset) on `tree` ({"backbone", "head", and
   the method's collections}); `run()` takes one step, waits for it and returns its metrics."""
   trainable, frozen = trainability.partition(tree, trainability.rules_for(method))
@@ -176,7 +184,7 @@ def ftjax_train_contestant(model, task, tree: dict, method: str, batch: dict, fg
   holder = {"state": ftstep.create_state(trainable, frozen, tx, seed=0)}
   del trainable, frozen  # the state holds them (donated to the first step)
   t = time.perf_counter()
-  with xla_cpu.threefry_lowering("unrolled"):  # dropout's hash as training runs use it (docs/performance.md)
+  with xla_cpu.threefry_lowering(lowering):  # "unrolled": dropout's hash as training runs use it (docs/performance.md)
     compiled = fn.lower(holder["state"], dev_batch).compile()
   compile_s = time.perf_counter() - t
 

@@ -292,3 +292,15 @@ def test_device_out_of_memory_falls_back_to_one_at_a_time(tmp_path, monkeypatch,
   assert re.search(r"^\| llama \| lora \| ftjax \| [\d.]+ \|", report, re.M), report
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert last.startswith("RATIOS_DEVICE bert_full=nan bert_lora=nan llama_full=nan llama_lora="), last
+
+
+@pytest.mark.slow
+def test_variants_quick(tmp_path):
+  """scripts/bench_variants.py: every row with its variant's ratio, the A/A control's and both compile times."""
+  script("bench_variants", "--quick", "--out", tmp_path, timeout=900)
+  report = (tmp_path / "variants.md").read_text()
+  rows = [line for line in report.splitlines() if line.startswith("| ") and "---" not in line][1:]
+  assert [row.split(" | ")[1] for row in rows] == ["recompute_masks"] * 4 + ["rolled"], rows
+  for row in rows:
+    ratios = [float(x) for x in re.findall(r"(\d+\.\d{3})", row)]
+    assert len(ratios) == 6 and all(0 < r < 10 for r in ratios), row  # two medians, each with its quartiles
