@@ -20,8 +20,8 @@ compiled after 12 CPU-minutes. So "auto" used to take rolled wherever LoRA dropo
 ftjax dropout packs its mask into bits (ftjax/models/dropout.py), no fusion can copy a hash: that LoRA +
 FGM step compiles unrolled in 10-15 s, the CoLA LoRA run's 3 steps and dev pass take 27 s, and the LoRA
 step with input dropout 0.1 is 1.16x slower rolled than unrolled (MiniLM, 32 x 128; results/variants.md).
-"auto" is now unrolled everywhere; "rolled" stays for runs
-recorded with it (the adversarial table's LoRA + FGM/PGD cells), with the same numbers either way.
+"auto" is now unrolled everywhere; "rolled" stays for runs recorded with it (the adversarial table's
+LoRA + FGM/PGD cells), with the same numbers either way.
 
 It uses JAX internals (jax._src); where they have moved, it changes nothing and says so in the return value.
 """

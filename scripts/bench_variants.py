@@ -57,7 +57,8 @@ def masks_as_drawn():
     dropout.hashed_once = packed
 
 
-def contestant(folder, mode: str, lora_dropout: float, variant: str | None, batch, head):
+def contestant(folder, mode: str, lora_dropout: float, variant: str, batch, head):
+  """The step with `variant` undone; "default" and "A/A" (or any other name) build the default step."""
   lowering = "rolled" if variant == "rolled" else "unrolled"
   with masks_as_drawn() if variant == "recompute_masks" else contextlib.nullcontext():
     return bench_steps.ftjax_contestant(folder, mode, batch, head, lowering=lowering, lora_dropout=lora_dropout)
@@ -65,9 +66,7 @@ def contestant(folder, mode: str, lora_dropout: float, variant: str | None, batc
 
 def time_row(folder, mode, lora_dropout, variant, batch, head, args) -> dict:
   names = ("default", "A/A", variant)
-  built = {
-    name: contestant(folder, mode, lora_dropout, None if name != variant else variant, batch, head) for name in names
-  }
+  built = {name: contestant(folder, mode, lora_dropout, name, batch, head) for name in names}
   for c in built.values():
     for _ in range(args.warmup):
       c.run()
